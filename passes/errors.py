@@ -1,0 +1,40 @@
+"""The one error type users see.
+
+Every user-facing failure (bad ``--nm``, unreadable checkpoint, shape mismatch, missing data)
+is raised as :class:`SparsifyError` naming the thing, what was expected, what was found and the
+fix. The CLI prints it as one message and exits non-zero; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+
+class SparsifyError(Exception):
+    """A problem with the user's input or environment, explained in one message."""
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        expected: str | None = None,
+        found: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.what = what
+        self.expected = expected
+        self.found = found
+        self.fix = fix
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        parts = [self.what]
+        detail = []
+        if self.expected is not None:
+            detail.append(f"expected {self.expected}")
+        if self.found is not None:
+            detail.append(f"found {self.found}")
+        if detail:
+            parts[0] += f" ({'; '.join(detail)})"
+        if self.fix is not None:
+            parts.append(f"Fix: {self.fix}")
+        return ". ".join(parts)

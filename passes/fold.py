@@ -1,0 +1,31 @@
+"""Folding: masks (binary or soft) become constants with exact zeros."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import nn
+
+from passes.errors import SparsifyError
+from passes.masks import fold, masked_modules
+from passes.registry import PassContext, register_pass
+
+
+@dataclass(frozen=True)
+class FoldConfig:
+    """Fold every mask into its weight; the model leaves with no parametrizations."""
+
+    name: ClassVar[str] = "fold"
+    next_passes: ClassVar[tuple[str, ...]] = ()
+
+
+def _ensure(model: nn.Module, config: FoldConfig, ctx: PassContext) -> None:
+    left = [name for name, _ in masked_modules(model)]
+    if left:
+        raise SparsifyError("masks left after folding", found=", ".join(left))
+
+
+@register_pass(FoldConfig, ensures=_ensure)
+def fold_pass(model: nn.Module, config: FoldConfig, ctx: PassContext) -> nn.Module:
+    return fold(model)

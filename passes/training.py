@@ -1,0 +1,201 @@
+"""The one training loop: sample training and every fine-tuning pass go through :func:`fit`.
+
+Passes customise it with :class:`Callbacks` (mask updates before a step, gradient edits after
+backward, schedules at epoch start) instead of patching the optimizer. The objective is
+cross-entropy on labels, or distillation from a frozen teacher when there are none.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from passes.registry import PassContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimizer and schedule; defaults suit fine-tuning a small converged model."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    label_smoothing: float = 0.0
+    warmup_epochs: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1:
+            raise ValueError("epochs >= 0, lr > 0 and batch_size >= 1 are required")
+
+
+class Callbacks:
+    """Hook points of :func:`fit`; every method is a no-op by default."""
+
+    def on_epoch_start(self, model: nn.Module, epoch: int) -> None: ...
+
+    def before_step(self, model: nn.Module, step: int) -> None: ...
+
+    def after_backward(self, model: nn.Module, step: int) -> None: ...
+
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None: ...
+
+
+@dataclass
+class History:
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float | None] = field(default_factory=list)
+
+
+def make_loader(
+    x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool, seed: int = 0
+) -> DataLoader:
+    """A deterministic loader over numpy arrays (labels optional)."""
+    tensors = [torch.as_tensor(x)]
+    if y is not None:
+        tensors.append(torch.as_tensor(y))
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, generator=generator
+    )
+
+
+Objective = Callable[[torch.Tensor, Sequence[torch.Tensor]], torch.Tensor]
+
+
+def cross_entropy(label_smoothing: float = 0.0) -> Objective:
+    def loss(logits: torch.Tensor, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(logits, batch[1], label_smoothing=label_smoothing)
+
+    return loss
+
+
+def distillation(teacher: nn.Module, temperature: float = 1.0, classifier: bool = True) -> Objective:
+    """KL to the teacher's softened logits (classifiers) or MSE to its outputs (anything else)."""
+    teacher.eval()
+
+    def loss(out: torch.Tensor, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher(batch[0])
+        if not classifier:
+            return F.mse_loss(out, target)
+        t = temperature
+        return F.kl_div(
+            F.log_softmax(out / t, -1), F.log_softmax(target / t, -1), log_target=True,
+            reduction="batchmean",
+        ) * (t * t)
+
+    return loss
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """No weight decay on biases and norm parameters (1-D tensors), as the papers' recipes."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def cosine_lr(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Linear warm-up then cosine decay to zero, as a multiplier of ``cfg.lr`` per step."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    return factor
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Model outputs for numpy inputs, in eval mode (the mode is restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    outs = [
+        model(torch.as_tensor(x[i : i + batch_size]).to(device)).cpu().numpy()
+        for i in range(0, len(x), batch_size)
+    ]
+    model.train(was_training)
+    return np.concatenate(outs)
+
+
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    return float((predict(model, x).argmax(-1) == y).mean())
+
+
+def fit(
+    model: nn.Module,
+    train: DataLoader,
+    cfg: TrainConfig,
+    ctx: PassContext,
+    objective: Objective,
+    callbacks: Callbacks = Callbacks(),
+    evaluate: Callable[[nn.Module], float] | None = None,
+    start_epoch: int = 0,
+    on_epoch_end: Callable[[nn.Module, torch.optim.Optimizer, Any, int, History], None] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    history: History | None = None,
+) -> History:
+    """Train ``model`` in place for ``cfg.epochs`` epochs (from ``start_epoch`` when resuming).
+
+    ``on_epoch_end(model, optimizer, scheduler, epoch, history)`` is where resumable callers
+    write their checkpoint. A non-finite loss stops training with ``FloatingPointError``.
+    """
+    model.to(ctx.device)
+    optimizer = optimizer or make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr(cfg, len(train)))
+    for _ in range(start_epoch * len(train)):
+        scheduler.step()
+    history = history or History()
+    step = start_epoch * len(train)
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        callbacks.on_epoch_start(model, epoch)
+        total, count = 0.0, 0
+        for batch in ctx.track(train, f"epoch {epoch + 1}/{cfg.epochs}", len(train)):
+            batch = [t.to(ctx.device) for t in batch]
+            callbacks.before_step(model, step)
+            loss = objective(model(batch[0]), batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            callbacks.after_backward(model, step)
+            optimizer.step()
+            callbacks.after_step(model, optimizer, step)
+            scheduler.step()
+            total += loss.item() * len(batch[0])
+            count += len(batch[0])
+            step += 1
+        history.loss.append(total / max(1, count))
+        history.accuracy.append(evaluate(model) if evaluate else None)
+        log.info("epoch %d loss %.4f acc %s", epoch + 1, history.loss[-1], history.accuracy[-1])
+        if on_epoch_end is not None:
+            on_epoch_end(model, optimizer, scheduler, epoch, history)
+    return history
