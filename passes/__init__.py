@@ -13,6 +13,15 @@ from passes.registry import PassContext, config_from_dict, config_to_dict, run_p
 from passes.selection import LayerChoice, Selection, select_layers
 
 __all__ = [
-    "FoldConfig", "LayerChoice", "NMConfig", "NMPattern", "PassContext", "Selection",
-    "SparsifyError", "config_from_dict", "config_to_dict", "run_passes", "select_layers",
+    "FoldConfig",
+    "LayerChoice",
+    "NMConfig",
+    "NMPattern",
+    "PassContext",
+    "Selection",
+    "SparsifyError",
+    "config_from_dict",
+    "config_to_dict",
+    "run_passes",
+    "select_layers",
 ]

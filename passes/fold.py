@@ -8,7 +8,7 @@ from typing import ClassVar
 from torch import nn
 
 from passes.errors import SparsifyError
-from passes.masks import fold, masked_modules
+from passes.masks import fold, manifest_entries, masked_modules
 from passes.registry import PassContext, register_pass
 
 
@@ -28,4 +28,6 @@ def _ensure(model: nn.Module, config: FoldConfig, ctx: PassContext) -> None:
 
 @register_pass(FoldConfig, ensures=_ensure)
 def fold_pass(model: nn.Module, config: FoldConfig, ctx: PassContext) -> nn.Module:
+    """Record the manifest entries of every mask in ``ctx.manifest``, then fold them."""
+    ctx.manifest.update(manifest_entries(model))
     return fold(model)

@@ -67,7 +67,9 @@ class Manifest:
                 {k: v for k, v in asdict(e).items() if k != "mask"} for e in self.entries.values()
             ],
         }
-        tensors = {name: np.ascontiguousarray(e.mask.astype(bool)) for name, e in self.entries.items()}
+        tensors = {
+            name: np.ascontiguousarray(e.mask.astype(bool)) for name, e in self.entries.items()
+        }
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"sparsify": json.dumps(header)})
 

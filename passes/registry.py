@@ -45,7 +45,8 @@ class PassContext:
     ``targets`` are the qualified names chosen by :func:`passes.selection.select_layers`;
     ``train`` / ``eval`` are data loaders when the run has data; ``track`` wraps a long loop in a
     progress display (the CLI passes a rich progress bar, the library default shows nothing);
-    ``workdir`` is where resumable passes keep their checkpoints.
+    ``workdir`` is where resumable passes keep their checkpoints. Passes write ``metrics``
+    (training history) and the fold pass records the ``manifest`` entries before masks vanish.
     """
 
     targets: Sequence[str] = ()
@@ -58,6 +59,7 @@ class PassContext:
     workdir: Any = None
     resume: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
 
 
 C = TypeVar("C")
@@ -148,6 +150,8 @@ def config_from_dict(data: dict[str, Any]) -> Any:
             fix=f"remove or rename {unknown[0]!r}",
         )
     fields = {f.name: f for f in dataclasses.fields(entry.config_type)}
-    coerced = {k: tuple(v) if isinstance(v, list) and "tuple" in str(fields[k].type) else v
-               for k, v in data.items()}
+    coerced = {
+        k: tuple(v) if isinstance(v, list) and "tuple" in str(fields[k].type) else v
+        for k, v in data.items()
+    }
     return entry.config_type(**coerced)

@@ -62,7 +62,9 @@ def output_head(model: nn.Module, example: torch.Tensor) -> str | None:
     return outputs.get(id(result)) if isinstance(result, torch.Tensor) else None
 
 
-def _reason(name: str, mod: nn.Module, m: int, selection: Selection, head: str | None) -> str | None:
+def _reason(
+    name: str, mod: nn.Module, m: int, selection: Selection, head: str | None
+) -> str | None:
     if not isinstance(mod, SPARSIFIABLE):
         return f"{type(mod).__name__} is not sparsified (only Linear and Conv2d)"
     if isinstance(mod, nn.Conv2d) and mod.groups != 1:
@@ -94,7 +96,9 @@ def select_layers(
             continue
         weight = getattr(mod, "weight", None)
         shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else tuple(own[0].shape)
-        choices.append(LayerChoice(name, type(mod).__name__, shape, _reason(name, mod, m, selection, head)))
+        choices.append(
+            LayerChoice(name, type(mod).__name__, shape, _reason(name, mod, m, selection, head))
+        )
     return choices
 
 

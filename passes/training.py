@@ -85,7 +85,9 @@ def cross_entropy(label_smoothing: float = 0.0) -> Objective:
     return loss
 
 
-def distillation(teacher: nn.Module, temperature: float = 1.0, classifier: bool = True) -> Objective:
+def distillation(
+    teacher: nn.Module, temperature: float = 1.0, classifier: bool = True
+) -> Objective:
     """KL to the teacher's softened logits (classifiers) or MSE to its outputs (anything else)."""
     teacher.eval()
 
@@ -96,7 +98,9 @@ def distillation(teacher: nn.Module, temperature: float = 1.0, classifier: bool 
             return F.mse_loss(out, target)
         t = temperature
         return F.kl_div(
-            F.log_softmax(out / t, -1), F.log_softmax(target / t, -1), log_target=True,
+            F.log_softmax(out / t, -1),
+            F.log_softmax(target / t, -1),
+            log_target=True,
             reduction="batchmean",
         ) * (t * t)
 
@@ -158,7 +162,8 @@ def fit(
     callbacks: Callbacks = Callbacks(),
     evaluate: Callable[[nn.Module], float] | None = None,
     start_epoch: int = 0,
-    on_epoch_end: Callable[[nn.Module, torch.optim.Optimizer, Any, int, History], None] | None = None,
+    on_epoch_end: Callable[[nn.Module, torch.optim.Optimizer, Any, int, History], None]
+    | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     history: History | None = None,
 ) -> History:
@@ -183,7 +188,9 @@ def fit(
             callbacks.before_step(model, step)
             loss = objective(model(batch[0]), batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}")
+                raise FloatingPointError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step}"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             callbacks.after_backward(model, step)

@@ -21,7 +21,7 @@ class Dataset:
 
 
 def holdout_split(x: np.ndarray, y: np.ndarray | None, fraction: float = TEST_FRACTION) -> Dataset:
-    """The fixed split used whenever data comes without a test set: seed 0, ``fraction`` held out."""
+    """The fixed split used when data has no test set: seed 0, ``fraction`` held out."""
     order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
     n_test = max(1, int(round(len(x) * fraction)))
     test, train = order[:n_test], order[n_test:]
@@ -31,7 +31,7 @@ def holdout_split(x: np.ndarray, y: np.ndarray | None, fraction: float = TEST_FR
 
 
 def digits() -> Dataset:
-    """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes) as ``[N, 1, 8, 8]`` in [0, 1]."""
+    """scikit-learn's 8x8 digits (1797 images, 10 classes) as ``[N, 1, 8, 8]`` in [0, 1]."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

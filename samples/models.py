@@ -37,7 +37,9 @@ class ResidualBlock(nn.Module):
 class DigitsResNet(nn.Module):
     def __init__(self, width: int = 32, num_classes: int = 10) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
         self.layer1 = ResidualBlock(width, width)
         self.layer2 = ResidualBlock(width, 2 * width, stride=2)
         self.layer3 = ResidualBlock(2 * width, 2 * width)
@@ -86,8 +88,14 @@ class Block(nn.Module):
 
 class DigitsTransformer(nn.Module):
     def __init__(
-        self, dim: int = 192, depth: int = 2, heads: int = 4, mlp: int = 768, patch: int = 2,
-        image: int = 8, num_classes: int = 10,
+        self,
+        dim: int = 192,
+        depth: int = 2,
+        heads: int = 4,
+        mlp: int = 768,
+        patch: int = 2,
+        image: int = 8,
+        num_classes: int = 10,
     ) -> None:
         super().__init__()
         self.patch = patch

@@ -1,0 +1,110 @@
+"""ONNX export and the map from torch modules to the ONNX nodes that hold their weights.
+
+Export uses torch's TorchScript-based exporter (opset 17, constant folding on, so BatchNorm is
+folded into the preceding Conv and Linear weights on 3-D inputs become pre-transposed MatMul
+initializers). Folded initializers lose their parameter names, so weights are found through node
+*scopes*, which that exporter derives from module paths: module ``layer2.shortcut.0`` owns node
+``/layer2/shortcut/shortcut.0/Conv``, module ``blocks.0.fc1`` owns ``/blocks.0/fc1/MatMul``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from passes.atomic import atomic_path
+from passes.errors import SparsifyError
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike[str]) -> None:
+    """Export ``model`` (in eval mode) with a dynamic batch axis, check it, write atomically."""
+    was_training = model.training
+    model.eval()
+    try:
+        with atomic_path(path) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+            onnx.checker.check_model(str(tmp), full_check=True)
+    except SparsifyError:
+        raise
+    except Exception as err:  # torch's exporter raises many types; say which model and why
+        raise SparsifyError(
+            f"ONNX export failed: {type(err).__name__}: {str(err).splitlines()[0]}",
+            fix="check the model runs on the example input and uses ops of ONNX opset 17",
+        ) from err
+    finally:
+        model.train(was_training)
+
+
+@dataclass(frozen=True)
+class WeightRef:
+    """Where a module's weight sits in an ONNX graph, and its layout there.
+
+    ``in_axis`` is the reduction axis and ``out_axis`` the output axis of the initializer as
+    stored: Conv and Gemm(transB=1) are ``[out, in, ...]``; MatMul and Gemm(transB=0) are
+    ``[in, out]``.
+    """
+
+    module: str
+    node: str
+    op: str
+    initializer: str
+    in_axis: int
+    out_axis: int
+
+
+def _scope_candidates(node_name: str) -> set[str]:
+    """Module paths a node name can belong to (raw scope, and with repeated segments merged)."""
+    parts = node_name.split("/")[1:-1]
+    segments = [seg for part in parts for seg in part.split(".")]
+    merged = [s for i, s in enumerate(segments) if i == 0 or s != segments[i - 1]]
+    return {".".join(segments), ".".join(merged)}
+
+
+def weight_refs(model: onnx.ModelProto, modules: list[str]) -> dict[str, list[WeightRef]]:
+    """For each module path, the weight-bearing nodes it owns (one per call of the module)."""
+    inits = {init.name for init in model.graph.initializer}
+    wanted = set(modules)
+    refs: dict[str, list[WeightRef]] = {m: [] for m in modules}
+    for node in model.graph.node:
+        if node.op_type not in WEIGHT_OPS or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        owners = wanted & _scope_candidates(node.name)
+        if not owners and node.input[1].endswith(".weight"):
+            owners = wanted & {node.input[1][: -len(".weight")]}
+        for owner in owners:
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            in_axis = 1 if node.op_type == "Conv" or (node.op_type == "Gemm" and trans_b) else 0
+            refs[owner].append(
+                WeightRef(owner, node.name, node.op_type, node.input[1], in_axis, 1 - in_axis)
+            )
+    return refs
+
+
+def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}

@@ -1,0 +1,53 @@
+"""Multiply-accumulate counts per layer: dense MACs and sparse MACs (nonzero weights only).
+
+Counted by running the example input once with hooks on Linear and Conv2d, so the spatial size
+of every conv output and the token count of every Linear are the real ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LayerFlops:
+    dense: int
+    sparse: int
+
+
+@torch.no_grad()
+def layer_flops(model: nn.Module, example: torch.Tensor) -> dict[str, LayerFlops]:
+    """MACs per sample of each Linear / Conv2d in ``model`` (the batch axis is divided out)."""
+    counts: dict[str, LayerFlops] = {}
+    batch = example.shape[0]
+
+    def hook(name: str):
+        def record(mod: nn.Module, _inp, out: torch.Tensor) -> None:
+            weight = mod.weight
+            positions = out.numel() // (batch * out.shape[1 if isinstance(mod, nn.Conv2d) else -1])
+            per_output = weight[0].numel()
+            outputs = weight.shape[0]
+            dense = positions * outputs * per_output
+            sparse = positions * int(torch.count_nonzero(weight))
+            prev = counts.get(name, LayerFlops(0, 0))
+            counts[name] = LayerFlops(prev.dense + dense, prev.sparse + sparse)
+
+        return record
+
+    hooks = [
+        mod.register_forward_hook(hook(name))
+        for name, mod in model.named_modules()
+        if isinstance(mod, (nn.Linear, nn.Conv2d))
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        model(example)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return counts

@@ -1,0 +1,3 @@
+from sparsify_cli.app import main
+
+main()

@@ -1,0 +1,98 @@
+"""The ``--data`` spec: a shipped dataset name, or an ``.npz`` with ``x``, ``y`` (optional
+``x_test``, ``y_test``; without them a fixed 10% split is held out).
+
+Inputs must match the model's example input without its batch axis; labels are 1-D integers
+of the same length. Anything else is a :class:`SparsifyError` that names the array.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from passes.errors import SparsifyError
+from samples.datasets import DATASETS, Dataset, holdout_split
+
+
+def _inputs(arr: np.ndarray, name: str, sample_shape: Sequence[int], source: str) -> np.ndarray:
+    if arr.dtype.kind not in "fiub":
+        raise SparsifyError(
+            f"array {name!r} in {source} has dtype {arr.dtype}", expected="a numeric array"
+        )
+    if len(arr) == 0:
+        raise SparsifyError(f"array {name!r} in {source} has no rows", expected="at least 1 row")
+    if tuple(arr.shape[1:]) != tuple(sample_shape):
+        raise SparsifyError(
+            f"array {name!r} in {source} does not fit the model's input",
+            expected=f"shape [N, {', '.join(map(str, sample_shape))}]",
+            found=f"shape {list(arr.shape)}",
+            fix="reshape the inputs, or pass the matching --input-shape",
+        )
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise SparsifyError(
+            f"array {name!r} in {source} contains NaN or Inf",
+            found=f"{int((~np.isfinite(arr)).sum())} non-finite values",
+            fix="clean or drop those rows",
+        )
+    return arr
+
+
+def _labels(arr: np.ndarray, name: str, rows: int, source: str) -> np.ndarray:
+    if arr.ndim != 1 or len(arr) != rows or arr.dtype.kind not in "iu":
+        raise SparsifyError(
+            f"array {name!r} in {source} is not a label vector",
+            expected=f"1-D integer class ids with {rows} rows",
+            found=f"shape {list(arr.shape)}, dtype {arr.dtype}",
+        )
+    if arr.min() < 0:
+        raise SparsifyError(f"array {name!r} in {source} has negative class ids")
+    return arr.astype(np.int64)
+
+
+def load_data(spec: str, sample_shape: Sequence[int]) -> Dataset:
+    """Load ``spec`` for a model whose single input is ``[batch, *sample_shape]``."""
+    if spec in DATASETS:
+        data = DATASETS[spec]()
+        if tuple(data.x_train.shape[1:]) != tuple(sample_shape):
+            raise SparsifyError(
+                f"dataset {spec!r} does not fit the model's input",
+                expected=f"inputs [N, {', '.join(map(str, sample_shape))}]",
+                found=f"[N, {', '.join(map(str, data.x_train.shape[1:]))}]",
+            )
+        return data
+    path = Path(spec)
+    if not path.is_file():
+        raise SparsifyError(
+            f"data not found: {spec}",
+            expected=f"a dataset name ({', '.join(DATASETS)}) or an .npz file",
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise SparsifyError(
+            f"cannot read data file {spec}",
+            expected="an .npz written by numpy.savez",
+            found=f"{type(err).__name__}: {err}",
+        ) from err
+    if "x" not in arrays:
+        raise SparsifyError(
+            f"data file {spec} has no array 'x'",
+            expected="arrays x, y (optional x_test, y_test)",
+            found=f"arrays {sorted(arrays)}",
+        )
+    x = _inputs(arrays["x"], "x", sample_shape, spec)
+    y = _labels(arrays["y"], "y", len(x), spec) if "y" in arrays else None
+    if "x_test" not in arrays:
+        return holdout_split(x, y)
+    x_test = _inputs(arrays["x_test"], "x_test", sample_shape, spec)
+    y_test = None
+    if y is not None:
+        if "y_test" not in arrays:
+            raise SparsifyError(f"data file {spec} has 'x_test' and 'y' but no 'y_test'")
+        y_test = _labels(arrays["y_test"], "y_test", len(x_test), spec)
+    return Dataset(x, y, x_test, y_test)

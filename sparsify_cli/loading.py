@@ -1,0 +1,287 @@
+"""Checkpoint -> ``nn.Module`` plus the example input used for export and timing.
+
+Accepted sources, in the order they are tried:
+
+* a shipped sample by name (``digits_cnn``), or any checkpoint that names a registered sample;
+* a ``state_dict`` in ``.pt`` / ``.pth`` / ``.bin`` (read with ``torch.load(weights_only=True)``,
+  which cannot run code) or ``.safetensors``, with ``--arch MODULE:CALLABLE`` building the model
+  (imported with the current directory on ``sys.path``);
+* a whole pickled module, only with ``trust_checkpoint=True``: unpickling runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import logging
+import os
+import pickle
+import re
+import sys
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from passes.errors import SparsifyError
+from samples import SAMPLES, Sample
+
+log = logging.getLogger(__name__)
+
+_SHAPE_RE = re.compile(r"^\s*\d+(\s*[,x]\s*\d+)*\s*$")
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    example: torch.Tensor
+    source: str
+    sha256: str | None
+    sample: Sample | None
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """``"1,3,32,32"`` or ``"1x3x32x32"`` -> ``(1, 3, 32, 32)``; every dimension >= 1."""
+    if not text or not _SHAPE_RE.match(text):
+        raise SparsifyError(
+            f"cannot read --input-shape {text!r}",
+            expected="comma- or x-separated positive integers with the batch first, e.g. 1,3,32,32",
+            found=repr(text),
+        )
+    dims = tuple(int(d) for d in re.split(r"[,x]", text.replace(" ", "")))
+    if any(d < 1 for d in dims) or len(dims) < 2:
+        raise SparsifyError(
+            f"invalid --input-shape {text!r}",
+            expected="at least 2 dimensions (batch first), each >= 1",
+            found=str(dims),
+        )
+    return dims
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _cwd_on_path() -> Iterator[None]:
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added:
+            sys.path.remove(cwd)
+
+
+def build_arch(arch: str) -> nn.Module:
+    """Import ``MODULE:CALLABLE`` and call it with no arguments; it must return an ``nn.Module``."""
+    module_name, sep, attr = arch.partition(":")
+    if not sep or not module_name or not attr:
+        raise SparsifyError(
+            f"cannot read --arch {arch!r}",
+            expected="MODULE:CALLABLE, e.g. mymodels:Net",
+            found=repr(arch),
+        )
+    with _cwd_on_path():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise SparsifyError(
+                f"cannot import module {module_name!r} named by --arch",
+                found=f"{type(err).__name__}: {err}",
+                fix="run from the folder that holds the module, or install its package",
+            ) from err
+    factory = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise SparsifyError(
+                f"module {module_name!r} has no attribute {attr!r} (from --arch {arch!r})",
+                fix=f"check the name of the class or function in {module_name}",
+            )
+    try:
+        model = factory()
+    except Exception as err:
+        raise SparsifyError(
+            f"--arch {arch!r} could not build the model: {type(err).__name__}: {err}",
+            fix="the callable must take no required arguments",
+        ) from err
+    if not isinstance(model, nn.Module):
+        raise SparsifyError(
+            f"--arch {arch!r} did not return a torch module", found=type(model).__name__
+        )
+    return model
+
+
+def _corrupt(path: Path, err: BaseException) -> SparsifyError:
+    return SparsifyError(
+        f"cannot read checkpoint {path}: it is corrupt or not a checkpoint",
+        expected="a torch .pt state_dict or a .safetensors file",
+        found=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+        fix="re-save the checkpoint with torch.save(model.state_dict(), path)",
+    )
+
+
+def read_checkpoint(path: Path, trust_checkpoint: bool = False) -> tuple[Any, dict[str, str]]:
+    """The checkpoint object (state_dict, wrapper dict or module) and its metadata."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+        from safetensors.torch import load_file
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                metadata = fh.metadata() or {}
+            return load_file(str(path)), metadata
+        except (SafetensorError, OSError, ValueError) as err:
+            raise _corrupt(path, err) from err
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not trust_checkpoint:
+            raise SparsifyError(
+                f"checkpoint {path} holds pickled Python objects, not only tensors",
+                expected="a state_dict (tensors only), loadable without running code",
+                found=str(err).splitlines()[0][:200],
+                fix="save model.state_dict() and pass --arch, or pass --trust-checkpoint if you "
+                "trust this file (unpickling it can run arbitrary code)",
+            ) from err
+        log.warning("unpickling %s with --trust-checkpoint: this runs code from the file", path)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err2:
+            raise _corrupt(path, err2) from err2
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise _corrupt(path, err) from err
+    meta = {}
+    if isinstance(obj, dict) and isinstance(obj.get("sparsify_sample"), str):
+        meta["sparsify_sample"] = obj["sparsify_sample"]
+    return obj, meta
+
+
+def _state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors
+    raise SparsifyError(
+        f"checkpoint {path} holds no state_dict",
+        expected="a dict of tensors (or one under 'state_dict')",
+        found=type(obj).__name__,
+    )
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], arch: str) -> None:
+    """``load_state_dict(strict=True)`` with a message that lists what does not match."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        found = []
+        if missing:
+            found.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            found.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        if shapes:
+            found.append(f"shape mismatch {shapes[:3]}")
+        raise SparsifyError(
+            f"the checkpoint does not match the model built by {arch}",
+            expected="the same parameter names and shapes",
+            found="; ".join(found),
+            fix="pass the --arch that produced this checkpoint",
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def check_example(model: nn.Module, example: torch.Tensor, shape_text: str) -> None:
+    """Run the example through the model; a failure means ``--input-shape`` does not fit."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(example)
+    except Exception as err:
+        raise SparsifyError(
+            f"--input-shape {shape_text} does not fit the model",
+            found=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+            fix="pass the shape of one real input batch, batch first, e.g. 1,3,32,32",
+        ) from err
+    if not isinstance(out, torch.Tensor):
+        raise SparsifyError(
+            "the model must return one tensor",
+            found=type(out).__name__,
+            fix="wrap the model so forward returns the logits tensor",
+        )
+
+
+def load_model(
+    source: str,
+    arch: str | None = None,
+    input_shape: str | None = None,
+    trust_checkpoint: bool = False,
+) -> LoadedModel:
+    """Build the model for ``source`` and the example input (batch 1) it is exported with."""
+    path = Path(source)
+    sample = SAMPLES.get(source) if not path.exists() else None
+    if sample is not None:
+        path = sample.checkpoint
+    if not path.exists():
+        raise SparsifyError(
+            f"checkpoint not found: {source}",
+            expected=f"a file path or a sample name ({', '.join(SAMPLES)})",
+            fix="check the path",
+        )
+    if path.is_dir() or path.stat().st_size == 0:
+        raise SparsifyError(
+            f"checkpoint {source} is {'a folder' if path.is_dir() else 'empty'}",
+            expected="a .pt or .safetensors file",
+        )
+    sha = file_sha256(path)
+    obj, meta = read_checkpoint(path, trust_checkpoint)
+    if sample is None and arch is None and meta.get("sparsify_sample") in SAMPLES:
+        sample = SAMPLES[meta["sparsify_sample"]]
+    if isinstance(obj, nn.Module):
+        model = obj
+    elif arch is not None:
+        model = build_arch(arch)
+        load_state(model, _state_dict(obj, path), arch)
+    elif sample is not None:
+        model = sample.build()
+        load_state(model, _state_dict(obj, path), f"sample {sample.name}")
+    else:
+        raise SparsifyError(
+            f"checkpoint {source} is a state_dict and no architecture was given",
+            fix="pass --arch MODULE:CALLABLE naming the function or class that builds the model",
+        )
+    if input_shape is None and sample is not None and arch is None:
+        shape = sample.input_shape
+        input_shape = ",".join(map(str, shape))
+    elif input_shape is None:
+        raise SparsifyError(
+            "no --input-shape given for this model",
+            fix="pass --input-shape with the batch first, e.g. --input-shape 1,3,32,32",
+        )
+    else:
+        shape = parse_input_shape(input_shape)
+    example = torch.zeros(shape).normal_(generator=torch.Generator().manual_seed(0))
+    model.eval()
+    check_example(model, example, input_shape)
+    return LoadedModel(model, example, str(source), sha, sample if arch is None else None)

@@ -1,0 +1,156 @@
+"""``report.json`` (schema in DESIGN.md) and its terminal rendering.
+
+Tools read ``report.json``: its core keys are stable and ``schema`` is bumped on any change to
+them. Everything here is plain data in, plain data out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from passes.atomic import atomic_write_text
+
+SCHEMA = 1
+
+
+def tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sparsify-cli")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def environment(threads: int) -> dict[str, Any]:
+    import onnxruntime
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "tensorrt": None,
+    }
+
+
+def new_report(input_path: str, sha256: str | None, recipe: dict[str, Any], threads: int) -> dict:
+    return {
+        "schema": SCHEMA,
+        "tool_version": tool_version(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "input": {"path": input_path, "sha256": sha256},
+        "recipe": recipe,
+        "environment": environment(threads),
+        "layers": [],
+        "accuracy": None,
+        "baseline": None,
+        "artifacts": [],
+    }
+
+
+def write_report(path: str | os.PathLike[str], report: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def render(report: dict[str, Any], console: Console) -> None:
+    """Layers, accuracy and artifact latency as rich tables."""
+    shown = [r for r in report["layers"] if r["op"] in ("Linear", "Conv2d")]
+    hidden = len(report["layers"]) - len(shown)
+    title = "Layers" + (
+        f" ({hidden} norm/other layers left dense: see report.json)" if hidden else ""
+    )
+    layers = Table(title=title, show_lines=False)
+    for col in ("layer", "op", "shape", "pattern", "density", "MACs dense", "MACs sparse", "note"):
+        layers.add_column(col, justify="right" if col.startswith(("MACs", "density")) else "left")
+    for row in shown:
+        layers.add_row(
+            row["name"],
+            row["op"],
+            "x".join(map(str, row["shape"])),
+            row["pattern"] or "dense",
+            f"{row['density']:.3f}",
+            f"{row['flops_dense']:,}",
+            f"{row['flops_sparse']:,}",
+            row["skipped"] or "",
+        )
+    console.print(layers)
+    acc = report.get("accuracy")
+    if acc:
+        table = Table(title=f"Accuracy ({acc['metric']}, {acc['samples']} held-out samples)")
+        for col in ("dense", "sparse (torch)", "sparse (onnx)", "quantized"):
+            table.add_column(col, justify="right")
+        table.add_row(
+            _pct(acc["dense"]),
+            _pct(acc["sparse"]),
+            _pct(acc.get("sparse_onnx")),
+            _pct(acc.get("quantized")),
+        )
+        console.print(table)
+    arts = Table(
+        title=f"Artifacts (ONNX Runtime CPU, {report['environment']['threads']} thread(s))"
+    )
+    for col in (
+        "artifact",
+        "pattern ok",
+        "parity max|Δ|",
+        "batch",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "samples/s",
+        "vs dense",
+    ):
+        arts.add_column(col, justify="left" if col in ("artifact", "pattern ok") else "right")
+    rows = []
+    if report.get("baseline"):
+        rows.append(
+            (report["baseline"]["path"] + " (dense)", "", None, report["baseline"]["latency"])
+        )
+    for art in report["artifacts"]:
+        rows.append(
+            (
+                art["path"],
+                "yes" if art["pattern_ok"] else "NO",
+                art["parity_max_abs"],
+                art["latency"],
+            )
+        )
+    for name, ok, parity, latency in rows:
+        for i, lat in enumerate(latency or [{}]):
+            speed = lat.get("speedup_vs_dense")
+            arts.add_row(
+                name if i == 0 else "",
+                ok if i == 0 else "",
+                f"{parity:.2e}" if parity is not None and i == 0 else "",
+                str(lat.get("batch", "-")),
+                f"{lat.get('p50_ms', 0):.3f}",
+                f"{lat.get('p90_ms', 0):.3f}",
+                f"{lat.get('p99_ms', 0):.3f}",
+                f"{lat.get('throughput', 0):,.0f}",
+                "-" if speed is None else f"{speed:.2f}x",
+            )
+    console.print(arts)
