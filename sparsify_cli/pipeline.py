@@ -42,7 +42,7 @@ from passes.training import predict
 from samples.datasets import Dataset
 from sparsify_cli.data import load_data
 from sparsify_cli.loading import LoadedModel, file_sha256, load_model
-from sparsify_cli.report import new_report, write_report
+from sparsify_cli.report import new_report, tool_version, write_report
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,36 @@ def default_out(opts: ConvertOptions) -> Path:
     return Path(f"{stem}_sparse_{opts.nm.replace(':', 'of')}")
 
 
+def _run_settings(opts: ConvertOptions) -> dict[str, Any]:
+    """The options that decide the artifacts (not where they go), so the manifest of the same
+    run into another folder is byte-identical."""
+    return {k: v for k, v in asdict(opts).items() if k not in ("out", "force")}
+
+
+def _remove_stale_staging(parent: Path, name: str) -> None:
+    """Delete staging folders left by runs that were killed (their process no longer exists)."""
+    for stale in parent.glob(f".{name}.partial-*"):
+        pid = stale.name.split("partial-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _prepare_out(out: Path, force: bool) -> Path:
-    """Check ``out`` can be written; return a fresh staging folder beside it."""
+    """Check ``out`` can be written; return a fresh staging folder beside it.
+
+    The staging folder's name carries this process id, so a later run can tell a folder left by
+    a killed run (removed) from one that another live run is filling (kept).
+    """
     if out.exists() and not force:
         raise SparsifyError(
             f"output folder {out} already exists",
@@ -109,7 +137,8 @@ def _prepare_out(out: Path, force: bool) -> Path:
     parent = out.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+        _remove_stale_staging(parent, out.name)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=parent))
     except OSError as err:
         raise SparsifyError(
             f"cannot write the output folder {out}",
@@ -194,9 +223,9 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
         model = run_passes(model, configs, ctx)
         manifest = Manifest(
             ctx.manifest,
-            recipe={"options": asdict(opts), "passes": [config_to_dict(c) for c in configs]},
+            recipe={"options": _run_settings(opts), "passes": [config_to_dict(c) for c in configs]},
             versions={
-                "sparsify": new_report("", None, {}, 1)["tool_version"],
+                "sparsify": tool_version(),
                 "torch": torch.__version__,
             },
         )
