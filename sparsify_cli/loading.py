@@ -19,6 +19,7 @@ import os
 import pickle
 import re
 import sys
+import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -146,13 +147,19 @@ def read_checkpoint(path: Path, trust_checkpoint: bool = False) -> tuple[Any, di
         except (SafetensorError, OSError, ValueError) as err:
             raise _corrupt(path, err) from err
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # The weights-only unpickler names the GLOBAL it refused; anything else is corruption.
+        refused = [ln.strip() for ln in str(err).splitlines() if "global" in ln.lower()]
+        if not refused:
+            raise _corrupt(path, err) from err
         if not trust_checkpoint:
             raise SparsifyError(
                 f"checkpoint {path} holds pickled Python objects, not only tensors",
                 expected="a state_dict (tensors only), loadable without running code",
-                found=str(err).splitlines()[0][:200],
+                found=refused[0][:200],
                 fix="save model.state_dict() and pass --arch, or pass --trust-checkpoint if you "
                 "trust this file (unpickling it can run arbitrary code)",
             ) from err
