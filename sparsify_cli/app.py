@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from passes.errors import SparsifyError
@@ -41,7 +42,9 @@ def user_errors(debug: bool) -> Iterator[None]:
     except SparsifyError as err:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]: no partial artifact was written")
@@ -88,6 +91,10 @@ def progress_hooks(quiet: bool) -> Iterator[object]:
 
     with progress:
         yield Hooks(track=track, status=status)
+
+
+def _exports(text: str) -> tuple[str, ...]:
+    return tuple(part.strip().lower() for part in text.split(",") if part.strip())
 
 
 def _batches(text: str) -> tuple[int, ...]:
@@ -140,6 +147,9 @@ def convert(
         bool, typer.Option(help="Allow unpickling a whole module (runs code from the file).")
     ] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    export: Annotated[
+        str, typer.Option(help="Artifacts to produce, comma-separated: onnx,tensorrt.")
+    ] = "onnx",
     json_out: Annotated[
         bool, typer.Option("--json", help="Print report.json instead of tables.")
     ] = False,
@@ -175,6 +185,7 @@ def convert(
             seed=seed,
             trust_checkpoint=trust_checkpoint,
             force=force,
+            export=_exports(export),
         )
         with progress_hooks(quiet or json_out) as hooks:
             report, folder = run_convert(opts, hooks)

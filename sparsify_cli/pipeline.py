@@ -22,7 +22,8 @@ from safetensors.torch import save_file
 
 from exporters import runtime
 from exporters.latency import LatencySettings, measure_latency
-from exporters.onnx_export import export_onnx
+from exporters.onnx_export import export_onnx, weight_refs
+from exporters.tensorrt import require_tensorrt
 from exporters.verify import max_abs_diff, verify_pattern
 from passes import (
     FoldConfig,
@@ -50,6 +51,7 @@ PARITY_ATOL = 1e-4
 """fp32 ONNX Runtime vs PyTorch: max abs difference allowed on the outputs."""
 
 METHODS = ("magnitude",)
+EXPORTS = ("onnx", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,15 @@ class ConvertOptions:
     trust_checkpoint: bool = False
     force: bool = False
     parity_atol: float = PARITY_ATOL
+    export: tuple[str, ...] = ("onnx",)
 
     def __post_init__(self) -> None:
         NMPattern.parse(self.nm)
+        unknown = [e for e in self.export if e not in EXPORTS]
+        if unknown or not self.export:
+            raise SparsifyError(
+                f"unknown --export {','.join(unknown) or '(empty)'}", expected=f"some of {EXPORTS}"
+            )
         if self.method not in METHODS:
             raise SparsifyError(f"unknown --method {self.method!r}", expected=f"one of {METHODS}")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
@@ -188,12 +196,50 @@ def _layer_rows(choices, manifest: dict, flops: dict) -> list[dict[str, Any]]:
     return rows
 
 
+def _tensorrt_artifact(
+    opts: ConvertOptions,
+    staging: Path,
+    sparse_onnx: Path,
+    choices,
+    manifest: Manifest,
+    check_x: np.ndarray,
+    torch_out: np.ndarray,
+) -> dict[str, Any]:
+    """Dense and 2:4 fp16 engines of the sparse ONNX: which layers run sparse, parity, latency."""
+    import onnx
+
+    from exporters.tensorrt.export import export_tensorrt
+    from exporters.tensorrt.runtime import TimingSettings
+
+    refs = weight_refs(onnx.load(str(sparse_onnx)), [c.name for c in choices])
+    artifact = export_tensorrt(
+        sparse_onnx,
+        staging,
+        node_map={module: [r.node for r in found] for module, found in refs.items()},
+        patterns={e.module: e.pattern for e in manifest.entries.values()},
+        check_x=check_x,
+        reference=torch_out,
+        batch_sizes=opts.batch_sizes,
+        timing=TimingSettings(duration_s=opts.bench_seconds),
+    )
+    artifact["sha256"] = file_sha256(staging / artifact["path"])
+    if not artifact["parity"]["ok"]:
+        raise SparsifyError(
+            "the TensorRT engine does not match the PyTorch model",
+            expected=f"max abs difference <= {artifact['parity_atol']:.3g}",
+            found=f"{artifact['parity_max_abs']:.3g}",
+        )
+    return artifact
+
+
 def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any], Path]:
     """Run the whole conversion; returns the report and the output folder."""
     pattern = NMPattern.parse(opts.nm)
     out = Path(opts.out) if opts.out else default_out(opts)
     if out.exists() and not opts.force:  # fail before any expensive work
         _prepare_out(out, force=False)
+    if "tensorrt" in opts.export:
+        require_tensorrt()  # no GPU / no TensorRT: say so now, not after fine-tuning
     hooks.status("loading the checkpoint")
     loaded = load_model(opts.source, opts.arch, opts.input_shape, opts.trust_checkpoint)
     data = _dataset(opts, loaded)
@@ -297,6 +343,13 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
                 "latency": [r.to_dict() for r in latency["onnx"]],
             }
         )
+        if "tensorrt" in opts.export:
+            hooks.status("building, checking and timing dense and 2:4 TensorRT engines (fp16)")
+            trt_artifact = _tensorrt_artifact(
+                opts, staging, sparse_onnx, choices, manifest, check_x, torch_out
+            )
+            report["environment"]["tensorrt"] = trt_artifact["tensorrt"]
+            report["artifacts"].append(trt_artifact)
         write_report(staging / "report.json", report)
         _publish(staging, out)
     finally:

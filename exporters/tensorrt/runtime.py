@@ -1,0 +1,236 @@
+"""Run and time TensorRT engines on the GPU, trtexec-style (needs CUDA + TensorRT).
+
+Buffers are torch CUDA tensors bound with ``context.set_tensor_address``; inference is
+``context.execute_async_v3(stream)`` on a dedicated torch CUDA stream. Each timed query records
+four CUDA events on that stream::
+
+    e0 | H2D copy (pinned host -> device) | e1 | enqueue | e2 | D2H copy | e3
+
+GPU compute time is ``e1 -> e2`` and host latency ``e0 -> e3``, the two figures trtexec reports.
+Queries are issued back to back in rounds of ``round_size`` and the stream is synchronised after
+each round, so the GPU stays busy while the host never runs far ahead. Several engines are timed
+*interleaved* (a round of each in turn) so clock changes and neighbours hit them alike. With
+``cuda_graph`` the enqueue is captured once into a CUDA graph and replayed, which removes the
+per-launch CPU overhead that dominates tiny batches (trtexec ``--useCudaGraph``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporters.tensorrt.availability import import_tensorrt
+from exporters.tensorrt.stats import LatencyStats, latency_stats, speedup, throughput
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """trtexec's defaults: 200 ms warm-up, 3 s timed per engine and batch, >= 10 queries."""
+
+    warmup_ms: float = 200.0
+    duration_s: float = 3.0
+    min_iterations: int = 10
+    round_size: int = 20
+    cuda_graph: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Samples:
+    compute_ms: list[float] = field(default_factory=list)
+    host_ms: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrtLatencyRow:
+    batch: int
+    gpu_compute: LatencyStats
+    host_latency: LatencyStats
+    queries_per_s: float
+    samples_per_s: float
+    speedup_vs_dense: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batch": self.batch,
+            "gpu_compute_ms": self.gpu_compute.to_dict(),
+            "host_latency_ms": self.host_latency.to_dict(),
+            "queries_per_s": self.queries_per_s,
+            "samples_per_s": self.samples_per_s,
+            "speedup_vs_dense": self.speedup_vs_dense,
+        }
+
+
+class EngineRunner:
+    """One deserialised engine, its execution context and a CUDA stream."""
+
+    def __init__(self, engine_path: str | os.PathLike[str]) -> None:
+        import torch
+
+        trt = import_tensorrt()
+        self._torch = torch
+        self._trt = trt
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        mode = self.engine.get_tensor_mode
+        self.inputs = [n for n in names if mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(self.inputs) != 1:
+            raise ValueError(f"expected one engine input, found {self.inputs}")
+        self.max_batch = int(self.engine.get_tensor_profile_shape(self.inputs[0], 0)[2][0])
+        self.stream = torch.cuda.Stream()
+        self._bound: dict[str, Any] = {}
+        self._batch = 0
+        self._graph: Any = None
+
+    def _dtype(self, name: str) -> Any:
+        np_dtype = np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(name)))
+        return self._torch.from_numpy(np.empty(0, np_dtype)).dtype
+
+    def bind(self, batch: int, sample_shape: Sequence[int]) -> None:
+        """Set the input shape and (re)allocate device buffers for ``batch``."""
+        if batch == self._batch:
+            return
+        torch = self._torch
+        self.context.set_input_shape(self.inputs[0], (batch, *sample_shape))
+        self._bound = {}
+        for name in [*self.inputs, *self.outputs]:
+            shape = tuple(self.context.get_tensor_shape(name))
+            tensor = torch.empty(shape, dtype=self._dtype(name), device="cuda")
+            self.context.set_tensor_address(name, tensor.data_ptr())
+            self._bound[name] = tensor
+        self._batch = batch
+        self._graph = None
+
+    def io_buffers(self) -> tuple[Any, Any]:
+        """The bound device tensors of the (only) input and the first output."""
+        return self._bound[self.inputs[0]], self._bound[self.outputs[0]]
+
+    def _enqueue(self) -> None:
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+
+    def capture_graph(self) -> None:
+        """Capture the enqueue for the bound batch into a CUDA graph (after one plain run)."""
+        torch = self._torch
+        with torch.cuda.stream(self.stream):
+            self._enqueue()  # TensorRT does its lazy set-up outside the capture
+        self.stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=self.stream):
+            self._enqueue()
+        self._graph = graph
+
+    def _launch(self) -> None:
+        if self._graph is not None:
+            self._graph.replay()
+        else:
+            self._enqueue()
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """First output for inputs ``x`` (chunks of at most the profile's max batch)."""
+        torch = self._torch
+        outs = []
+        for i in range(0, len(x), self.max_batch):
+            chunk = np.ascontiguousarray(x[i : i + self.max_batch])
+            self.bind(len(chunk), chunk.shape[1:])
+            d_in, d_out = self.io_buffers()
+            with torch.cuda.stream(self.stream):
+                d_in.copy_(torch.from_numpy(chunk).to(d_in.dtype), non_blocking=True)
+                self._enqueue()
+                out = d_out.float().cpu()
+            self.stream.synchronize()
+            outs.append(out.numpy())
+        return np.concatenate(outs)
+
+    def timed_round(self, host_in: Any, host_out: Any, n: int, samples: Samples) -> None:
+        """``n`` back-to-back queries with events; appends their times to ``samples``."""
+        torch = self._torch
+        events = [[torch.cuda.Event(enable_timing=True) for _ in range(4)] for _ in range(n)]
+        d_in, d_out = self.io_buffers()
+        start = time.perf_counter()
+        with torch.cuda.stream(self.stream):
+            for e0, e1, e2, e3 in events:
+                e0.record(self.stream)
+                d_in.copy_(host_in, non_blocking=True)
+                e1.record(self.stream)
+                self._launch()
+                e2.record(self.stream)
+                host_out.copy_(d_out, non_blocking=True)
+                e3.record(self.stream)
+        self.stream.synchronize()
+        samples.wall_s += time.perf_counter() - start
+        for e0, e1, e2, e3 in events:
+            samples.compute_ms.append(e1.elapsed_time(e2))
+            samples.host_ms.append(e0.elapsed_time(e3))
+
+
+def measure_engines(
+    engines: Mapping[str, str | os.PathLike[str]],
+    sample_shape: Sequence[int],
+    batch_sizes: Sequence[int],
+    settings: TimingSettings = TimingSettings(),
+    baseline: str | None = None,
+) -> dict[str, list[TrtLatencyRow]]:
+    """Time every engine at every batch size, interleaved; speedups vs ``baseline``'s median
+    GPU compute time."""
+    import torch
+
+    runners = {name: EngineRunner(path) for name, path in engines.items()}
+    rng = np.random.default_rng(0)
+    results: dict[str, list[TrtLatencyRow]] = {name: [] for name in runners}
+    for batch in batch_sizes:
+        x = torch.from_numpy(rng.standard_normal((batch, *sample_shape), dtype=np.float32))
+        buffers = {}
+        for name, runner in runners.items():
+            runner.bind(batch, sample_shape)
+            d_in, d_out = runner.io_buffers()
+            host_in = x.to(d_in.dtype).pin_memory()
+            host_out = torch.empty(d_out.shape, dtype=d_out.dtype).pin_memory()
+            buffers[name] = (host_in, host_out)
+            if settings.cuda_graph:
+                runner.capture_graph()
+            warm = Samples()
+            deadline = time.perf_counter() + settings.warmup_ms / 1e3
+            while time.perf_counter() < deadline:
+                runner.timed_round(host_in, host_out, settings.round_size, warm)
+        samples = {name: Samples() for name in runners}
+        while any(
+            s.wall_s < settings.duration_s or len(s.compute_ms) < settings.min_iterations
+            for s in samples.values()
+        ):
+            for name, runner in runners.items():
+                runner.timed_round(*buffers[name], settings.round_size, samples[name])
+        for name, s in samples.items():
+            qps, sps = throughput(len(s.compute_ms), batch, s.wall_s)
+            results[name].append(
+                TrtLatencyRow(
+                    batch, latency_stats(s.compute_ms), latency_stats(s.host_ms), qps, sps
+                )
+            )
+    if baseline is not None:
+        for name, rows in results.items():
+            results[name] = [
+                TrtLatencyRow(
+                    r.batch,
+                    r.gpu_compute,
+                    r.host_latency,
+                    r.queries_per_s,
+                    r.samples_per_s,
+                    speedup(base.gpu_compute.median_ms, r.gpu_compute.median_ms),
+                )
+                for r, base in zip(rows, results[baseline], strict=True)
+            ]
+    return results
