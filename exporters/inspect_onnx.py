@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from exporters.onnx_export import WEIGHT_OPS, initializers, module_of
 from passes.pattern import weight_pattern
@@ -63,7 +64,22 @@ def _positions(shapes: dict[str, list[int | None]], output: str, op: str) -> int
     return prod(d for d in inner if d) if all(d for d in inner) else 1
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+def _shapes(model: onnx.ModelProto, outputs: list[str]) -> dict[str, list[int | None]]:
+    """Shapes of ``outputs``: exact from one batch-1 run in ONNX Runtime when the input shape
+    is static besides the batch axis (as :func:`passes.flops.layer_flops` runs the torch model),
+    else from static shape inference (unknown dims stay ``None``)."""
+    inits = {i.name for i in model.graph.initializer}
+    first = next(i for i in model.graph.input if i.name not in inits)
+    dims = [
+        d.dim_value if d.HasField("dim_value") else None for d in first.type.tensor_type.shape.dim
+    ]
+    if dims and all(dims[1:]) and first.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in outputs)
+        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        feed = {first.name: np.zeros([1, *dims[1:]], dtype=np.float32)}
+        return {n: list(a.shape) for n, a in zip(outputs, sess.run(outputs, feed), strict=True)}
     inferred = onnx.shape_inference.infer_shapes(model)
     values = [*inferred.graph.value_info, *inferred.graph.output]
     return {
@@ -78,20 +94,25 @@ def inspect_onnx(path: str | os.PathLike[str], m: int = 4) -> list[OnnxLayerInfo
     """One :class:`OnnxLayerInfo` per Conv / Gemm / MatMul node whose weight is an initializer.
 
     ``m`` is the group size eligibility is judged for (the reduction size must divide by it).
-    FLOPs are MACs per sample from ONNX shape inference (the batch axis divided out).
+    FLOPs are MACs per sample: output positions (from one batch-1 run) times the nonzero
+    (sparse) or all (dense) weights, as :func:`passes.flops.layer_flops` counts them.
     """
     model = onnx.load(str(path))
     weights = initializers(model)
-    shapes = _shapes(model)
+    nodes = [
+        n
+        for n in model.graph.node
+        if n.op_type in WEIGHT_OPS
+        and len(n.input) > 1
+        and n.input[1] in weights
+        and weights[n.input[1]].ndim >= 2
+    ]
+    shapes = _shapes(model, [n.output[0] for n in nodes])
     rows = []
-    for node in model.graph.node:
-        if node.op_type not in WEIGHT_OPS or len(node.input) < 2 or node.input[1] not in weights:
-            continue
+    for node in nodes:
         weight = weights[node.input[1]]
         trans_b = _attr(node, "transB", 0)
         in_axis = 1 if node.op_type == "Conv" or (node.op_type == "Gemm" and trans_b) else 0
-        if weight.ndim < 2:
-            continue
         found = weight_pattern(weight, in_axis=in_axis, out_axis=1 - in_axis)
         group = _attr(node, "group", 1) if node.op_type == "Conv" else 1
         if group != 1:
