@@ -78,12 +78,24 @@ class WeightRef:
     out_axis: int
 
 
+def _scope_segments(node_name: str) -> list[str]:
+    parts = node_name.split("/")[1:-1]
+    return [seg for part in parts for seg in part.split(".")]
+
+
+def module_of(node_name: str) -> str:
+    """The module path a node's scope names, repeated segments merged (``""`` for no scope).
+
+    >>> module_of("/layer2/shortcut/shortcut.0/Conv")
+    'layer2.shortcut.0'
+    """
+    segments = _scope_segments(node_name)
+    return ".".join(s for i, s in enumerate(segments) if i == 0 or s != segments[i - 1])
+
+
 def _scope_candidates(node_name: str) -> set[str]:
     """Module paths a node name can belong to (raw scope, and with repeated segments merged)."""
-    parts = node_name.split("/")[1:-1]
-    segments = [seg for part in parts for seg in part.split(".")]
-    merged = [s for i, s in enumerate(segments) if i == 0 or s != segments[i - 1]]
-    return {".".join(segments), ".".join(merged)}
+    return {".".join(_scope_segments(node_name)), module_of(node_name)}
 
 
 def weight_refs(model: onnx.ModelProto, modules: list[str]) -> dict[str, list[WeightRef]]:

@@ -87,3 +87,54 @@ def fan_in(mask: np.ndarray, out_axis: int = 0) -> np.ndarray:
     """
     rows = np.moveaxis(mask, out_axis, 0)
     return np.count_nonzero(rows.reshape(rows.shape[0], -1), axis=1)
+
+
+COMMON_PATTERNS: tuple[NMPattern, ...] = tuple(
+    NMPattern(n, m) for n, m in ((1, 16), (1, 8), (1, 4), (2, 8), (2, 4), (4, 8))
+)
+"""The N:M patterns :func:`detect_nm` tries, strictest first (lowest density, then smallest M:
+1:4 implies 2:8, so the smaller group is the stronger statement)."""
+
+
+def detect_nm(weight: np.ndarray, axis: int = 1) -> NMPattern | None:
+    """The strictest of :data:`COMMON_PATTERNS` that the zeros of ``weight`` satisfy along ``axis``.
+
+    Read from the values alone, so it answers "what does this file hold", not "what was
+    declared": a dense weight gives ``None``; a pattern whose M does not divide the reduction
+    size is never reported.
+
+    >>> detect_nm(np.array([[0., 0., 1., 1., 0., 0., 0., 1.]]))
+    NMPattern(n=2, m=4)
+    """
+    for pattern in COMMON_PATTERNS:
+        if weight.shape[axis] % pattern.m == 0 and nm_violations(weight, pattern, axis) == 0:
+            return pattern
+    return None
+
+
+@dataclass(frozen=True)
+class WeightPattern:
+    """What the zeros of one weight say: density, best N:M, constant fan-in, ablated outputs."""
+
+    density: float
+    nm: str | None
+    fan_in: int | None
+    ablated: int
+
+
+def weight_pattern(weight: np.ndarray, in_axis: int = 1, out_axis: int = 0) -> WeightPattern:
+    """Describe ``weight`` in its own layout (``in_axis`` the reduction axis, ``out_axis`` outputs).
+
+    ``fan_in`` is the number of nonzeros every active output keeps when that number is the
+    same for all of them (constant fan-in, as SRigL and condensed export need), else ``None``.
+    """
+    counts = fan_in(weight != 0, out_axis)
+    active = counts[counts > 0]
+    constant = active.size > 0 and bool((active == active[0]).all())
+    found = detect_nm(weight, in_axis)
+    return WeightPattern(
+        density=float(np.count_nonzero(weight) / weight.size) if weight.size else 0.0,
+        nm=None if found is None else str(found),
+        fan_in=int(active[0]) if constant else None,
+        ablated=int(np.count_nonzero(counts == 0)),
+    )

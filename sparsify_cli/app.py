@@ -117,9 +117,11 @@ def _root() -> None:
 
 @app.command()
 def convert(
+    ctx: typer.Context,
     checkpoint: Annotated[
-        str, typer.Argument(help="State_dict (.pt/.safetensors), or a sample name.")
-    ],
+        str | None,
+        typer.Argument(help="State_dict (.pt/.safetensors), or a sample name (or from --recipe)."),
+    ] = None,
     nm: Annotated[str, typer.Option("--nm", help="N:M pattern along the reduction axis.")] = "2:4",
     arch: Annotated[str | None, typer.Option(help="MODULE:CALLABLE that builds the model.")] = None,
     input_shape: Annotated[
@@ -155,6 +157,17 @@ def convert(
     ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(help="Replay a recipe.yaml; options given here override its values."),
+    ] = None,
+    min_speedup: Annotated[
+        float | None, typer.Option(help="CI gate: exit 4 if an artifact is slower than this.")
+    ] = None,
+    gate_max_accuracy_drop: Annotated[
+        float | None,
+        typer.Option(help="CI gate: exit 4 if accuracy drops more than this many points."),
+    ] = None,
 ) -> None:
     """Sparsify a dense checkpoint, export ONNX, verify it and time it against dense.
 
@@ -162,13 +175,21 @@ def convert(
     """
     import json
 
-    from sparsify_cli.pipeline import ConvertOptions
+    from sparsify_cli.pipeline import ConvertOptions, resolve_passes
     from sparsify_cli.pipeline import convert as run_convert
+    from sparsify_cli.recipe import read_recipe
     from sparsify_cli.report import render
 
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING)
     with user_errors(debug):
-        opts = ConvertOptions(
+        given = {
+            "source" if name == "checkpoint" else name
+            for name in ctx.params
+            if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+        }
+        if checkpoint is None and recipe is None:
+            raise SparsifyError("no checkpoint given", fix="pass a checkpoint or --recipe FILE")
+        kwargs = dict(
             source=checkpoint,
             nm=nm,
             arch=arch,
@@ -187,13 +208,153 @@ def convert(
             force=force,
             export=_exports(export),
         )
+        if recipe is not None:
+            overrides = {k: v for k, v in kwargs.items() if k in given}
+            opts = read_recipe(recipe, ConvertOptions, overrides, resolve_passes)
+        else:
+            opts = ConvertOptions(**kwargs)
         with progress_hooks(quiet or json_out) as hooks:
             report, folder = run_convert(opts, hooks)
         if json_out:
             typer.echo(json.dumps(report, indent=2))
         else:
             render(report, console)
-            console.print(f"wrote [bold]{folder}[/] (report.json, model.onnx, manifest)")
+            console.print(
+                f"wrote [bold]{folder}[/] (report.json, report.html, recipe.yaml, model.onnx, "
+                "manifest)"
+            )
+        _gate(report, min_speedup, gate_max_accuracy_drop)
+
+
+def _gate(doc: dict, min_speedup: float | None, max_accuracy_drop: float | None) -> None:
+    """Exit with code 4 naming every artifact that missed a CI gate."""
+    from sparsify_cli.gates import GATE_EXIT, check_gates
+
+    failures = check_gates(doc, min_speedup, max_accuracy_drop)
+    for failure in failures:
+        err_console.print(f"[bold red]gate failed:[/] {failure}", highlight=False, soft_wrap=True)
+    if failures:
+        raise typer.Exit(GATE_EXIT)
+
+
+@app.command()
+def inspect(
+    source: Annotated[
+        str,
+        typer.Argument(help="Checkpoint or sample name, output folder, or .onnx file."),
+    ],
+    nm: Annotated[
+        str | None, typer.Option("--nm", help="Judge eligibility for this N:M (default 2:4).")
+    ] = None,
+    arch: Annotated[str | None, typer.Option(help="MODULE:CALLABLE that builds the model.")] = None,
+    input_shape: Annotated[
+        str | None, typer.Option(help="Example input, batch first: 1,3,32,32.")
+    ] = None,
+    trust_checkpoint: Annotated[
+        bool, typer.Option(help="Allow unpickling a whole module (runs code from the file).")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of a table.")
+    ] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Per-layer op, shape, reduction axis, eligibility, N:M pattern, density, FLOPs, params.
+
+    Example: sparsify inspect out/model.onnx
+    """
+    import json
+
+    from sparsify_cli.inspecting import inspect_path, render_inspect
+
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING)
+    with user_errors(debug):
+        doc = inspect_path(source, nm, arch, input_shape, None, trust_checkpoint)
+        if json_out:
+            typer.echo(json.dumps(doc, indent=2))
+        else:
+            render_inspect(doc, console)
+
+
+@app.command()
+def bench(
+    paths: Annotated[list[str], typer.Argument(help="Output folders and/or .onnx artifacts.")],
+    baseline: Annotated[
+        str | None, typer.Option(help="Dense .onnx to compare with (default: model_dense.onnx).")
+    ] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Batch sizes to time.")] = "1,32",
+    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads.")] = 1,
+    bench_seconds: Annotated[
+        float, typer.Option(help="Timing budget per artifact and batch.")
+    ] = 1.0,
+    data: Annotated[
+        str | None, typer.Option(help="Measure accuracy too on this dataset name or .npz.")
+    ] = None,
+    input_shape: Annotated[
+        str | None, typer.Option(help="Input shape when the file's is dynamic: 1,3,32,32.")
+    ] = None,
+    min_speedup: Annotated[
+        float | None, typer.Option(help="CI gate: exit 4 if an artifact is slower than this.")
+    ] = None,
+    gate_max_accuracy_drop: Annotated[
+        float | None,
+        typer.Option(help="CI gate: exit 4 if accuracy drops more than this many points."),
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of a table.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Time artifacts in ONNX Runtime with the dense baseline in the same run.
+
+    Example: sparsify bench out/ --batch-sizes 1,32 --threads 2
+    """
+    import json
+
+    from exporters.latency import LatencySettings
+    from sparsify_cli.bench import bench as run_bench
+    from sparsify_cli.bench import render_bench
+    from sparsify_cli.loading import parse_input_shape
+
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING)
+    with user_errors(debug):
+        if threads < 1:
+            raise SparsifyError("--threads must be >= 1", found=str(threads))
+        settings = LatencySettings(_batches(batch_sizes), threads, seconds=bench_seconds)
+        shape = parse_input_shape(input_shape)[1:] if input_shape else None
+        with progress_hooks(quiet or json_out) as hooks:
+            doc = run_bench(paths, settings, baseline, data, shape, hooks.track)
+        if json_out:
+            typer.echo(json.dumps(doc, indent=2))
+        else:
+            render_bench(doc, console)
+        _gate(doc, min_speedup, gate_max_accuracy_drop)
+
+
+@app.command("report")
+def report_cmd(
+    outdir: Annotated[Path, typer.Argument(help="Output folder of convert (holds report.json).")],
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Regenerate report.html from the report.json of an output folder.
+
+    Example: sparsify report out/
+    """
+    import json
+
+    from sparsify_cli.html_report import write_html
+
+    with user_errors(debug):
+        source = outdir / "report.json"
+        try:
+            report = json.loads(source.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise SparsifyError(
+                f"cannot read {source}",
+                expected="the output folder of sparsify convert",
+                found=type(err).__name__,
+            ) from err
+        console.print(f"wrote [bold]{write_html(outdir, report)}[/]")
 
 
 def _terminate(signum: int, _frame: object) -> None:

@@ -38,11 +38,12 @@ from passes.atomic import atomic_path
 from passes.errors import SparsifyError
 from passes.flops import layer_flops
 from passes.manifest import Manifest
-from passes.registry import config_to_dict
 from passes.training import predict
 from samples.datasets import Dataset
 from sparsify_cli.data import load_data
+from sparsify_cli.html_report import write_html
 from sparsify_cli.loading import LoadedModel, file_sha256, load_model
+from sparsify_cli.recipe import recipe_dict, write_recipe
 from sparsify_cli.report import new_report, tool_version, write_report
 
 log = logging.getLogger(__name__)
@@ -103,12 +104,6 @@ class Hooks:
 def default_out(opts: ConvertOptions) -> Path:
     stem = Path(opts.source).stem
     return Path(f"{stem}_sparse_{opts.nm.replace(':', 'of')}")
-
-
-def _run_settings(opts: ConvertOptions) -> dict[str, Any]:
-    """The options that decide the artifacts (not where they go), so the manifest of the same
-    run into another folder is byte-identical."""
-    return {k: v for k, v in asdict(opts).items() if k not in ("out", "force")}
 
 
 def _remove_stale_staging(parent: Path, name: str) -> None:
@@ -232,6 +227,12 @@ def _tensorrt_artifact(
     return artifact
 
 
+def resolve_passes(opts: ConvertOptions) -> list[Any]:
+    """The pass configs a run with ``opts`` executes (recorded in, and checked by, recipes)."""
+    pattern = NMPattern.parse(opts.nm)
+    return [NMConfig(pattern.n, pattern.m), FoldConfig()]
+
+
 def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any], Path]:
     """Run the whole conversion; returns the report and the output folder."""
     pattern = NMPattern.parse(opts.nm)
@@ -265,11 +266,13 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
 
         hooks.status(f"sparsifying {len(targets)} layers at {pattern} ({opts.method})")
         ctx = PassContext(targets=targets, example=example, seed=opts.seed, track=hooks.track)
-        configs = [NMConfig(pattern.n, pattern.m), FoldConfig()]
+        configs = resolve_passes(opts)
         model = run_passes(model, configs, ctx)
+        recipe = recipe_dict(opts, configs)
+        write_recipe(staging / "recipe.yaml", recipe)
         manifest = Manifest(
             ctx.manifest,
-            recipe={"options": _run_settings(opts), "passes": [config_to_dict(c) for c in configs]},
+            recipe=recipe,
             versions={
                 "sparsify": tool_version(),
                 "torch": torch.__version__,
@@ -277,7 +280,11 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
         )
         manifest.save(staging / "manifest.safetensors")
         with atomic_path(staging / "model_sparse.safetensors") as tmp:
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+            save_file(
+                {k: v.contiguous() for k, v in model.state_dict().items()},
+                str(tmp),
+                metadata={"sparsify_sample": loaded.sample.name} if loaded.sample else None,
+            )
 
         hooks.status("exporting and verifying the sparse ONNX")
         sparse_onnx = staging / "model.onnx"
@@ -313,7 +320,7 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
         )
 
         report = new_report(loaded.source, loaded.sha256, asdict(opts), opts.threads)
-        report["recipe"] = {"options": asdict(opts), "passes": [config_to_dict(c) for c in configs]}
+        report["recipe"] = recipe
         report["layers"] = _layer_rows(choices, manifest.entries, layer_flops(model, example))
         if data is not None and data.y_test is not None:
             report["accuracy"] = {
@@ -329,6 +336,7 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
             "path": dense_onnx.name,
             "size_bytes": dense_onnx.stat().st_size,
             "latency": [r.to_dict() for r in latency["dense"]],
+            "accuracy": report["accuracy"]["dense"] if report["accuracy"] else None,
         }
         report["artifacts"].append(
             {
@@ -341,6 +349,7 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
                 "pattern_ok": all(c.ok for c in checks),
                 "pattern_checks": [asdict(c) for c in checks],
                 "latency": [r.to_dict() for r in latency["onnx"]],
+                "accuracy": report["accuracy"]["sparse_onnx"] if report["accuracy"] else None,
             }
         )
         if "tensorrt" in opts.export:
@@ -351,6 +360,7 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
             report["environment"]["tensorrt"] = trt_artifact["tensorrt"]
             report["artifacts"].append(trt_artifact)
         write_report(staging / "report.json", report)
+        write_html(staging, report)
         _publish(staging, out)
     finally:
         if staging.exists():

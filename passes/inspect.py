@@ -1,0 +1,96 @@
+"""Per-layer view of a torch model: eligibility, the pattern its zeros hold, FLOPs and params.
+
+What a user looks at before converting (which layers can be sparsified, and why not) and after
+(did every target layer come out N:M, with constant fan-in). The pattern is read from the
+weight values along the reduction axis (:func:`passes.pattern.weight_pattern`), never from a
+declaration, so the same analysis of the exported ONNX file must agree with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from passes.flops import layer_flops
+from passes.masks import fold
+from passes.pattern import weight_pattern
+from passes.selection import SPARSIFIABLE, Selection, select_layers
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One weight-bearing layer. ``reason is None`` means it is eligible for sparsification.
+
+    ``in_axis`` is the reduction axis of ``shape`` (the layout the weight is stored in);
+    ``nm`` the strictest common N:M the zeros satisfy; ``flops_*`` MACs per sample.
+    """
+
+    name: str
+    op: str
+    shape: tuple[int, ...]
+    in_axis: int
+    reason: str | None
+    density: float
+    nm: str | None
+    fan_in: int | None
+    ablated: int
+    params: int
+    nonzero_params: int
+    flops_dense: int
+    flops_sparse: int
+
+    @property
+    def eligible(self) -> bool:
+        return self.reason is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "shape": list(self.shape), "eligible": self.eligible}
+
+
+@torch.no_grad()
+def inspect_model(
+    model: nn.Module, example: torch.Tensor, m: int = 4, selection: Selection = Selection()
+) -> list[LayerInfo]:
+    """One :class:`LayerInfo` per Linear / Conv2d of ``model`` (masks, if any, are folded first).
+
+    Eligibility is :func:`passes.selection.select_layers` for group size ``m``, so inspect says
+    exactly what ``convert`` would do with the same ``--nm``, ``--include`` and ``--exclude``.
+
+    >>> from samples.models import DigitsResNet
+    >>> rows = inspect_model(DigitsResNet(), torch.zeros(1, 1, 8, 8))
+    >>> rows[0].name, rows[0].reason
+    ('stem.0', 'in_channels 1 not divisible by 4')
+    """
+    fold(model)
+    choices = {c.name: c for c in select_layers(model, m, example, selection)}
+    flops = layer_flops(model, example)
+    rows = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, SPARSIFIABLE):
+            continue
+        weight = mod.weight.detach().cpu().numpy()
+        found = weight_pattern(weight, in_axis=1, out_axis=0)
+        params = sum(p.numel() for p in mod.parameters(recurse=False))
+        nonzero = sum(int(torch.count_nonzero(p)) for p in mod.parameters(recurse=False))
+        f = flops.get(name)
+        rows.append(
+            LayerInfo(
+                name=name,
+                op=type(mod).__name__,
+                shape=tuple(weight.shape),
+                in_axis=1,
+                reason=choices[name].reason,
+                density=found.density,
+                nm=found.nm,
+                fan_in=found.fan_in,
+                ablated=found.ablated,
+                params=params,
+                nonzero_params=nonzero,
+                flops_dense=f.dense if f else 0,
+                flops_sparse=f.sparse if f else 0,
+            )
+        )
+    return rows

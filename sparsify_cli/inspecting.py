@@ -1,0 +1,137 @@
+"""``sparsify inspect``: pick the right reader for a path and build the per-layer document.
+
+* an ``.onnx`` file: :func:`exporters.inspect_onnx.inspect_onnx` (any ONNX model);
+* an output folder of ``convert``, or its ``model_sparse.safetensors``: the folded sparse
+  model rebuilt with the architecture its manifest's recipe names (``--arch`` overrides), with
+  the declared pattern of every manifest entry beside the pattern read from the weights;
+* anything else (a checkpoint or a sample name): the dense model as ``convert`` would load it,
+  which tells what a run at ``--nm`` would sparsify and why it would leave a layer dense.
+
+The document is ``{"kind": "sparsify-inspect", "schema": 1, "source", "format", "nm",
+"layers": [...], "totals": {...}}``; layers are :meth:`LayerInfo.to_dict` rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from exporters.inspect_onnx import inspect_onnx
+from passes.inspect import inspect_model
+from passes.manifest import Manifest
+from passes.pattern import NMPattern
+from passes.selection import Selection
+from sparsify_cli.loading import load_model
+
+INSPECT_KIND = "sparsify-inspect"
+INSPECT_SCHEMA = 1
+SPARSE_WEIGHTS = "model_sparse.safetensors"
+MANIFEST = "manifest.safetensors"
+
+
+def _totals(layers: list[dict[str, Any]]) -> dict[str, Any]:
+    params = sum(r["params"] for r in layers)
+    dense, sparse = sum(r["flops_dense"] for r in layers), sum(r["flops_sparse"] for r in layers)
+    return {
+        "layers": len(layers),
+        "eligible": sum(r["eligible"] for r in layers),
+        "nm_layers": sum(r["nm"] is not None for r in layers),
+        "params": params,
+        "nonzero_params": sum(r["nonzero_params"] for r in layers),
+        "flops_dense": dense,
+        "flops_sparse": sparse,
+    }
+
+
+def inspect_path(
+    source: str,
+    nm: str | None = None,
+    arch: str | None = None,
+    input_shape: str | None = None,
+    selection: Selection | None = None,
+    trust_checkpoint: bool = False,
+) -> dict[str, Any]:
+    """The per-layer document for ``source`` (see the module docstring for what is accepted).
+
+    ``nm`` sets the group size eligibility is judged for; for an output folder it defaults to
+    the run's own ``--nm`` (and the run's include/exclude), otherwise to 2:4.
+    """
+    path = Path(source)
+    if path.is_dir() and (path / SPARSE_WEIGHTS).is_file():
+        path = path / SPARSE_WEIGHTS
+    if path.suffix == ".onnx" and path.is_file():
+        m = NMPattern.parse(nm or "2:4").m
+        layers = [r.to_dict() for r in inspect_onnx(path, m)]
+        return _doc(source, "onnx", nm or "2:4", layers)
+    declared: dict[str, str] = {}
+    manifest_path = path.parent / MANIFEST
+    if path.name == SPARSE_WEIGHTS and manifest_path.is_file():
+        manifest = Manifest.load(manifest_path)
+        options = manifest.recipe.get("options", {})
+        declared = {e.module: e.pattern for e in manifest.entries.values()}
+        arch = arch or options.get("arch")
+        input_shape = input_shape or options.get("input_shape")
+        nm = nm or options.get("nm")
+        selection = selection or Selection(
+            tuple(options.get("include", ())),
+            tuple(options.get("exclude", ())),
+            bool(options.get("sparsify_head", False)),
+        )
+    nm = nm or "2:4"
+    loaded = load_model(str(path), arch, input_shape, trust_checkpoint)
+    rows = inspect_model(
+        loaded.model, loaded.example, NMPattern.parse(nm).m, selection or Selection()
+    )
+    layers = [{**r.to_dict(), "declared": declared.get(r.name)} for r in rows]
+    return _doc(source, "torch", nm, layers)
+
+
+def _doc(source: str, fmt: str, nm: str, layers: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "kind": INSPECT_KIND,
+        "schema": INSPECT_SCHEMA,
+        "source": source,
+        "format": fmt,
+        "nm": nm,
+        "layers": layers,
+        "totals": _totals(layers),
+    }
+
+
+def render_inspect(doc: dict[str, Any], console: Any) -> None:
+    """The per-layer table and the totals line, for the terminal."""
+    from rich.table import Table
+
+    declared = any(r.get("declared") for r in doc["layers"])
+    table = Table(title=f"{doc['source']} ({doc['format']}; eligibility at {doc['nm']})")
+    cols = ["layer", "op", "shape", "axis", "eligible", "pattern", "density", "fan-in"]
+    cols += ["declared"] if declared else []
+    cols += ["params", "MACs dense", "MACs sparse"]
+    for col in cols:
+        table.add_column(
+            col,
+            justify="right"
+            if col in ("density", "params", "fan-in") or col.startswith("MACs")
+            else "left",
+        )
+    for r in doc["layers"]:
+        row = [
+            r.get("name") or r.get("module") or r.get("node"),
+            r["op"],
+            "x".join(map(str, r["shape"])),
+            str(r["in_axis"]),
+            "yes" if r["eligible"] else f"no: {r['reason']}",
+            r["nm"] or ("dense" if r["density"] == 1 else "unstructured"),
+            f"{r['density']:.3f}",
+            "-" if r["fan_in"] is None else str(r["fan_in"]),
+        ]
+        row += [r.get("declared") or "-"] if declared else []
+        row += [f"{r['params']:,}", f"{r['flops_dense']:,}", f"{r['flops_sparse']:,}"]
+        table.add_row(*row)
+    console.print(table)
+    t = doc["totals"]
+    console.print(
+        f"{t['layers']} layers, {t['eligible']} eligible, {t['nm_layers']} hold an N:M pattern; "
+        f"params {t['nonzero_params']:,} nonzero of {t['params']:,}; "
+        f"MACs/sample {t['flops_sparse']:,} sparse of {t['flops_dense']:,}"
+    )

@@ -1,0 +1,159 @@
+"""``recipe.yaml``: every resolved setting of a ``convert`` run, replayable with ``--recipe``.
+
+A recipe says *what* to produce, never *where*: the options of the run (every field of the
+options dataclass except ``out`` and ``force``) and the resolved pass configs
+(:func:`passes.registry.config_to_dict`)::
+
+    sparsify_recipe: 1
+    options: {source: digits_cnn, nm: '2:4', method: magnitude, seed: 0, ...}
+    passes:
+    - {pass: magnitude, n: 2, m: 4}
+    - {pass: fold}
+
+Reading is strict: an unknown key anywhere is an error naming it, and a value of the wrong type
+is an error naming the option (YAML reads an unquoted ``2:4`` as the base-60 number 124).
+Options given on the command line override the recipe's; ``passes`` is checked against the
+passes the options resolve to, unless an override changed them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from passes.atomic import atomic_write_text
+from passes.errors import SparsifyError
+from passes.registry import config_from_dict, config_to_dict
+
+RECIPE_VERSION = 1
+NOT_RECORDED = ("out", "force")
+"""Per-invocation settings (where to write, whether to replace) that a recipe never replays."""
+
+Opts = TypeVar("Opts")
+
+
+def recipe_dict(options: Any, configs: Sequence[Any]) -> dict[str, Any]:
+    """The recipe of a run with ``options`` (a dataclass) that ran the pass ``configs``."""
+    recorded = {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in dataclasses.asdict(options).items()
+        if k not in NOT_RECORDED
+    }
+    return {
+        "sparsify_recipe": RECIPE_VERSION,
+        "options": recorded,
+        "passes": [config_to_dict(c) for c in configs],
+    }
+
+
+def write_recipe(path: str | os.PathLike[str], recipe: Mapping[str, Any]) -> None:
+    """Write ``recipe`` as YAML (block style, keys in the order the run resolved them)."""
+    atomic_write_text(path, yaml.safe_dump(dict(recipe), sort_keys=False, default_flow_style=None))
+
+
+def _coerce(name: str, value: Any, annotation: str, source: str) -> Any:
+    """Check ``value`` against a field annotation such as ``"int"`` or ``"str | None"``."""
+    optional = "None" in annotation
+    base = annotation.split("|")[0].strip()
+    if value is None and optional:
+        return None
+    kinds: dict[str, tuple[type, ...]] = {
+        "str": (str,),
+        "int": (int,),
+        "float": (int, float),
+        "bool": (bool,),
+    }
+    if base.startswith("tuple"):
+        if isinstance(value, list | tuple):
+            return tuple(value)
+        expected = "a list"
+    elif base in kinds:
+        ok = isinstance(value, kinds[base]) and not (base != "bool" and isinstance(value, bool))
+        if ok:
+            return value
+        expected = f"a {base}" + (" or null" if optional else "")
+    else:
+        return value
+    hint = " (quote it: nm: '2:4'; unquoted YAML reads 2:4 as a number)" if name == "nm" else ""
+    raise SparsifyError(
+        f"option {name!r} in recipe {source} has the wrong type{hint}",
+        expected=expected,
+        found=f"{value!r} ({type(value).__name__})",
+    )
+
+
+def read_recipe(
+    path: str | os.PathLike[str],
+    options_type: type[Opts],
+    overrides: Mapping[str, Any],
+    resolve_passes: Callable[[Opts], Sequence[Any]],
+) -> Opts:
+    """Options for a replay of the recipe at ``path``, with ``overrides`` (from the CLI) on top.
+
+    Raises :class:`SparsifyError` naming any unknown key, badly typed value, or a ``passes``
+    list that differs from what the options resolve to (edit the options, not the passes).
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise SparsifyError(
+            f"cannot read recipe {path}",
+            expected="a recipe.yaml written by sparsify convert",
+            found=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+        ) from err
+    if not isinstance(data, dict):
+        raise SparsifyError(f"recipe {path} is not a mapping", found=type(data).__name__)
+    for key in data:
+        if key not in ("sparsify_recipe", "options", "passes"):
+            raise SparsifyError(
+                f"unknown key {key!r} in recipe {path}",
+                expected="sparsify_recipe, options, passes",
+                fix=f"remove or rename {key!r}",
+            )
+    if data.get("sparsify_recipe") != RECIPE_VERSION:
+        raise SparsifyError(
+            f"recipe {path} has version {data.get('sparsify_recipe')!r}",
+            expected=f"sparsify_recipe: {RECIPE_VERSION}",
+        )
+    fields = {f.name: f for f in dataclasses.fields(options_type)}
+    options = data.get("options") or {}
+    for key in options:
+        if key not in fields or key in NOT_RECORDED:
+            raise SparsifyError(
+                f"unknown option {key!r} in recipe {path}",
+                expected=f"keys among {sorted(set(fields) - set(NOT_RECORDED))}",
+                fix=f"remove or rename {key!r}"
+                + (" (pass it on the command line)" if key in NOT_RECORDED else ""),
+            )
+    values = {k: _coerce(k, v, str(fields[k].type), str(path)) for k, v in options.items()}
+    recorded = [config_from_dict(p) for p in data.get("passes") or []]
+    merged = {**values, **overrides}
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in merged
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise SparsifyError(
+            f"recipe {path} does not set {missing[0]!r}",
+            fix=f"add {missing[0]!r} under options, or give it on the command line",
+        )
+    opts = options_type(**merged)
+    if recorded and not set(overrides) - set(NOT_RECORDED):
+        resolved = list(resolve_passes(opts))
+        if resolved != recorded:
+            raise SparsifyError(
+                f"the passes in recipe {path} differ from what its options resolve to",
+                expected=", ".join(str(config_to_dict(c)) for c in resolved),
+                found=", ".join(str(config_to_dict(c)) for c in recorded),
+                fix="change the options (e.g. nm, method) instead of editing passes",
+            )
+    return opts

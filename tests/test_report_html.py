@@ -1,0 +1,94 @@
+"""``report.html``: self-contained, with its plots and key numbers; renders in a real browser."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+from report_outputs import cnn_output, invoke
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _images(page: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+
+
+def test_convert_writes_html_with_plots_and_numbers():
+    out = cnn_output()
+    page = (out / "report.html").read_text()
+    report = json.loads((out / "report.json").read_text())
+    images = _images(page)
+    assert len(images) == 3 and all(img.startswith(PNG) and len(img) > 2000 for img in images)
+    for alt in ("accuracy vs latency", "latency percentiles", "per-layer density"):
+        assert f'alt="{alt}"' in page
+    # offline: nothing fetched from anywhere
+    assert not re.search(r'(src|href)="(https?:)?//', page) and "<script" not in page
+    acc = report["accuracy"]
+    assert f"{100 * acc['dense']:.2f}%" in page and f"{100 * acc['sparse_onnx']:.2f}%" in page
+    art = report["artifacts"][0]["latency"][0]
+    assert f"{art['p50_ms']:.3f}" in page and f"{art['speedup_vs_dense']:.2f}x" in page
+    assert "layer3.conv2" in page and "output head kept dense" in page
+
+
+def test_report_command_regenerates(tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(cnn_output(), out)
+    (out / "report.html").unlink()
+    result = invoke("report", str(out))
+    assert result.exit_code == 0, result.output
+    assert len(_images((out / "report.html").read_text())) == 3
+    missing = invoke("report", str(tmp_path))
+    assert missing.exit_code == 1 and "report.json" in missing.output
+
+
+def test_no_accuracy_says_so(tmp_path):
+    from sparsify_cli.html_report import render_html
+
+    report = json.loads((cnn_output() / "report.json").read_text())
+    report["accuracy"] = None
+    for entry in (report["baseline"], *report["artifacts"]):
+        entry["accuracy"] = None
+    page = render_html(report)
+    assert len(_images(page)) == 2 and "No accuracy plot" in page
+
+
+CHECK_IMAGES = """<script>
+window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 100).length;
+  document.body.setAttribute('data-images', ok + '/' + imgs.length);
+});
+</script></body>"""
+
+
+@pytest.mark.browser
+def test_renders_in_headless_chromium(tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium installed (apt-get install -y chromium)")
+    page = (cnn_output() / "report.html").read_text().replace("</body>", CHECK_IMAGES)
+    probe = tmp_path / "probe.html"
+    probe.write_text(page)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert 'data-images="3/3"' in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [
+            browser,
+            *flags,
+            f"--screenshot={shot}",
+            "--window-size=1100,2400",
+            (cnn_output() / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.read_bytes().startswith(PNG) and shot.stat().st_size > 20_000
