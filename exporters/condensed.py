@@ -238,7 +238,8 @@ def condense_onnx(
 
 
 def _skip_reason(entry: TensorEntry) -> str | None:
-    if entry.op != "Linear":
+    # A masked module reports its parametrized class ("ParametrizedLinear"); the layer is a Linear.
+    if entry.op.removeprefix("Parametrized") != "Linear":
         return f"op {entry.op} has no condensed form yet (Linear only)"
     if entry.fan_in is None:
         return "fan-in is not constant"

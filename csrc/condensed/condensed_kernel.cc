@@ -2,9 +2,12 @@
 //
 // * batch 1 (gather): x [in] stays in L1/L2; each row streams its values and indices once and
 //   gathers x. Four rows run together so four gathers are in flight.
-// * batch > 1 (transposed): x is transposed to xt [in, batch_pad] so each kept index reads one
-//   contiguous run of batch values; a row costs k broadcast-FMAs per 8 batch lanes. The batch is
-//   cut into tiles whose slice of xt fits in L2, and each thread walks its rows once per tile.
+// * batch > 1 (blocked): x is transposed to xt [in, batch_pad] so each kept index reads one
+//   contiguous run of batch values (a row costs k broadcast-FMAs per 8 batch lanes). To keep
+//   those reads in L1, a block of kRowBlock rows walks the inputs in chunks of kInChunk: the
+//   chunk's slice of xt (64 inputs x 64 lanes = 16 KiB) is reused by every row of the block,
+//   whose partial sums live in a small accumulator block (8 KiB). The weights come in the
+//   Blocked layout, which lists entries in exactly that order with 8-bit chunk offsets.
 //
 // x86-64 builds carry an AVX2+FMA path (function-level target attributes, so the file compiles
 // without -mavx2 and the library still loads on older CPUs) and a portable path that the
@@ -28,10 +31,10 @@ namespace {
 constexpr int64_t kLanes = 8;
 // Bytes of xt one batch tile may occupy: half of a typical 512 KiB L2, leaving room for the
 // chunk's values and indices.
-constexpr int64_t kTileBytes = 192 * 1024;
-// Bytes of values + indices one row chunk should stream (keeps a chunk's weights in L2 while it
-// is reused across batch tiles, and gives the thread pool enough chunks to balance).
+// Bytes of values + indices one row chunk should stream on the batch-1 path (gives the thread
+// pool enough chunks to balance without making them tiny).
 constexpr int64_t kChunkBytes = 96 * 1024;
+constexpr int64_t kMaxTile = 16384 / (kInChunk * 4);  // batch lanes per tile: one xt chunk = 16 KiB
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -65,19 +68,25 @@ void gather_rows_portable(const Packed& w, const float* x, int64_t r0, int64_t r
   }
 }
 
-template <typename Idx>
-void tile_rows_portable(const Packed& w, const float* xt, int64_t ldx, int64_t width,
-                        int64_t r0, int64_t r1, float* acc) {
-  const Idx* idx = index_data<Idx>(w);
-  for (int64_t r = r0; r < r1; ++r) {
-    const float* v = w.values.data() + r * w.kp;
-    const Idx* id = idx + r * w.kp;
-    float* a = acc + (r - r0) * width;
-    std::fill(a, a + width, 0.0f);
-    for (int64_t j = 0; j < w.k; ++j) {
-      const float vj = v[j];
-      const float* xr = xt + static_cast<int64_t>(id[j]) * ldx;
-      for (int64_t b = 0; b < width; ++b) a[b] += vj * xr[b];
+// Accumulates row block `blk` against batch lanes [0, width) of xt into acc [kRowBlock, width].
+void block_portable(const Packed& w, int64_t blk, const float* xt, int64_t ldx, int64_t width,
+                    float* acc) {
+  const Blocked& bl = w.blocked;
+  std::fill(acc, acc + kRowBlock * width, 0.0f);
+  const float* v = bl.values.data() + bl.block_start[blk];
+  const uint8_t* o = bl.offsets.data() + bl.block_start[blk];
+  const uint8_t* seg = bl.seg.data() + blk * bl.chunks * kRowBlock;
+  for (int64_t c = 0; c < bl.chunks; ++c) {
+    const float* xc = xt + c * kInChunk * ldx;
+    for (int64_t r = 0; r < kRowBlock; ++r) {
+      const int n = seg[c * kRowBlock + r];
+      float* a = acc + r * width;
+      for (int e = 0; e < n; ++e) {
+        const float* xr = xc + o[e] * ldx;
+        for (int64_t b = 0; b < width; ++b) a[b] += v[e] * xr[b];
+      }
+      v += n;
+      o += n;
     }
   }
 }
@@ -143,58 +152,66 @@ SPARSIFY_AVX2 void gather_rows_avx2(const Packed& w, const float* x, int64_t r0,
   }
 }
 
-// One row against a batch tile of NV * 8 lanes. Up to 4 vectors wide, two accumulator sets
-// (even / odd j) give 2 * NV independent FMA chains; wider tiles have enough chains already.
-template <int NV, typename Idx>
-SPARSIFY_AVX2 void tile_rows_avx2_nv(const Packed& w, const float* xt, int64_t ldx, int64_t r0,
-                                     int64_t r1, float* acc) {
-  const Idx* idx = index_data<Idx>(w);
+// Row block `blk` against a batch tile of NV * 8 lanes. Up to 4 vectors wide, two accumulator
+// sets (even / odd entries) give 2 * NV independent FMA chains; wider tiles have enough already.
+template <int NV>
+SPARSIFY_AVX2 void block_avx2_nv(const Packed& w, int64_t blk, const float* xt, int64_t ldx,
+                                 float* acc) {
   constexpr bool kTwoSets = NV <= 4;
-  for (int64_t r = r0; r < r1; ++r) {
-    const float* v = w.values.data() + r * w.kp;
-    const Idx* id = idx + r * w.kp;
-    __m256 a[NV], b[kTwoSets ? NV : 1];
-    for (int q = 0; q < NV; ++q) a[q] = _mm256_setzero_ps();
-    if (kTwoSets) {
-      for (int q = 0; q < NV; ++q) b[q] = _mm256_setzero_ps();
-    }
-    int64_t j = 0;
-    for (; j + 2 <= w.k; j += 2) {
-      const float* p0 = xt + static_cast<int64_t>(id[j]) * ldx;
-      const float* p1 = xt + static_cast<int64_t>(id[j + 1]) * ldx;
-      const __m256 v0 = _mm256_broadcast_ss(v + j);
-      const __m256 v1 = _mm256_broadcast_ss(v + j + 1);
-      for (int q = 0; q < NV; ++q) a[q] = _mm256_fmadd_ps(v0, _mm256_load_ps(p0 + 8 * q), a[q]);
+  const Blocked& bl = w.blocked;
+  for (int64_t i = 0; i < kRowBlock * NV * 8; i += 8) _mm256_store_ps(acc + i, _mm256_setzero_ps());
+  const float* v = bl.values.data() + bl.block_start[blk];
+  const uint8_t* o = bl.offsets.data() + bl.block_start[blk];
+  const uint8_t* seg = bl.seg.data() + blk * bl.chunks * kRowBlock;
+  for (int64_t c = 0; c < bl.chunks; ++c) {
+    const float* xc = xt + c * kInChunk * ldx;
+    for (int64_t r = 0; r < kRowBlock; ++r) {
+      const int n = seg[c * kRowBlock + r];
+      if (n == 0) continue;
+      float* ar = acc + r * NV * 8;
+      __m256 a[NV], b[kTwoSets ? NV : 1];
+      for (int q = 0; q < NV; ++q) a[q] = _mm256_load_ps(ar + 8 * q);
       if (kTwoSets) {
-        for (int q = 0; q < NV; ++q) b[q] = _mm256_fmadd_ps(v1, _mm256_load_ps(p1 + 8 * q), b[q]);
-      } else {
-        for (int q = 0; q < NV; ++q) a[q] = _mm256_fmadd_ps(v1, _mm256_load_ps(p1 + 8 * q), a[q]);
+        for (int q = 0; q < NV; ++q) b[q] = _mm256_setzero_ps();
       }
-    }
-    if (j < w.k) {
-      const float* p0 = xt + static_cast<int64_t>(id[j]) * ldx;
-      const __m256 v0 = _mm256_broadcast_ss(v + j);
-      for (int q = 0; q < NV; ++q) a[q] = _mm256_fmadd_ps(v0, _mm256_load_ps(p0 + 8 * q), a[q]);
-    }
-    float* out = acc + (r - r0) * NV * 8;
-    for (int q = 0; q < NV; ++q) {
-      _mm256_storeu_ps(out + 8 * q, kTwoSets ? _mm256_add_ps(a[q], b[q]) : a[q]);
+      int e = 0;
+      for (; e + 2 <= n; e += 2) {
+        const float* p0 = xc + o[e] * ldx;
+        const float* p1 = xc + o[e + 1] * ldx;
+        const __m256 v0 = _mm256_broadcast_ss(v + e);
+        const __m256 v1 = _mm256_broadcast_ss(v + e + 1);
+        for (int q = 0; q < NV; ++q) a[q] = _mm256_fmadd_ps(v0, _mm256_load_ps(p0 + 8 * q), a[q]);
+        if (kTwoSets) {
+          for (int q = 0; q < NV; ++q) b[q] = _mm256_fmadd_ps(v1, _mm256_load_ps(p1 + 8 * q), b[q]);
+        } else {
+          for (int q = 0; q < NV; ++q) a[q] = _mm256_fmadd_ps(v1, _mm256_load_ps(p1 + 8 * q), a[q]);
+        }
+      }
+      if (e < n) {
+        const float* p0 = xc + o[e] * ldx;
+        const __m256 v0 = _mm256_broadcast_ss(v + e);
+        for (int q = 0; q < NV; ++q) a[q] = _mm256_fmadd_ps(v0, _mm256_load_ps(p0 + 8 * q), a[q]);
+      }
+      for (int q = 0; q < NV; ++q) {
+        _mm256_store_ps(ar + 8 * q, kTwoSets ? _mm256_add_ps(a[q], b[q]) : a[q]);
+      }
+      v += n;
+      o += n;
     }
   }
 }
 
-template <typename Idx>
-SPARSIFY_AVX2 void tile_rows_avx2(const Packed& w, const float* xt, int64_t ldx, int64_t width,
-                                  int64_t r0, int64_t r1, float* acc) {
+SPARSIFY_AVX2 void block_avx2(const Packed& w, int64_t blk, const float* xt, int64_t ldx,
+                              int64_t width, float* acc) {
   switch (width / 8) {
-    case 1: return tile_rows_avx2_nv<1, Idx>(w, xt, ldx, r0, r1, acc);
-    case 2: return tile_rows_avx2_nv<2, Idx>(w, xt, ldx, r0, r1, acc);
-    case 3: return tile_rows_avx2_nv<3, Idx>(w, xt, ldx, r0, r1, acc);
-    case 4: return tile_rows_avx2_nv<4, Idx>(w, xt, ldx, r0, r1, acc);
-    case 5: return tile_rows_avx2_nv<5, Idx>(w, xt, ldx, r0, r1, acc);
-    case 6: return tile_rows_avx2_nv<6, Idx>(w, xt, ldx, r0, r1, acc);
-    case 7: return tile_rows_avx2_nv<7, Idx>(w, xt, ldx, r0, r1, acc);
-    default: return tile_rows_avx2_nv<8, Idx>(w, xt, ldx, r0, r1, acc);
+    case 1: return block_avx2_nv<1>(w, blk, xt, ldx, acc);
+    case 2: return block_avx2_nv<2>(w, blk, xt, ldx, acc);
+    case 3: return block_avx2_nv<3>(w, blk, xt, ldx, acc);
+    case 4: return block_avx2_nv<4>(w, blk, xt, ldx, acc);
+    case 5: return block_avx2_nv<5>(w, blk, xt, ldx, acc);
+    case 6: return block_avx2_nv<6>(w, blk, xt, ldx, acc);
+    case 7: return block_avx2_nv<7>(w, blk, xt, ldx, acc);
+    default: return block_avx2_nv<8>(w, blk, xt, ldx, acc);
   }
 }
 
@@ -212,8 +229,6 @@ const bool kAvx2 =
     false;
 #endif
 
-constexpr int64_t kMaxTile = 64;  // widest batch tile the SIMD path keeps in registers
-
 template <typename Idx>
 void gather_rows(const Packed& w, const float* x, int64_t r0, int64_t r1, float* y) {
 #ifdef SPARSIFY_X86
@@ -222,39 +237,82 @@ void gather_rows(const Packed& w, const float* x, int64_t r0, int64_t r1, float*
   gather_rows_portable<Idx>(w, x, r0, r1, y);
 }
 
-template <typename Idx>
-void tile_rows(const Packed& w, const float* xt, int64_t ldx, int64_t width, int64_t r0,
-               int64_t r1, float* acc) {
+// Row blocks [blk0, blk1) for every batch tile; writes y[b, col(r)] = acc + bias.
+void run_blocks(const Packed& w, const float* xt, int64_t batch, int64_t batch_pad, int64_t blk0,
+                int64_t blk1, float* y) {
+  alignas(64) float acc[kRowBlock * kMaxTile];
+  const int64_t tile = std::min(kMaxTile, batch_pad);
+  for (int64_t blk = blk0; blk < blk1; ++blk) {
+    const int64_t r0 = blk * kRowBlock;
+    const int64_t r1 = std::min(w.rows, r0 + kRowBlock);
+    for (int64_t b0 = 0; b0 < batch_pad; b0 += tile) {
+      const int64_t width = std::min(tile, batch_pad - b0);
+      const int64_t valid = std::min(width, batch - b0);
 #ifdef SPARSIFY_X86
-  if (kAvx2) return tile_rows_avx2<Idx>(w, xt, ldx, width, r0, r1, acc);
+      if (kAvx2) {
+        block_avx2(w, blk, xt + b0, batch_pad, width, acc);
+      } else {
+        block_portable(w, blk, xt + b0, batch_pad, width, acc);
+      }
+#else
+      block_portable(w, blk, xt + b0, batch_pad, width, acc);
 #endif
-  tile_rows_portable<Idx>(w, xt, ldx, width, r0, r1, acc);
-}
-
-template <typename Idx>
-void run_rows(const Packed& w, const float* x, const float* xt, int64_t batch, int64_t batch_pad,
-              int64_t in, int64_t r0, int64_t r1, float* y) {
-  if (xt == nullptr) return gather_rows<Idx>(w, x, r0, r1, y);  // batch 1
-  int64_t tile = std::max<int64_t>(kLanes, kTileBytes / (in * 4) / kLanes * kLanes);
-  tile = std::min({tile, kMaxTile, batch_pad});
-  // Rows per pass: bounded so the accumulator block stays small (16 rows x 64 lanes = 4 KiB).
-  constexpr int64_t kRowBlock = 16;
-  float acc[kRowBlock * kMaxTile];
-  for (int64_t b0 = 0; b0 < batch_pad; b0 += tile) {
-    const int64_t width = std::min(tile, batch_pad - b0);
-    const int64_t valid = std::min(width, batch - b0);
-    for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
-      const int64_t re = std::min(rb + kRowBlock, r1);
-      tile_rows<Idx>(w, xt + b0, batch_pad, width, rb, re, acc);
-      for (int64_t r = rb; r < re; ++r) {
+      for (int64_t r = r0; r < r1; ++r) {
         const int64_t col = column(w, r);
         const float bias = bias_at(w, col);
-        const float* a = acc + (r - rb) * width;
+        const float* a = acc + (r - r0) * width;
         float* yc = y + b0 * w.out + col;
         for (int64_t b = 0; b < valid; ++b) yc[b * w.out] = a[b] + bias;
       }
     }
   }
+}
+
+template <typename Idx>
+std::string build_blocked(const Packed& p, const Idx* idx, Blocked* out) {
+  Blocked& bl = *out;
+  bl.chunks = (p.max_index + 1 + kInChunk - 1) / kInChunk;
+  const int64_t blocks = (p.rows + kRowBlock - 1) / kRowBlock;
+  bl.block_start.assign(static_cast<size_t>(blocks + 1), 0);
+  bl.seg.assign(static_cast<size_t>(blocks * bl.chunks * kRowBlock), 0);
+  bl.values.resize(static_cast<size_t>(p.rows * p.k));
+  bl.offsets.resize(static_cast<size_t>(p.rows * p.k));
+  std::vector<int64_t> order(static_cast<size_t>(p.k));
+  std::vector<int64_t> cursor(kRowBlock);  // next unread (sorted) entry of each row in the block
+  std::vector<int64_t> sorted(static_cast<size_t>(kRowBlock * p.k));
+  int64_t e = 0;
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    bl.block_start[blk] = e;
+    const int64_t r0 = blk * kRowBlock, nr = std::min(kRowBlock, p.rows - r0);
+    for (int64_t r = 0; r < nr; ++r) {
+      const Idx* id = idx + (r0 + r) * p.kp;
+      for (int64_t j = 0; j < p.k; ++j) order[j] = j;
+      std::stable_sort(order.begin(), order.end(),
+                       [id](int64_t a, int64_t b) { return id[a] < id[b]; });
+      std::copy(order.begin(), order.end(), sorted.begin() + r * p.k);
+      cursor[r] = 0;
+    }
+    for (int64_t c = 0; c < bl.chunks; ++c) {
+      for (int64_t r = 0; r < nr; ++r) {
+        const Idx* id = idx + (r0 + r) * p.kp;
+        const float* v = p.values.data() + (r0 + r) * p.kp;
+        int n = 0;
+        while (cursor[r] < p.k) {
+          const int64_t j = sorted[r * p.k + cursor[r]];
+          if (id[j] >= (c + 1) * kInChunk) break;
+          if (n > 0 && id[j] == id[sorted[r * p.k + cursor[r] - 1]]) {
+            return "indices must not repeat within a row";
+          }
+          bl.values[e] = v[j];
+          bl.offsets[e] = static_cast<uint8_t>(id[j] - c * kInChunk);
+          ++e, ++n, ++cursor[r];
+        }
+        bl.seg[(blk * bl.chunks + c) * kRowBlock + r] = static_cast<uint8_t>(n);
+      }
+    }
+  }
+  bl.block_start[blocks] = e;
+  return "";
 }
 
 }  // namespace
@@ -314,7 +372,8 @@ std::string pack(const float* values, const void* indices, bool indices_are_int1
       if (!used[c]) p.empty_cols.push_back(static_cast<int32_t>(c));
     }
   }
-  return "";
+  return p.idx16 ? build_blocked(p, p.idx16v.data(), &p.blocked)
+                 : build_blocked(p, p.idx32v.data(), &p.blocked);
 }
 
 Plan::Plan(const Packed& w, const float* x, int64_t batch, int64_t in, float* y)
@@ -333,8 +392,12 @@ Plan::Plan(const Packed& w, const float* x, int64_t batch, int64_t in, float* y)
       std::fill(row + batch, row + batch_pad_, 0.0f);
     }
   }
-  const int64_t row_bytes = std::max<int64_t>(1, w.kp * (sizeof(float) + (w.idx16 ? 2 : 4)));
-  rows_per_chunk_ = std::max<int64_t>(4, kChunkBytes / row_bytes / 4 * 4);
+  if (batch > 1) {
+    rows_per_chunk_ = kRowBlock;  // one row block: batch lanes already give it plenty of work
+  } else {
+    const int64_t row_bytes = w.kp * static_cast<int64_t>(sizeof(float) + (w.idx16 ? 2 : 4));
+    rows_per_chunk_ = std::max<int64_t>(4, kChunkBytes / std::max<int64_t>(1, row_bytes) / 4 * 4);
+  }
   chunks_ = w.rows == 0 ? 0 : (w.rows + rows_per_chunk_ - 1) / rows_per_chunk_;
 }
 
@@ -343,12 +406,13 @@ Plan::~Plan() {
 }
 
 void Plan::run_chunk(int64_t chunk) const {
+  if (xt_ != nullptr) return run_blocks(w_, xt_, batch_, batch_pad_, chunk, chunk + 1, y_);
   const int64_t r0 = chunk * rows_per_chunk_;
   const int64_t r1 = std::min(w_.rows, r0 + rows_per_chunk_);
   if (w_.idx16) {
-    run_rows<int16_t>(w_, x_, xt_, batch_, batch_pad_, in_, r0, r1, y_);
+    gather_rows<int16_t>(w_, x_, r0, r1, y_);
   } else {
-    run_rows<int32_t>(w_, x_, xt_, batch_, batch_pad_, in_, r0, r1, y_);
+    gather_rows<int32_t>(w_, x_, r0, r1, y_);
   }
 }
 

@@ -18,6 +18,23 @@
 
 namespace sparsify {
 
+// The batched path's layout: rows in blocks of kRowBlock, inputs in chunks of kInChunk. For
+// each (row block, input chunk, row) the row's kept entries that fall in the chunk, as values and
+// 8-bit offsets inside the chunk, stored in exactly the order the kernel reads them.
+struct Blocked {
+  int64_t chunks = 0;
+  std::vector<int64_t> block_start;  // [row blocks + 1] first entry of each row block
+  std::vector<uint8_t> seg;          // [row blocks, chunks, kRowBlock] entries per segment
+  std::vector<float> values;         // [rows * k]
+  std::vector<uint8_t> offsets;      // [rows * k] index - chunk * kInChunk
+};
+
+constexpr int64_t kRowBlock = 32;
+#ifndef SPARSIFY_IN_CHUNK
+#define SPARSIFY_IN_CHUNK 64
+#endif
+constexpr int64_t kInChunk = SPARSIFY_IN_CHUNK;
+
 struct Packed {
   int64_t rows = 0;      // active rows
   int64_t k = 0;         // kept weights per row
@@ -31,6 +48,7 @@ struct Packed {
   std::vector<float> bias;       // [out]; empty when the node has no bias
   std::vector<int32_t> cols;     // [rows] output column of each active row; empty: identity
   std::vector<int32_t> empty_cols;  // output columns no active row writes
+  Blocked blocked;                    // built by pack() as well
 };
 
 // Builds the packed form; returns an error message, or "" on success.
