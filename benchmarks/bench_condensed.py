@@ -58,10 +58,12 @@ def constant_fan_in_mask(weight: np.ndarray, sparsity: float, nm: bool) -> np.nd
 def dense_linear_onnx(weight: np.ndarray, bias: np.ndarray, path: Path) -> None:
     """One Linear as torch's exporter writes it for a 2-D input: Gemm(transB=1), dynamic batch."""
     out_features, in_features = weight.shape
-    node = helper.make_node("Gemm", ["input", "fc.weight", "fc.bias"], ["output"], transB=1,
-                            name="/fc/Gemm")
+    node = helper.make_node(
+        "Gemm", ["input", "fc.weight", "fc.bias"], ["output"], transB=1, name="/fc/Gemm"
+    )
     graph = helper.make_graph(
-        [node], "linear",
+        [node],
+        "linear",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", in_features])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", out_features])],
         [numpy_helper.from_array(weight, "fc.weight"), numpy_helper.from_array(bias, "fc.bias")],
@@ -72,15 +74,25 @@ def dense_linear_onnx(weight: np.ndarray, bias: np.ndarray, path: Path) -> None:
 def linear_manifest(mask: np.ndarray, pattern: str) -> Manifest:
     counts = mask.sum(axis=1)
     entry = TensorEntry(
-        name="fc.weight", module="fc", op="Linear", shape=mask.shape, pattern=pattern,
-        density=float(mask.mean()), fan_in=int(counts.max()),
-        ablated=tuple(int(i) for i in np.flatnonzero(counts == 0)), mask=mask,
+        name="fc.weight",
+        module="fc",
+        op="Linear",
+        shape=mask.shape,
+        pattern=pattern,
+        density=float(mask.mean()),
+        fan_in=int(counts.max()),
+        ablated=tuple(int(i) for i in np.flatnonzero(counts == 0)),
+        mask=mask,
     )
     return Manifest({entry.name: entry})
 
 
-def interleaved(sessions: list[ort.InferenceSession], feed: dict[str, np.ndarray],
-                budget_s: float, min_reps: int) -> list[float]:
+def interleaved(
+    sessions: list[ort.InferenceSession],
+    feed: dict[str, np.ndarray],
+    budget_s: float,
+    min_reps: int,
+) -> list[float]:
     """Median latency (ms) of each session, runs alternating between them."""
     for sess in sessions:
         for _ in range(3):
@@ -88,7 +100,7 @@ def interleaved(sessions: list[ort.InferenceSession], feed: dict[str, np.ndarray
     times: list[list[float]] = [[] for _ in sessions]
     start = time.perf_counter()
     while len(times[0]) < min_reps or time.perf_counter() - start < budget_s:
-        for sess, ts in zip(sessions, times):
+        for sess, ts in zip(sessions, times, strict=True):
             t0 = time.perf_counter()
             sess.run(None, feed)
             ts.append(time.perf_counter() - t0)
@@ -129,11 +141,23 @@ def bench_layers(tmp: Path, budget_s: float, min_reps: int) -> list[tuple]:
                     feed = {"input": x}
                     err = float(np.abs(cond.run(None, feed)[0] - (x @ folded.T + bias)).max())
                     d_ms, c_ms = interleaved([dense, cond], feed, budget_s, min_reps)
-                    rows.append((f"{in_features}x{out_features}", label, batch, threads, d_ms,
-                                 c_ms, d_ms / c_ms, err))
-                    print(f"  {rows[-1][0]:>10} s={label:<5} b={batch:<3} t={threads} "
-                          f"dense {d_ms:8.3f} ms  condensed {c_ms:8.3f} ms  x{d_ms / c_ms:5.2f}",
-                          flush=True)
+                    rows.append(
+                        (
+                            f"{in_features}x{out_features}",
+                            label,
+                            batch,
+                            threads,
+                            d_ms,
+                            c_ms,
+                            d_ms / c_ms,
+                            err,
+                        )
+                    )
+                    print(
+                        f"  {rows[-1][0]:>10} s={label:<5} b={batch:<3} t={threads} "
+                        f"dense {d_ms:8.3f} ms  condensed {c_ms:8.3f} ms  x{d_ms / c_ms:5.2f}",
+                        flush=True,
+                    )
     return rows
 
 
@@ -152,8 +176,13 @@ def sparse_transformer(sparsity: float = 0.9) -> tuple[torch.nn.Module, Manifest
 
 def export_dense(model: torch.nn.Module, path: Path) -> None:
     torch.onnx.export(
-        model, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False, opset_version=17,
-        input_names=["input"], output_names=["output"],
+        model,
+        (torch.zeros(1, 1, 8, 8),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["output"],
         dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
     )
 
@@ -175,8 +204,19 @@ def bench_transformer(tmp: Path, budget_s: float, min_reps: int) -> list[tuple]:
             out_d, out_c = dense.run(None, feed)[0], cond.run(None, feed)[0]
             parity = float(np.abs(out_c - out_d).max())
             d_ms, c_ms = interleaved([dense, cond], feed, budget_s, min_reps)
-            rows.append(("transformer", "0.9", batch, threads, d_ms, c_ms, d_ms / c_ms, parity,
-                         float(np.abs(out_c - ref).max())))
+            rows.append(
+                (
+                    "transformer",
+                    "0.9",
+                    batch,
+                    threads,
+                    d_ms,
+                    c_ms,
+                    d_ms / c_ms,
+                    parity,
+                    float(np.abs(out_c - ref).max()),
+                )
+            )
     return rows
 
 
@@ -190,19 +230,27 @@ def main() -> None:
         layers = bench_layers(Path(tmp), budget_s, min_reps)
         e2e = bench_transformer(Path(tmp), budget_s, min_reps)
     print("\nSingle layers (in x out), median ms, ratio = dense / condensed")
-    print(f"| {'layer':>10} | {'s':>5} | {'batch':>5} | {'thr':>3} | {'dense ms':>9} | "
-          f"{'cond ms':>9} | {'ratio':>6} | {'max err':>8} |")
+    print(
+        f"| {'layer':>10} | {'s':>5} | {'batch':>5} | {'thr':>3} | {'dense ms':>9} | "
+        f"{'cond ms':>9} | {'ratio':>6} | {'max err':>8} |"
+    )
     print("|" + "|".join("-" * w for w in (12, 7, 7, 5, 11, 11, 8, 10)) + "|")
     for name, label, batch, threads, d_ms, c_ms, ratio, err in layers:
-        print(f"| {name:>10} | {label:>5} | {batch:>5} | {threads:>3} | {d_ms:9.3f} | "
-              f"{c_ms:9.3f} | {ratio:5.2f}x | {err:8.1e} |")
+        print(
+            f"| {name:>10} | {label:>5} | {batch:>5} | {threads:>3} | {d_ms:9.3f} | "
+            f"{c_ms:9.3f} | {ratio:5.2f}x | {err:8.1e} |"
+        )
     print("\nDigitsTransformer, 90% constant fan-in, dense ONNX vs condensed ONNX")
-    print(f"| {'batch':>5} | {'thr':>3} | {'dense ms':>9} | {'cond ms':>9} | {'ratio':>6} | "
-          f"{'vs dense onnx':>13} | {'vs torch':>8} |")
+    print(
+        f"| {'batch':>5} | {'thr':>3} | {'dense ms':>9} | {'cond ms':>9} | {'ratio':>6} | "
+        f"{'vs dense onnx':>13} | {'vs torch':>8} |"
+    )
     print("|" + "|".join("-" * w for w in (7, 5, 11, 11, 8, 15, 10)) + "|")
     for _, _, batch, threads, d_ms, c_ms, ratio, parity, vs_torch in e2e:
-        print(f"| {batch:>5} | {threads:>3} | {d_ms:9.3f} | {c_ms:9.3f} | {ratio:5.2f}x | "
-              f"{parity:13.1e} | {vs_torch:8.1e} |")
+        print(
+            f"| {batch:>5} | {threads:>3} | {d_ms:9.3f} | {c_ms:9.3f} | {ratio:5.2f}x | "
+            f"{parity:13.1e} | {vs_torch:8.1e} |"
+        )
 
 
 if __name__ == "__main__":
