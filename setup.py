@@ -25,7 +25,14 @@ setup(
             include_dirs=[f"{CSRC}/third_party"],
             # Portable baseline ISA; the AVX2+FMA path is selected at run time (target
             # attributes in condensed_kernel.cc), so one binary serves every x86-64 CPU.
-            extra_compile_args=["-O3", "-std=c++17", "-fvisibility=hidden", "-Wall", "-Wextra"],
+            extra_compile_args=[
+                "-O3",
+                "-g0",
+                "-std=c++17",
+                "-fvisibility=hidden",
+                "-Wall",
+                "-Wextra",
+            ],
             language="c++",
         )
     ]

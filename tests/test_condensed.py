@@ -144,6 +144,29 @@ def test_kernel_matches_numpy(
     np.testing.assert_allclose(y, ref, atol=ATOL, rtol=1e-5)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_kernel_matches_numpy_on_2_4(batch: int) -> None:
+    """2:4 rows take the batch-1 window path (k = 18 is no multiple of 8; the last window ends
+    at the last input, so the kernel must not read past x)."""
+    rng = np.random.default_rng(batch)
+    out, inp = 45, 36
+    mask = np.zeros((out, inp // 4, 4), bool)
+    for row in range(out):
+        for group in range(inp // 4):
+            mask[row, group, rng.choice(4, 2, replace=False)] = True
+    mask = mask.reshape(out, inp)
+    mask[:, -1] = True
+    mask[:, -4:-1] = [True, False, False]
+    mask[7] = False  # one ablated row
+    weight = rng.standard_normal(mask.shape).astype(np.float32) * mask
+    bias = rng.standard_normal(out).astype(np.float32)
+    sess = ort.InferenceSession(
+        kernel_model(condensed.condense(weight, mask), bias, 2), condensed.session_options(1)
+    )
+    x = rng.standard_normal((batch, inp)).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], x @ weight.T + bias, atol=ATOL)
+
+
 def test_kernel_rejects_out_of_range_index() -> None:
     mask = np.eye(8, dtype=bool)
     c = condensed.condense(mask.astype(np.float32), mask)

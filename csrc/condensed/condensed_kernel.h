@@ -49,6 +49,10 @@ struct Packed {
   std::vector<int32_t> cols;     // [rows] output column of each active row; empty: identity
   std::vector<int32_t> empty_cols;  // output columns no active row writes
   Blocked blocked;                    // built by pack() as well
+  // Batch-1 window layout, when every 8 consecutive entries of a row span < 16 inputs (2:4):
+  bool window = false;
+  std::vector<int32_t> win_base;  // [rows, kp / 8] smallest index of each block of 8
+  std::vector<uint32_t> win_off;  // [rows, kp / 8] eight 4-bit offsets from that base
 };
 
 // Builds the packed form; returns an error message, or "" on success.
@@ -77,6 +81,7 @@ class Plan {
   int64_t in_;
   float* y_;
   float* xt_ = nullptr;  // x transposed to [in, batch_pad] when batch > 1
+  std::vector<float> xpad_;  // batch 1 window path: x with 16 readable floats past its end
   int64_t batch_pad_ = 0;
   int64_t rows_per_chunk_ = 0;
   int64_t chunks_ = 0;
