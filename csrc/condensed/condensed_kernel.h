@@ -30,10 +30,7 @@ struct Blocked {
 };
 
 constexpr int64_t kRowBlock = 32;
-#ifndef SPARSIFY_IN_CHUNK
-#define SPARSIFY_IN_CHUNK 64
-#endif
-constexpr int64_t kInChunk = SPARSIFY_IN_CHUNK;
+constexpr int64_t kInChunk = 64;
 
 struct Packed {
   int64_t rows = 0;      // active rows
