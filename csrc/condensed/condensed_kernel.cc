@@ -1,0 +1,526 @@
+// See condensed_kernel.h. Two code paths, chosen per call:
+//
+// * batch 1 (gather): x [in] stays in L1/L2; each row streams its values and indices once and
+//   gathers x. Four rows run together so four gathers are in flight.
+// * batch > 1 (blocked): x is transposed to xt [in, batch_pad] so each kept index reads one
+//   contiguous run of batch values (a row costs k broadcast-FMAs per 8 batch lanes). To keep
+//   those reads in L1, a block of kRowBlock rows walks the inputs in chunks of kInChunk: the
+//   chunk's slice of xt (64 inputs x 64 lanes = 16 KiB) is reused by every row of the block,
+//   whose partial sums live in a small accumulator block (8 KiB). The weights come in the
+//   Blocked layout, which lists entries in exactly that order with 8-bit chunk offsets.
+//
+// x86-64 builds carry an AVX2+FMA path (function-level target attributes, so the file compiles
+// without -mavx2 and the library still loads on older CPUs) and a portable path that the
+// compiler vectorises for the baseline ISA (SSE2, NEON on aarch64).
+#include "condensed_kernel.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+// -DSPARSIFY_PORTABLE_ONLY builds only the portable path (to test it on an x86-64 machine).
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(SPARSIFY_PORTABLE_ONLY)
+#define SPARSIFY_X86 1
+#include <immintrin.h>
+#define SPARSIFY_AVX2 __attribute__((target("avx2,fma")))
+#endif
+
+namespace sparsify {
+namespace {
+
+constexpr int64_t kLanes = 8;
+// Bytes of xt one batch tile may occupy: half of a typical 512 KiB L2, leaving room for the
+// chunk's values and indices.
+// Bytes of values + indices one row chunk should stream on the batch-1 path (gives the thread
+// pool enough chunks to balance without making them tiny).
+constexpr int64_t kChunkBytes = 96 * 1024;
+constexpr int64_t kMaxTile = 16384 / (kInChunk * 4);  // batch lanes per tile: one xt chunk = 16 KiB
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+template <typename Idx>
+const Idx* index_data(const Packed& w);
+template <>
+const int16_t* index_data<int16_t>(const Packed& w) { return w.idx16v.data(); }
+template <>
+const int32_t* index_data<int32_t>(const Packed& w) { return w.idx32v.data(); }
+
+inline int64_t column(const Packed& w, int64_t r) { return w.cols.empty() ? r : w.cols[r]; }
+
+inline float bias_at(const Packed& w, int64_t col) { return w.bias.empty() ? 0.0f : w.bias[col]; }
+
+// ---------------------------------------------------------------- portable path
+
+template <typename Idx>
+void gather_rows_portable(const Packed& w, const float* x, int64_t r0, int64_t r1, float* y) {
+  const Idx* idx = index_data<Idx>(w);
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* v = w.values.data() + r * w.kp;
+    const Idx* id = idx + r * w.kp;
+    float acc[kLanes] = {0};
+    for (int64_t j = 0; j < w.kp; j += kLanes) {
+      for (int64_t l = 0; l < kLanes; ++l) acc[l] += v[j + l] * x[id[j + l]];
+    }
+    float s = 0.0f;
+    for (float a : acc) s += a;
+    const int64_t col = column(w, r);
+    y[col] = s + bias_at(w, col);
+  }
+}
+
+// Accumulates row block `blk` against batch lanes [0, width) of xt into acc [kRowBlock, width].
+void block_portable(const Packed& w, int64_t blk, const float* xt, int64_t ldx, int64_t width,
+                    float* acc) {
+  const Blocked& bl = w.blocked;
+  std::fill(acc, acc + kRowBlock * width, 0.0f);
+  const float* v = bl.values.data() + bl.block_start[blk];
+  const uint8_t* o = bl.offsets.data() + bl.block_start[blk];
+  const uint8_t* seg = bl.seg.data() + blk * bl.chunks * kRowBlock;
+  for (int64_t c = 0; c < bl.chunks; ++c) {
+    const float* xc = xt + c * kInChunk * ldx;
+    for (int64_t r = 0; r < kRowBlock; ++r) {
+      const int n = seg[c * kRowBlock + r];
+      float* a = acc + r * width;
+      for (int e = 0; e < n; ++e) {
+        const float* xr = xc + o[e] * ldx;
+        for (int64_t b = 0; b < width; ++b) a[b] += v[e] * xr[b];
+      }
+      v += n;
+      o += n;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- AVX2 + FMA path
+#ifdef SPARSIFY_X86
+
+template <typename Idx>
+SPARSIFY_AVX2 inline __m256i load_idx8(const Idx* p);
+template <>
+SPARSIFY_AVX2 inline __m256i load_idx8<int16_t>(const int16_t* p) {
+  return _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+template <>
+SPARSIFY_AVX2 inline __m256i load_idx8<int32_t>(const int32_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+
+SPARSIFY_AVX2 inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+// Eight floats x[id[0..7]]. Scalar loads merged with insertps beat vpgatherdd on AMD Zen
+// (measured ~30% on Zen 3) and cost about the same on recent Intel cores.
+template <typename Idx>
+SPARSIFY_AVX2 inline __m256 gather8(const float* x, const Idx* id) {
+  __m128 lo = _mm_load_ss(x + id[0]);
+  lo = _mm_insert_ps(lo, _mm_load_ss(x + id[1]), 0x10);
+  lo = _mm_insert_ps(lo, _mm_load_ss(x + id[2]), 0x20);
+  lo = _mm_insert_ps(lo, _mm_load_ss(x + id[3]), 0x30);
+  __m128 hi = _mm_load_ss(x + id[4]);
+  hi = _mm_insert_ps(hi, _mm_load_ss(x + id[5]), 0x10);
+  hi = _mm_insert_ps(hi, _mm_load_ss(x + id[6]), 0x20);
+  hi = _mm_insert_ps(hi, _mm_load_ss(x + id[7]), 0x30);
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+}
+
+// Rows whose every 8 kept entries fall in a window of 16 inputs (N:M with N/M <= 1/2 along the
+// row, e.g. 2:4): two contiguous loads and two in-register permutes replace eight scalar loads.
+// x must be readable up to base + 16 (Plan pads it).
+SPARSIFY_AVX2 void window_rows_avx2(const Packed& w, const float* x, int64_t r0, int64_t r1,
+                                    float* y) {
+  const int64_t nb = w.kp / kLanes;
+  const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  int64_t r = r0;
+  for (; r + 2 <= r1; r += 2) {
+    const float* v = w.values.data() + r * w.kp;
+    const int32_t* base = w.win_base.data() + r * nb;
+    const uint32_t* off = w.win_off.data() + r * nb;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const __m256i o0 = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(off[b])), shifts);
+      const __m256i o1 =
+          _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(off[nb + b])), shifts);
+      const float* p0 = x + base[b];
+      const float* p1 = x + base[nb + b];
+      const __m256 g0 = _mm256_blendv_ps(
+          _mm256_permutevar8x32_ps(_mm256_loadu_ps(p0), o0),
+          _mm256_permutevar8x32_ps(_mm256_loadu_ps(p0 + 8), o0),
+          _mm256_castsi256_ps(_mm256_slli_epi32(o0, 28)));
+      const __m256 g1 = _mm256_blendv_ps(
+          _mm256_permutevar8x32_ps(_mm256_loadu_ps(p1), o1),
+          _mm256_permutevar8x32_ps(_mm256_loadu_ps(p1 + 8), o1),
+          _mm256_castsi256_ps(_mm256_slli_epi32(o1, 28)));
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + b * kLanes), g0, a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + w.kp + b * kLanes), g1, a1);
+    }
+    const int64_t c0 = column(w, r), c1 = column(w, r + 1);
+    y[c0] = hsum(a0) + bias_at(w, c0);
+    y[c1] = hsum(a1) + bias_at(w, c1);
+  }
+  for (; r < r1; ++r) {
+    const float* v = w.values.data() + r * w.kp;
+    const int32_t* base = w.win_base.data() + r * nb;
+    const uint32_t* off = w.win_off.data() + r * nb;
+    __m256 a0 = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const __m256i o0 = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(off[b])), shifts);
+      const float* p0 = x + base[b];
+      const __m256 g0 = _mm256_blendv_ps(
+          _mm256_permutevar8x32_ps(_mm256_loadu_ps(p0), o0),
+          _mm256_permutevar8x32_ps(_mm256_loadu_ps(p0 + 8), o0),
+          _mm256_castsi256_ps(_mm256_slli_epi32(o0, 28)));
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + b * kLanes), g0, a0);
+    }
+    const int64_t c0 = column(w, r);
+    y[c0] = hsum(a0) + bias_at(w, c0);
+  }
+}
+
+template <typename Idx>
+SPARSIFY_AVX2 void gather_rows_avx2(const Packed& w, const float* x, int64_t r0, int64_t r1,
+                                    float* y) {
+  const Idx* idx = index_data<Idx>(w);
+  const int64_t kp = w.kp;
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    const float* v = w.values.data() + r * kp;
+    const Idx* id = idx + r * kp;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    for (int64_t j = 0; j < kp; j += kLanes) {
+      const __m256 g0 = gather8(x, id + j);
+      const __m256 g1 = gather8(x, id + kp + j);
+      const __m256 g2 = gather8(x, id + 2 * kp + j);
+      const __m256 g3 = gather8(x, id + 3 * kp + j);
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + j), g0, a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + kp + j), g1, a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 2 * kp + j), g2, a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 3 * kp + j), g3, a3);
+    }
+    const float s[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
+    for (int64_t q = 0; q < 4; ++q) {
+      const int64_t col = column(w, r + q);
+      y[col] = s[q] + bias_at(w, col);
+    }
+  }
+  for (; r < r1; ++r) {
+    const float* v = w.values.data() + r * kp;
+    const Idx* id = idx + r * kp;
+    __m256 a0 = _mm256_setzero_ps();
+    for (int64_t j = 0; j < kp; j += kLanes) {
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + j), gather8(x, id + j), a0);
+    }
+    const int64_t col = column(w, r);
+    y[col] = hsum(a0) + bias_at(w, col);
+  }
+}
+
+// Row block `blk` against a batch tile of NV * 8 lanes. Up to 4 vectors wide, two accumulator
+// sets (even / odd entries) give 2 * NV independent FMA chains; wider tiles have enough already.
+template <int NV>
+SPARSIFY_AVX2 void block_avx2_nv(const Packed& w, int64_t blk, const float* xt, int64_t ldx,
+                                 float* acc) {
+  constexpr bool kTwoSets = NV <= 4;
+  const Blocked& bl = w.blocked;
+  for (int64_t i = 0; i < kRowBlock * NV * 8; i += 8) _mm256_store_ps(acc + i, _mm256_setzero_ps());
+  const float* v = bl.values.data() + bl.block_start[blk];
+  const uint8_t* o = bl.offsets.data() + bl.block_start[blk];
+  const uint8_t* seg = bl.seg.data() + blk * bl.chunks * kRowBlock;
+  for (int64_t c = 0; c < bl.chunks; ++c) {
+    const float* xc = xt + c * kInChunk * ldx;
+    for (int64_t r = 0; r < kRowBlock; ++r) {
+      const int n = seg[c * kRowBlock + r];
+      if (n == 0) continue;
+      float* ar = acc + r * NV * 8;
+      __m256 a[NV], b[kTwoSets ? NV : 1];
+      for (int q = 0; q < NV; ++q) a[q] = _mm256_load_ps(ar + 8 * q);
+      if (kTwoSets) {
+        for (int q = 0; q < NV; ++q) b[q] = _mm256_setzero_ps();
+      }
+      int e = 0;
+      for (; e + 2 <= n; e += 2) {
+        const float* p0 = xc + o[e] * ldx;
+        const float* p1 = xc + o[e + 1] * ldx;
+        const __m256 v0 = _mm256_broadcast_ss(v + e);
+        const __m256 v1 = _mm256_broadcast_ss(v + e + 1);
+        for (int q = 0; q < NV; ++q) a[q] = _mm256_fmadd_ps(v0, _mm256_load_ps(p0 + 8 * q), a[q]);
+        if (kTwoSets) {
+          for (int q = 0; q < NV; ++q) b[q] = _mm256_fmadd_ps(v1, _mm256_load_ps(p1 + 8 * q), b[q]);
+        } else {
+          for (int q = 0; q < NV; ++q) a[q] = _mm256_fmadd_ps(v1, _mm256_load_ps(p1 + 8 * q), a[q]);
+        }
+      }
+      if (e < n) {
+        const float* p0 = xc + o[e] * ldx;
+        const __m256 v0 = _mm256_broadcast_ss(v + e);
+        for (int q = 0; q < NV; ++q) a[q] = _mm256_fmadd_ps(v0, _mm256_load_ps(p0 + 8 * q), a[q]);
+      }
+      for (int q = 0; q < NV; ++q) {
+        _mm256_store_ps(ar + 8 * q, kTwoSets ? _mm256_add_ps(a[q], b[q]) : a[q]);
+      }
+      v += n;
+      o += n;
+    }
+  }
+}
+
+SPARSIFY_AVX2 void block_avx2(const Packed& w, int64_t blk, const float* xt, int64_t ldx,
+                              int64_t width, float* acc) {
+  switch (width / 8) {
+    case 1: return block_avx2_nv<1>(w, blk, xt, ldx, acc);
+    case 2: return block_avx2_nv<2>(w, blk, xt, ldx, acc);
+    case 3: return block_avx2_nv<3>(w, blk, xt, ldx, acc);
+    case 4: return block_avx2_nv<4>(w, blk, xt, ldx, acc);
+    case 5: return block_avx2_nv<5>(w, blk, xt, ldx, acc);
+    case 6: return block_avx2_nv<6>(w, blk, xt, ldx, acc);
+    case 7: return block_avx2_nv<7>(w, blk, xt, ldx, acc);
+    default: return block_avx2_nv<8>(w, blk, xt, ldx, acc);
+  }
+}
+
+bool detect_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+#endif  // SPARSIFY_X86
+
+const bool kAvx2 =
+#ifdef SPARSIFY_X86
+    detect_avx2();
+#else
+    false;
+#endif
+
+template <typename Idx>
+void gather_rows(const Packed& w, const float* x, int64_t r0, int64_t r1, float* y) {
+#ifdef SPARSIFY_X86
+  if (kAvx2 && w.window) return window_rows_avx2(w, x, r0, r1, y);
+  if (kAvx2) return gather_rows_avx2<Idx>(w, x, r0, r1, y);
+#endif
+  gather_rows_portable<Idx>(w, x, r0, r1, y);
+}
+
+// Row blocks [blk0, blk1) for every batch tile; writes y[b, col(r)] = acc + bias.
+void run_blocks(const Packed& w, const float* xt, int64_t batch, int64_t batch_pad, int64_t blk0,
+                int64_t blk1, float* y) {
+  alignas(64) float acc[kRowBlock * kMaxTile];
+  const int64_t tile = std::min(kMaxTile, batch_pad);
+  for (int64_t blk = blk0; blk < blk1; ++blk) {
+    const int64_t r0 = blk * kRowBlock;
+    const int64_t r1 = std::min(w.rows, r0 + kRowBlock);
+    for (int64_t b0 = 0; b0 < batch_pad; b0 += tile) {
+      const int64_t width = std::min(tile, batch_pad - b0);
+      const int64_t valid = std::min(width, batch - b0);
+#ifdef SPARSIFY_X86
+      if (kAvx2) {
+        block_avx2(w, blk, xt + b0, batch_pad, width, acc);
+      } else {
+        block_portable(w, blk, xt + b0, batch_pad, width, acc);
+      }
+#else
+      block_portable(w, blk, xt + b0, batch_pad, width, acc);
+#endif
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t col = column(w, r);
+        const float bias = bias_at(w, col);
+        const float* a = acc + (r - r0) * width;
+        float* yc = y + b0 * w.out + col;
+        for (int64_t b = 0; b < valid; ++b) yc[b * w.out] = a[b] + bias;
+      }
+    }
+  }
+}
+
+template <typename Idx>
+std::string build_blocked(const Packed& p, const Idx* idx, Blocked* out) {
+  Blocked& bl = *out;
+  bl.chunks = (p.max_index + 1 + kInChunk - 1) / kInChunk;
+  const int64_t blocks = (p.rows + kRowBlock - 1) / kRowBlock;
+  bl.block_start.assign(static_cast<size_t>(blocks + 1), 0);
+  bl.seg.assign(static_cast<size_t>(blocks * bl.chunks * kRowBlock), 0);
+  bl.values.resize(static_cast<size_t>(p.rows * p.k));
+  bl.offsets.resize(static_cast<size_t>(p.rows * p.k));
+  std::vector<int64_t> order(static_cast<size_t>(p.k));
+  std::vector<int64_t> cursor(kRowBlock);  // next unread (sorted) entry of each row in the block
+  std::vector<int64_t> sorted(static_cast<size_t>(kRowBlock * p.k));
+  int64_t e = 0;
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    bl.block_start[blk] = e;
+    const int64_t r0 = blk * kRowBlock, nr = std::min(kRowBlock, p.rows - r0);
+    for (int64_t r = 0; r < nr; ++r) {
+      const Idx* id = idx + (r0 + r) * p.kp;
+      for (int64_t j = 0; j < p.k; ++j) order[j] = j;
+      std::stable_sort(order.begin(), order.end(),
+                       [id](int64_t a, int64_t b) { return id[a] < id[b]; });
+      std::copy(order.begin(), order.end(), sorted.begin() + r * p.k);
+      cursor[r] = 0;
+    }
+    for (int64_t c = 0; c < bl.chunks; ++c) {
+      for (int64_t r = 0; r < nr; ++r) {
+        const Idx* id = idx + (r0 + r) * p.kp;
+        const float* v = p.values.data() + (r0 + r) * p.kp;
+        int n = 0;
+        while (cursor[r] < p.k) {
+          const int64_t j = sorted[r * p.k + cursor[r]];
+          if (id[j] >= (c + 1) * kInChunk) break;
+          if (n > 0 && id[j] == id[sorted[r * p.k + cursor[r] - 1]]) {
+            return "indices must not repeat within a row";
+          }
+          bl.values[e] = v[j];
+          bl.offsets[e] = static_cast<uint8_t>(id[j] - c * kInChunk);
+          ++e, ++n, ++cursor[r];
+        }
+        bl.seg[(blk * bl.chunks + c) * kRowBlock + r] = static_cast<uint8_t>(n);
+      }
+    }
+  }
+  bl.block_start[blocks] = e;
+  return "";
+}
+
+// Fills the window layout (see window_rows_avx2) when every block of 8 entries fits in 16 inputs.
+template <typename Idx>
+void build_window(Packed& p, const Idx* idx) {
+  const int64_t nb = p.kp / kLanes;
+  p.window = false;
+  p.win_base.assign(static_cast<size_t>(p.rows * nb), 0);
+  p.win_off.assign(static_cast<size_t>(p.rows * nb), 0);
+  for (int64_t r = 0; r < p.rows; ++r) {
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t j0 = b * kLanes, j1 = std::min(p.k, j0 + kLanes);
+      int32_t lo = idx[r * p.kp + j0];
+      for (int64_t j = j0; j < j1; ++j) lo = std::min<int32_t>(lo, idx[r * p.kp + j]);
+      uint32_t packed_off = 0;
+      for (int64_t j = j0; j < j1; ++j) {
+        const int32_t o = idx[r * p.kp + j] - lo;
+        if (o >= 16) {
+          p.win_base.clear();
+          p.win_off.clear();
+          return;
+        }
+        packed_off |= static_cast<uint32_t>(o) << (4 * (j - j0));
+      }
+      p.win_base[r * nb + b] = lo;
+      p.win_off[r * nb + b] = packed_off;
+    }
+  }
+  p.window = true;
+}
+
+}  // namespace
+
+bool uses_avx2() { return kAvx2; }
+
+std::string pack(const float* values, const void* indices, bool indices_are_int16, int64_t rows,
+                 int64_t k, const float* bias, int64_t bias_len, const int32_t* cols,
+                 int64_t cols_len, int64_t out_features, Packed* out) {
+  if (rows < 0 || (rows > 0 && k < 1)) return "values must be [rows, k] with k >= 1";
+  if (cols != nullptr && cols_len != rows) return "rows must hold one output column per row";
+  const int64_t width = cols != nullptr ? out_features : rows;
+  if (cols != nullptr && width < rows) {
+    return "attribute out_features must be at least the number of stored rows";
+  }
+  if (bias != nullptr && bias_len != width) return "bias must have one value per output column";
+  Packed& p = *out;
+  p.rows = rows;
+  p.k = k;
+  p.kp = round_up(k, kLanes);
+  p.out = width;
+  p.idx16 = indices_are_int16;
+  p.values.assign(static_cast<size_t>(rows * p.kp), 0.0f);
+  if (p.idx16) {
+    p.idx16v.assign(static_cast<size_t>(rows * p.kp), 0);
+  } else {
+    p.idx32v.assign(static_cast<size_t>(rows * p.kp), 0);
+  }
+  int32_t max_index = -1;
+  for (int64_t r = 0; r < rows; ++r) {
+    std::memcpy(&p.values[r * p.kp], values + r * k, static_cast<size_t>(k) * sizeof(float));
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t i = indices_are_int16 ? static_cast<const int16_t*>(indices)[r * k + j]
+                                          : static_cast<const int32_t*>(indices)[r * k + j];
+      if (i < 0) return "indices must be non-negative";
+      max_index = std::max(max_index, i);
+      if (p.idx16) {
+        p.idx16v[r * p.kp + j] = static_cast<int16_t>(i);
+      } else {
+        p.idx32v[r * p.kp + j] = i;
+      }
+    }
+  }
+  p.max_index = max_index;
+  p.bias.assign(bias, bias == nullptr ? bias : bias + bias_len);
+  p.cols.clear();
+  p.empty_cols.clear();
+  if (cols != nullptr) {
+    std::vector<char> used(static_cast<size_t>(width), 0);
+    for (int64_t r = 0; r < rows; ++r) {
+      if (cols[r] < 0 || cols[r] >= width) return "rows must lie in [0, out_features)";
+      if (used[cols[r]]) return "rows must not repeat";
+      used[cols[r]] = 1;
+    }
+    p.cols.assign(cols, cols + rows);
+    for (int64_t c = 0; c < width; ++c) {
+      if (!used[c]) p.empty_cols.push_back(static_cast<int32_t>(c));
+    }
+  }
+  if (p.idx16) {
+    build_window(p, p.idx16v.data());
+    return build_blocked(p, p.idx16v.data(), &p.blocked);
+  }
+  build_window(p, p.idx32v.data());
+  return build_blocked(p, p.idx32v.data(), &p.blocked);
+}
+
+Plan::Plan(const Packed& w, const float* x, int64_t batch, int64_t in, float* y)
+    : w_(w), x_(x), batch_(batch), in_(in), y_(y) {
+  for (int64_t b = 0; b < batch; ++b) {
+    float* yb = y + b * w.out;
+    for (int32_t c : w.empty_cols) yb[c] = bias_at(w, c);
+  }
+  if (batch == 1 && w.window) {
+    xpad_.assign(x, x + in);
+    xpad_.resize(static_cast<size_t>(in + 16), 0.0f);
+    x_ = xpad_.data();
+  }
+  if (batch > 1) {
+    batch_pad_ = round_up(batch, kLanes);
+    const size_t bytes = static_cast<size_t>(in * batch_pad_) * sizeof(float);
+    xt_ = static_cast<float*>(::operator new(bytes, std::align_val_t(64)));
+    for (int64_t i = 0; i < in; ++i) {
+      float* row = xt_ + i * batch_pad_;
+      for (int64_t b = 0; b < batch; ++b) row[b] = x[b * in + i];
+      std::fill(row + batch, row + batch_pad_, 0.0f);
+    }
+  }
+  if (batch > 1) {
+    rows_per_chunk_ = kRowBlock;  // one row block: batch lanes already give it plenty of work
+  } else {
+    const int64_t row_bytes = w.kp * static_cast<int64_t>(sizeof(float) + (w.idx16 ? 2 : 4));
+    rows_per_chunk_ = std::max<int64_t>(4, kChunkBytes / std::max<int64_t>(1, row_bytes) / 4 * 4);
+  }
+  chunks_ = w.rows == 0 ? 0 : (w.rows + rows_per_chunk_ - 1) / rows_per_chunk_;
+}
+
+Plan::~Plan() {
+  if (xt_ != nullptr) ::operator delete(xt_, std::align_val_t(64));
+}
+
+void Plan::run_chunk(int64_t chunk) const {
+  if (xt_ != nullptr) return run_blocks(w_, xt_, batch_, batch_pad_, chunk, chunk + 1, y_);
+  const int64_t r0 = chunk * rows_per_chunk_;
+  const int64_t r1 = std::min(w_.rows, r0 + rows_per_chunk_);
+  if (w_.idx16) {
+    gather_rows<int16_t>(w_, x_, r0, r1, y_);
+  } else {
+    gather_rows<int32_t>(w_, x_, r0, r1, y_);
+  }
+}
+
+}  // namespace sparsify

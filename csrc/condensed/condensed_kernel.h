@@ -1,0 +1,90 @@
+// Constant fan-in ("condensed") linear layer on the CPU:
+//
+//   y[b, col(r)] = sum_j values[r, j] * x[b, indices[r, j]] + bias[col(r)]
+//
+// for every active row r; col(r) is r itself, or rows[r] when the layer was stored without its
+// ablated (all-zero) rows and scatters back to the full output width. Columns that no active row
+// writes hold bias (or 0).
+//
+// The kernel works on a packed copy of the weights (Packed): the row stride is padded to a
+// multiple of 8 with zero values / index 0, so the SIMD loops never need a tail. Compute is split
+// by rows into independent chunks so a thread pool can run them in any order.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace sparsify {
+
+// The batched path's layout: rows in blocks of kRowBlock, inputs in chunks of kInChunk. For
+// each (row block, input chunk, row) the row's kept entries that fall in the chunk, as values and
+// 8-bit offsets inside the chunk, stored in exactly the order the kernel reads them.
+struct Blocked {
+  int64_t chunks = 0;
+  std::vector<int64_t> block_start;  // [row blocks + 1] first entry of each row block
+  std::vector<uint8_t> seg;          // [row blocks, chunks, kRowBlock] entries per segment
+  std::vector<float> values;         // [rows * k]
+  std::vector<uint8_t> offsets;      // [rows * k] index - chunk * kInChunk
+};
+
+constexpr int64_t kRowBlock = 32;
+constexpr int64_t kInChunk = 64;
+
+struct Packed {
+  int64_t rows = 0;      // active rows
+  int64_t k = 0;         // kept weights per row
+  int64_t kp = 0;        // padded row stride, a multiple of 8
+  int64_t out = 0;       // output width
+  int32_t max_index = -1;
+  bool idx16 = false;    // indices stored as int16 (in_features <= 32767), else int32
+  std::vector<float> values;     // [rows, kp]
+  std::vector<int16_t> idx16v;   // [rows, kp] when idx16
+  std::vector<int32_t> idx32v;   // [rows, kp] otherwise
+  std::vector<float> bias;       // [out]; empty when the node has no bias
+  std::vector<int32_t> cols;     // [rows] output column of each active row; empty: identity
+  std::vector<int32_t> empty_cols;  // output columns no active row writes
+  Blocked blocked;                    // built by pack() as well
+  // Batch-1 window layout, when every 8 consecutive entries of a row span < 16 inputs (2:4):
+  bool window = false;
+  std::vector<int32_t> win_base;  // [rows, kp / 8] smallest index of each block of 8
+  std::vector<uint32_t> win_off;  // [rows, kp / 8] eight 4-bit offsets from that base
+};
+
+// Builds the packed form; returns an error message, or "" on success.
+std::string pack(const float* values, const void* indices, bool indices_are_int16,
+                 int64_t rows, int64_t k, const float* bias, int64_t bias_len,
+                 const int32_t* cols, int64_t cols_len, int64_t out_features, Packed* out);
+
+// One call of the layer on x [batch, in] -> y [batch, out]: planned once, then run chunk by
+// chunk (possibly on several threads); chunks write disjoint parts of y.
+class Plan {
+ public:
+  Plan(const Packed& w, const float* x, int64_t batch, int64_t in, float* y);
+  ~Plan();
+  Plan(const Plan&) = delete;
+  Plan& operator=(const Plan&) = delete;
+
+  int64_t chunks() const { return chunks_; }
+  // Multiply-adds per call, to decide whether threads are worth waking.
+  int64_t work() const { return w_.rows * w_.k * batch_; }
+  void run_chunk(int64_t chunk) const;
+
+ private:
+  const Packed& w_;
+  const float* x_;
+  int64_t batch_;
+  int64_t in_;
+  float* y_;
+  float* xt_ = nullptr;  // x transposed to [in, batch_pad] when batch > 1
+  std::vector<float> xpad_;  // batch 1 window path: x with 16 readable floats past its end
+  int64_t batch_pad_ = 0;
+  int64_t rows_per_chunk_ = 0;
+  int64_t chunks_ = 0;
+};
+
+// True when this build runs the AVX2+FMA path on this CPU.
+bool uses_avx2();
+
+}  // namespace sparsify

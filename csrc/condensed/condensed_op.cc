@@ -1,0 +1,310 @@
+// ONNX Runtime custom op ai.sparsify::CondensedLinear (opset 1), C API only.
+//
+//   Y = CondensedLinear(X, values, indices, [bias], [rows]), attribute out_features (int)
+//   X [..., in] float; values [R, k] float; indices [R, k] int16 or int32;
+//   bias [out] float; rows [R] int32: output column of each stored row (then out =
+//   out_features and unwritten columns hold bias or 0); without rows, out = R.
+//   Y [..., out] float.
+//
+// Built against the C API header of ORT 1.21 but asking for API version kApiVersion (18), so the
+// library loads in any ONNX Runtime >= 1.18: it uses no function added after 1.18, and tells ORT
+// (OrtCustomOp::version) not to read the struct fields added later.
+//
+// Weights are packed once when values / indices / bias / rows are constant initializers (the
+// normal case); otherwise each call packs a private copy. Rows are split into chunks run on the
+// session's intra-op thread pool (KernelContext_ParallelFor), so intra_op_num_threads applies.
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "condensed_kernel.h"
+#include "onnxruntime/onnxruntime_c_api.h"
+
+namespace {
+
+constexpr uint32_t kApiVersion = 18;
+constexpr const char* kDomain = "ai.sparsify";
+// Below this many multiply-adds, waking the thread pool costs more than it saves.
+constexpr int64_t kParallelWork = 64 * 1024;
+
+const OrtApi* g_api = nullptr;
+
+#define RETURN_IF_ERROR(expr)              \
+  do {                                     \
+    OrtStatus* status_ = (expr);           \
+    if (status_ != nullptr) return status_; \
+  } while (0)
+
+OrtStatus* fail(const std::string& msg) {
+  return g_api->CreateStatus(ORT_INVALID_ARGUMENT, ("CondensedLinear: " + msg).c_str());
+}
+
+struct TensorView {
+  const void* data = nullptr;
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  std::vector<int64_t> shape;
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+};
+
+OrtStatus* view(const OrtValue* value, TensorView* out) {
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  RETURN_IF_ERROR(g_api->GetTensorTypeAndShape(value, &info));
+  size_t rank = 0;
+  OrtStatus* status = g_api->GetTensorElementType(info, &out->type);
+  if (status == nullptr) status = g_api->GetDimensionsCount(info, &rank);
+  if (status == nullptr) {
+    out->shape.assign(rank, 0);
+    status = g_api->GetDimensions(info, out->shape.data(), rank);
+  }
+  g_api->ReleaseTensorTypeAndShapeInfo(info);
+  if (status != nullptr) return status;
+  void* data = nullptr;
+  RETURN_IF_ERROR(g_api->GetTensorMutableData(const_cast<OrtValue*>(value), &data));
+  out->data = data;
+  return nullptr;
+}
+
+// values, indices, bias, rows: the four weight-side inputs (bias and rows may be absent).
+struct WeightInputs {
+  TensorView values, indices, bias, rows;
+  bool has_bias = false, has_rows = false;
+};
+
+OrtStatus* pack_inputs(const WeightInputs& in, int64_t out_features, sparsify::Packed* packed) {
+  if (in.values.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || in.values.shape.size() != 2) {
+    return fail("values must be a 2-D float tensor [rows, k]");
+  }
+  const bool idx16 = in.indices.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16;
+  if (!idx16 && in.indices.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32) {
+    return fail("indices must be int16 or int32");
+  }
+  if (in.indices.shape != in.values.shape) return fail("indices and values must share one shape");
+  if (in.has_bias && (in.bias.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT ||
+                      in.bias.shape.size() != 1)) {
+    return fail("bias must be a 1-D float tensor");
+  }
+  if (in.has_rows && (in.rows.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 ||
+                      in.rows.shape.size() != 1)) {
+    return fail("rows must be a 1-D int32 tensor");
+  }
+  const std::string err = sparsify::pack(
+      static_cast<const float*>(in.values.data), in.indices.data, idx16, in.values.shape[0],
+      in.values.shape[1], in.has_bias ? static_cast<const float*>(in.bias.data) : nullptr,
+      in.has_bias ? in.bias.numel() : 0,
+      in.has_rows ? static_cast<const int32_t*>(in.rows.data) : nullptr,
+      in.has_rows ? in.rows.numel() : 0, out_features, packed);
+  return err.empty() ? nullptr : fail(err);
+}
+
+struct Kernel {
+  int64_t out_features = -1;
+  std::unique_ptr<sparsify::Packed> packed;  // set when every weight-side input is constant
+};
+
+// Whether the node names input `index` (an absent optional input has an empty name).
+OrtStatus* has_input(const OrtKernelInfo* info, size_t index, bool* present) {
+  size_t count = 0;
+  RETURN_IF_ERROR(g_api->KernelInfo_GetInputCount(info, &count));
+  *present = false;
+  if (index >= count) return nullptr;
+  size_t size = 0;
+  RETURN_IF_ERROR(g_api->KernelInfo_GetInputName(info, index, nullptr, &size));
+  *present = size > 1;  // size counts the terminating NUL
+  return nullptr;
+}
+
+// Fetches input `index` from the kernel info if it is a constant initializer.
+OrtStatus* constant_input(const OrtKernelInfo* info, size_t index, bool* is_const,
+                          TensorView* out) {
+  int is_constant = 0;
+  const OrtValue* value = nullptr;
+  RETURN_IF_ERROR(g_api->KernelInfoGetConstantInput_tensor(info, index, &is_constant, &value));
+  *is_const = is_constant != 0 && value != nullptr;
+  return *is_const ? view(value, out) : nullptr;
+}
+
+OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info,
+                                      void** out) {
+  auto kernel = std::make_unique<Kernel>();
+  int64_t attr = -1;
+  OrtStatus* status = g_api->KernelInfoGetAttribute_int64(info, "out_features", &attr);
+  if (status != nullptr) {
+    g_api->ReleaseStatus(status);  // optional attribute: absent means "no rows input"
+  } else {
+    kernel->out_features = attr;
+  }
+  WeightInputs w;
+  bool all_const = true, c = false;
+  RETURN_IF_ERROR(constant_input(info, 1, &c, &w.values));
+  all_const = all_const && c;
+  RETURN_IF_ERROR(constant_input(info, 2, &c, &w.indices));
+  all_const = all_const && c;
+  bool present = false;
+  RETURN_IF_ERROR(has_input(info, 3, &present));
+  if (present) {
+    RETURN_IF_ERROR(constant_input(info, 3, &w.has_bias, &w.bias));
+    all_const = all_const && w.has_bias;
+  }
+  RETURN_IF_ERROR(has_input(info, 4, &present));
+  if (present) {
+    RETURN_IF_ERROR(constant_input(info, 4, &w.has_rows, &w.rows));
+    all_const = all_const && w.has_rows;
+  }
+  if (all_const) {
+    kernel->packed = std::make_unique<sparsify::Packed>();
+    RETURN_IF_ERROR(pack_inputs(w, kernel->out_features, kernel->packed.get()));
+  }
+  *out = kernel.release();
+  return nullptr;
+}
+
+OrtStatus* input_view(OrtKernelContext* ctx, size_t count, size_t index, bool* present,
+                      TensorView* out) {
+  *present = false;
+  if (index >= count) return nullptr;
+  const OrtValue* value = nullptr;
+  RETURN_IF_ERROR(g_api->KernelContext_GetInput(ctx, index, &value));
+  if (value == nullptr) return nullptr;
+  *present = true;
+  return view(value, out);
+}
+
+void ORT_API_CALL run_chunk(void* plan, size_t chunk) {
+  static_cast<const sparsify::Plan*>(plan)->run_chunk(static_cast<int64_t>(chunk));
+}
+
+OrtStatus* ORT_API_CALL compute(void* op_kernel, OrtKernelContext* ctx) {
+  const Kernel& kernel = *static_cast<Kernel*>(op_kernel);
+  size_t count = 0;
+  RETURN_IF_ERROR(g_api->KernelContext_GetInputCount(ctx, &count));
+  TensorView x;
+  bool present = false;
+  RETURN_IF_ERROR(input_view(ctx, count, 0, &present, &x));
+  if (!present || x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || x.shape.empty()) {
+    return fail("X must be a float tensor [..., in]");
+  }
+  sparsify::Packed local;
+  const sparsify::Packed* w = kernel.packed.get();
+  if (w == nullptr) {
+    WeightInputs in;
+    RETURN_IF_ERROR(input_view(ctx, count, 1, &present, &in.values));
+    RETURN_IF_ERROR(input_view(ctx, count, 2, &present, &in.indices));
+    RETURN_IF_ERROR(input_view(ctx, count, 3, &in.has_bias, &in.bias));
+    RETURN_IF_ERROR(input_view(ctx, count, 4, &in.has_rows, &in.rows));
+    RETURN_IF_ERROR(pack_inputs(in, kernel.out_features, &local));
+    w = &local;
+  }
+  const int64_t in_features = x.shape.back();
+  if (w->max_index >= in_features) {
+    return fail("an index (" + std::to_string(w->max_index) + ") is out of range for X with " +
+                std::to_string(in_features) + " features");
+  }
+  const int64_t batch = in_features == 0 ? 0 : x.numel() / in_features;
+  std::vector<int64_t> y_shape = x.shape;
+  y_shape.back() = w->out;
+  OrtValue* y_value = nullptr;
+  RETURN_IF_ERROR(g_api->KernelContext_GetOutput(ctx, 0, y_shape.data(), y_shape.size(), &y_value));
+  void* y = nullptr;
+  RETURN_IF_ERROR(g_api->GetTensorMutableData(y_value, &y));
+  if (batch == 0 || w->out == 0) return nullptr;
+  const sparsify::Plan plan(*w, static_cast<const float*>(x.data), batch, in_features,
+                            static_cast<float*>(y));
+  if (plan.chunks() > 1 && plan.work() >= kParallelWork) {
+    return g_api->KernelContext_ParallelFor(ctx, run_chunk, static_cast<size_t>(plan.chunks()), 0,
+                                            const_cast<sparsify::Plan*>(&plan));
+  }
+  for (int64_t c = 0; c < plan.chunks(); ++c) plan.run_chunk(c);
+  return nullptr;
+}
+
+void ORT_API_CALL destroy_kernel(void* op_kernel) { delete static_cast<Kernel*>(op_kernel); }
+
+const char* ORT_API_CALL op_name(const OrtCustomOp*) { return "CondensedLinear"; }
+const char* ORT_API_CALL op_provider(const OrtCustomOp*) { return "CPUExecutionProvider"; }
+size_t ORT_API_CALL input_count(const OrtCustomOp*) { return 5; }
+size_t ORT_API_CALL output_count(const OrtCustomOp*) { return 1; }
+
+ONNXTensorElementDataType ORT_API_CALL input_type(const OrtCustomOp*, size_t index) {
+  switch (index) {
+    case 2: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;  // int16 or int32, checked at packing
+    case 4: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+    default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+}
+
+ONNXTensorElementDataType ORT_API_CALL output_type(const OrtCustomOp*, size_t) {
+  return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+
+OrtCustomOpInputOutputCharacteristic ORT_API_CALL input_characteristic(const OrtCustomOp*,
+                                                                       size_t index) {
+  return index >= 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+}
+
+OrtCustomOpInputOutputCharacteristic ORT_API_CALL output_characteristic(const OrtCustomOp*,
+                                                                        size_t) {
+  return INPUT_OUTPUT_REQUIRED;
+}
+
+OrtMemType ORT_API_CALL input_memory_type(const OrtCustomOp*, size_t) { return OrtMemTypeDefault; }
+int ORT_API_CALL variadic_min_arity(const OrtCustomOp*) { return 1; }
+int ORT_API_CALL variadic_homogeneity(const OrtCustomOp*) { return 1; }
+int ORT_API_CALL start_version(const OrtCustomOp*) { return 1; }
+int ORT_API_CALL end_version(const OrtCustomOp*) { return 1; }
+
+OrtCustomOp make_op() {
+  OrtCustomOp op;
+  std::memset(&op, 0, sizeof(op));
+  op.version = kApiVersion;
+  op.GetName = op_name;
+  op.GetExecutionProviderType = op_provider;
+  op.GetInputType = input_type;
+  op.GetInputTypeCount = input_count;
+  op.GetOutputType = output_type;
+  op.GetOutputTypeCount = output_count;
+  op.KernelDestroy = destroy_kernel;
+  op.GetInputCharacteristic = input_characteristic;
+  op.GetOutputCharacteristic = output_characteristic;
+  op.GetInputMemoryType = input_memory_type;
+  op.GetVariadicInputMinArity = variadic_min_arity;
+  op.GetVariadicInputHomogeneity = variadic_homogeneity;
+  op.GetVariadicOutputMinArity = variadic_min_arity;
+  op.GetVariadicOutputHomogeneity = variadic_homogeneity;
+  op.CreateKernelV2 = create_kernel;
+  op.KernelComputeV2 = compute;
+  op.GetStartVersion = start_version;
+  op.GetEndVersion = end_version;
+  return op;
+}
+
+const OrtCustomOp g_op = make_op();
+
+}  // namespace
+
+// Entry point looked up by SessionOptions.register_custom_ops_library(path).
+// The domain object is created once and intentionally never released: sessions created from any
+// SessionOptions it was added to may outlive every Python reference to those options.
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  static std::mutex mutex;
+  static OrtCustomOpDomain* domain = nullptr;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (g_api == nullptr) {
+    g_api = api_base->GetApi(kApiVersion);
+    if (g_api == nullptr) {  // API 1 exists in every release and is enough to say why
+      return api_base->GetApi(1)->CreateStatus(
+          ORT_NOT_IMPLEMENTED, "CondensedLinear needs ONNX Runtime >= 1.18 (C API version 18)");
+    }
+  }
+  if (domain == nullptr) {
+    RETURN_IF_ERROR(g_api->CreateCustomOpDomain(kDomain, &domain));
+    RETURN_IF_ERROR(g_api->CustomOpDomain_Add(domain, &g_op));
+  }
+  return g_api->AddCustomOpDomain(options, domain);
+}

@@ -1,0 +1,308 @@
+"""Condensed export: the condense format, the CondensedLinear kernel in real ONNX Runtime
+sessions, the stock-op fallback, ablated rows, and the transformer sample end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from exporters import condensed
+from passes.errors import SparsifyError
+from passes.manifest import Manifest, TensorEntry
+from passes.masks import WeightMask, attach_mask, fold, manifest_entries
+from samples.models import DigitsTransformer
+
+ATOL = 1e-4  # fp32 sums reordered by the kernel vs ORT's dense GEMM
+CHECKPOINT = Path(__file__).resolve().parents[1] / "samples" / "digits_transformer.pt"
+
+
+def fan_in_mask(
+    rng: np.random.Generator, out: int, inp: int, k: int, ablated: int = 0
+) -> np.ndarray:
+    mask = np.zeros((out, inp), bool)
+    for row in range(out):
+        mask[row, rng.choice(inp, k, replace=False)] = True
+    mask[rng.choice(out, ablated, replace=False)] = False
+    return mask
+
+
+@st.composite
+def masked_weights(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    out = draw(st.integers(1, 12))
+    inp = draw(st.integers(1, 40))
+    k = draw(st.integers(1, inp))
+    ablated = draw(st.integers(0, out))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    mask = fan_in_mask(rng, out, inp, k, ablated)
+    return rng.standard_normal((out, inp)).astype(np.float32) * mask, mask
+
+
+@settings(max_examples=60, deadline=None)
+@given(masked_weights())
+def test_condense_round_trip(case: tuple[np.ndarray, np.ndarray]) -> None:
+    weight, mask = case
+    c = condensed.condense(weight, mask)
+    active = np.flatnonzero(mask.any(axis=1))
+    assert c.active_rows.tolist() == active.tolist()
+    assert c.values.shape == c.indices.shape == (active.size, int(mask.sum(1).max(initial=0)))
+    assert c.indices.dtype == np.int16
+    assert (np.diff(c.indices.astype(int), axis=1) > 0).all()  # ascending, no repeats
+    back_w, back_m = condensed.expand(c)
+    np.testing.assert_array_equal(back_m, mask)
+    np.testing.assert_array_equal(back_w, weight)
+
+
+def test_condense_wide_layer_uses_int32_and_flattens_1x1_conv() -> None:
+    rng = np.random.default_rng(0)
+    mask = fan_in_mask(rng, 3, 40000, 5)
+    weight = rng.standard_normal(mask.shape).astype(np.float32) * mask
+    c = condensed.condense(weight, mask)
+    assert c.indices.dtype == np.int32
+    np.testing.assert_array_equal(condensed.expand(c)[0], weight)
+    conv = condensed.condense(weight[:, :8, None, None] * 0 + 1, np.ones((3, 8, 1, 1), bool))
+    assert conv.shape == (3, 8) and conv.values.shape == (3, 8)
+
+
+def test_condense_rejects_varying_fan_in() -> None:
+    mask = np.array([[1, 1, 0], [1, 0, 0]], bool)
+    with pytest.raises(SparsifyError, match="fan-in is not constant"):
+        condensed.condense(mask.astype(np.float32), mask)
+    with pytest.raises(SparsifyError, match="disagree"):
+        condensed.condense(np.ones((2, 3), np.float32), np.ones((3, 2), bool))
+
+
+def kernel_model(
+    c: condensed.CondensedWeight,
+    bias: np.ndarray | None,
+    rank: int,
+    in_dim: int | str | None = None,
+) -> bytes:
+    """A one-node CondensedLinear model over the stored rows of ``c``."""
+    out_features, in_features = c.shape
+    inits = [
+        numpy_helper.from_array(c.values, "values"),
+        numpy_helper.from_array(c.indices, "indices"),
+    ]
+    inputs = ["x", "values", "indices", ""]
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias, "bias"))
+        inputs[3] = "bias"
+    attrs = {}
+    if c.active_rows.size < out_features:
+        inits.append(numpy_helper.from_array(c.active_rows.astype(np.int32), "rows"))
+        inputs.append("rows")
+        attrs["out_features"] = out_features
+    while inputs[-1] == "":
+        inputs.pop()
+    node = helper.make_node(condensed.OP_TYPE, inputs, ["y"], domain=condensed.DOMAIN, **attrs)
+    x_shape = ["b"] * (rank - 1) + [in_features if in_dim is None else in_dim]
+    graph = helper.make_graph(
+        [node],
+        "k",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(condensed.DOMAIN, 1)]
+    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("out", "inp", "k", "batch", "ablated", "rank", "bias", "threads"),
+    [
+        (37, 29, 5, 1, 0, 2, True, 1),  # odd sizes, batch 1 (gather path)
+        (37, 29, 5, 3, 0, 2, True, 1),  # odd batch (batched path, padded lanes)
+        (64, 100, 1, 1, 3, 2, True, 1),  # k = 1
+        (64, 100, 100, 9, 3, 2, False, 1),  # k = in, no bias, ablated rows
+        (70, 300, 17, 130, 4, 2, True, 2),  # batch beyond one 64-lane tile, 2 threads
+        (50, 30, 7, 5, 1, 3, True, 1),  # 3-D input [b, t, in]
+        (33, 40000, 13, 2, 2, 2, True, 2),  # int32 indices
+        (1000, 256, 26, 1, 0, 2, True, 2),  # several row chunks on the thread pool
+    ],
+)
+def test_kernel_matches_numpy(
+    out: int, inp: int, k: int, batch: int, ablated: int, rank: int, bias: bool, threads: int
+) -> None:
+    rng = np.random.default_rng(out * inp + k + batch)
+    mask = fan_in_mask(rng, out, inp, k, ablated)
+    weight = rng.standard_normal((out, inp)).astype(np.float32) * mask
+    b = rng.standard_normal(out).astype(np.float32) if bias else None
+    c = condensed.condense(weight, mask)
+    sess = ort.InferenceSession(kernel_model(c, b, rank), condensed.session_options(threads))
+    x = rng.standard_normal((batch, 4, inp) if rank == 3 else (batch, inp)).astype(np.float32)
+    y = sess.run(None, {"x": x})[0]
+    ref = x @ weight.T + (b if bias else 0)
+    assert y.shape == ref.shape
+    np.testing.assert_allclose(y, ref, atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_kernel_matches_numpy_on_2_4(batch: int) -> None:
+    """2:4 rows take the batch-1 window path (k = 18 is no multiple of 8; the last window ends
+    at the last input, so the kernel must not read past x)."""
+    rng = np.random.default_rng(batch)
+    out, inp = 45, 36
+    mask = np.zeros((out, inp // 4, 4), bool)
+    for row in range(out):
+        for group in range(inp // 4):
+            mask[row, group, rng.choice(4, 2, replace=False)] = True
+    mask = mask.reshape(out, inp)
+    mask[:, -1] = True
+    mask[:, -4:-1] = [True, False, False]
+    mask[7] = False  # one ablated row
+    weight = rng.standard_normal(mask.shape).astype(np.float32) * mask
+    bias = rng.standard_normal(out).astype(np.float32)
+    sess = ort.InferenceSession(
+        kernel_model(condensed.condense(weight, mask), bias, 2), condensed.session_options(1)
+    )
+    x = rng.standard_normal((batch, inp)).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], x @ weight.T + bias, atol=ATOL)
+
+
+def test_kernel_rejects_out_of_range_index() -> None:
+    mask = np.eye(8, dtype=bool)
+    c = condensed.condense(mask.astype(np.float32), mask)
+    sess = ort.InferenceSession(kernel_model(c, None, 2, in_dim="in"), condensed.session_options(1))
+    with pytest.raises(Exception, match="out of range"):
+        sess.run(None, {"x": np.ones((1, 4), np.float32)})
+
+
+def dense_linear(weight: np.ndarray, bias: np.ndarray, rank: int, path: Path) -> None:
+    """One Linear the way torch's exporter writes it: Gemm for 2-D input, MatMul + Add for 3-D."""
+    out, inp = weight.shape
+    if rank == 2:
+        nodes = [
+            helper.make_node(
+                "Gemm", ["input", "fc.weight", "fc.bias"], ["output"], transB=1, name="/fc/Gemm"
+            )
+        ]
+        inits = [
+            numpy_helper.from_array(weight, "fc.weight"),
+            numpy_helper.from_array(bias, "fc.bias"),
+        ]
+    else:
+        nodes = [
+            helper.make_node("MatMul", ["input", "onnx::MatMul_7"], ["mm"], name="/fc/MatMul"),
+            helper.make_node("Add", ["fc.bias", "mm"], ["output"], name="/fc/Add"),
+        ]
+        inits = [
+            numpy_helper.from_array(np.ascontiguousarray(weight.T), "onnx::MatMul_7"),
+            numpy_helper.from_array(bias, "fc.bias"),
+        ]
+    lead = ["batch"] * (rank - 1)
+    graph = helper.make_graph(
+        nodes,
+        "linear",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, lead + [inp])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, lead + [out])],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def entry_for(mask: np.ndarray, module: str = "fc", fan_in: int | None = -1) -> TensorEntry:
+    counts = mask.sum(axis=1)
+    return TensorEntry(
+        name=f"{module}.weight",
+        module=module,
+        op="Linear",
+        shape=mask.shape,
+        pattern="fanin",
+        density=float(mask.mean()),
+        fan_in=int(counts.max()) if fan_in == -1 else fan_in,
+        ablated=tuple(int(i) for i in np.flatnonzero(counts == 0)),
+        mask=mask,
+    )
+
+
+@pytest.mark.parametrize("ops", ["custom", "standard"])
+@pytest.mark.parametrize("rank", [2, 3])
+def test_condense_onnx_matches_dense_with_ablated_rows(tmp_path: Path, ops: str, rank: int) -> None:
+    rng = np.random.default_rng(rank)
+    mask = fan_in_mask(rng, 48, 40, 6, ablated=5)
+    weight = rng.standard_normal(mask.shape).astype(np.float32) * mask
+    bias = rng.standard_normal(48).astype(np.float32)  # nonzero bias on ablated rows too
+    dense_linear(weight, bias, rank, tmp_path / "dense.onnx")
+    results = condensed.condense_onnx(
+        tmp_path / "dense.onnx",
+        Manifest({"fc.weight": entry_for(mask)}),
+        tmp_path / "c.onnx",
+        ops=ops,
+    )
+    assert [(r.module, r.fan_in, r.active_rows, r.skipped) for r in results] == [
+        ("fc", 6, 43, None)
+    ]
+    graph = onnx.load(str(tmp_path / "c.onnx")).graph
+    assert not any(n.op_type in ("Gemm", "MatMul") for n in graph.node)
+    options = condensed.session_options(1) if ops == "custom" else ort.SessionOptions()
+    sess = ort.InferenceSession(str(tmp_path / "c.onnx"), options)
+    dense = ort.InferenceSession(str(tmp_path / "dense.onnx"))
+    x = rng.standard_normal((3, 40) if rank == 2 else (3, 5, 40)).astype(np.float32)
+    y = sess.run(None, {"input": x})[0]
+    np.testing.assert_allclose(y, dense.run(None, {"input": x})[0], atol=ATOL)
+    np.testing.assert_allclose(
+        y[..., list(entry_for(mask).ablated)],
+        np.broadcast_to(bias[list(entry_for(mask).ablated)], y.shape[:-1] + (5,)),
+        atol=0,
+    )
+
+
+def test_condense_onnx_keeps_varying_fan_in_dense_and_checks_manifest(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    mask = fan_in_mask(rng, 8, 16, 4)
+    weight = rng.standard_normal(mask.shape).astype(np.float32) * mask
+    dense_linear(weight, np.zeros(8, np.float32), 2, tmp_path / "dense.onnx")
+    manifest = Manifest({"fc.weight": entry_for(mask, fan_in=None)})
+    results = condensed.condense_onnx(tmp_path / "dense.onnx", manifest, tmp_path / "c.onnx")
+    assert results[0].skipped == "fan-in is not constant"
+    assert [n.op_type for n in onnx.load(str(tmp_path / "c.onnx")).graph.node] == ["Gemm"]
+    wrong = Manifest({"fc.weight": entry_for(np.roll(mask, 1, axis=1))})
+    with pytest.raises(SparsifyError, match="outside the mask"):
+        condensed.condense_onnx(tmp_path / "dense.onnx", wrong, tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_transformer_end_to_end(tmp_path: Path) -> None:
+    """The sample at 90% constant fan-in: every Linear condensed, outputs equal the dense ONNX."""
+    model = DigitsTransformer()
+    model.load_state_dict(torch.load(CHECKPOINT, weights_only=True)["state_dict"])
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.in_features >= 10:
+            weight = module.weight.detach().abs()
+            k = module.in_features // 10
+            keep = torch.zeros_like(weight, dtype=torch.bool).scatter_(
+                1, weight.topk(k, dim=1).indices, True
+            )
+            attach_mask(module, WeightMask(keep, "fanin"))
+    manifest = Manifest(manifest_entries(model))
+    fold(model)
+    dense_path = tmp_path / "model.onnx"
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 1, 8, 8),),
+        str(dense_path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+    )
+    dense = ort.InferenceSession(str(dense_path))
+    x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    want = dense.run(None, {"input": x})[0]
+    for ops in ("custom", "standard"):
+        out = tmp_path / f"model.{ops}.onnx"
+        results = condensed.condense_onnx(dense_path, manifest, out, ops=ops)
+        assert len(results) == 13 and all(r.skipped is None for r in results)
+        options = condensed.session_options(2) if ops == "custom" else ort.SessionOptions()
+        got = ort.InferenceSession(str(out), options).run(None, {"input": x})[0]
+        np.testing.assert_allclose(got, want, atol=ATOL)
