@@ -29,6 +29,8 @@ OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+INTEGER_WEIGHT_OPS = ("ConvInteger", "MatMulInteger")
+"""ONNX Runtime's dynamic int8 ops: their weight input is the int8 initializer itself."""
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike[str]) -> None:
@@ -76,6 +78,8 @@ class WeightRef:
     initializer: str
     in_axis: int
     out_axis: int
+    dequantize: str | None = None
+    """The DequantizeLinear node between ``initializer`` (then int8) and ``node``, in QDQ files."""
 
 
 def _scope_segments(node_name: str) -> list[str]:
@@ -98,22 +102,57 @@ def _scope_candidates(node_name: str) -> set[str]:
     return {".".join(_scope_segments(node_name)), module_of(node_name)}
 
 
+def _weight_source(
+    name: str, inits: set[str], dq_of: dict[str, onnx.NodeProto]
+) -> tuple[str, onnx.NodeProto | None] | None:
+    """The initializer behind a weight input: itself, or the one a DequantizeLinear reads (QDQ)."""
+    if name in inits:
+        return name, None
+    dq = dq_of.get(name)
+    if dq is not None and dq.input[0] in inits:
+        return dq.input[0], dq
+    return None
+
+
 def weight_refs(model: onnx.ModelProto, modules: list[str]) -> dict[str, list[WeightRef]]:
-    """For each module path, the weight-bearing nodes it owns (one per call of the module)."""
+    """For each module path, the weight-bearing nodes it owns (one per call of the module).
+
+    In a QDQ-quantized file the weight reaches its Conv/Gemm/MatMul through a DequantizeLinear;
+    the ref then names the int8 initializer that node reads, so pattern checks see the integers
+    actually stored. ONNX Runtime names that initializer ``<float name>_quantized``.
+    """
     inits = {init.name for init in model.graph.initializer}
+    dq_of = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
     wanted = set(modules)
     refs: dict[str, list[WeightRef]] = {m: [] for m in modules}
     for node in model.graph.node:
-        if node.op_type not in WEIGHT_OPS or len(node.input) < 2 or node.input[1] not in inits:
+        if node.op_type not in WEIGHT_OPS + INTEGER_WEIGHT_OPS or len(node.input) < 2:
             continue
+        source = _weight_source(node.input[1], inits, dq_of)
+        if source is None:
+            continue
+        init, dq = source
+        float_name = init.removesuffix("_quantized") if dq is not None else init
         owners = wanted & _scope_candidates(node.name)
-        if not owners and node.input[1].endswith(".weight"):
-            owners = wanted & {node.input[1][: -len(".weight")]}
+        if not owners and float_name.endswith(".weight"):
+            owners = wanted & {float_name[: -len(".weight")]}
         for owner in owners:
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            in_axis = 1 if node.op_type == "Conv" or (node.op_type == "Gemm" and trans_b) else 0
+            in_axis = (
+                1
+                if node.op_type in ("Conv", "ConvInteger") or (node.op_type == "Gemm" and trans_b)
+                else 0
+            )
             refs[owner].append(
-                WeightRef(owner, node.name, node.op_type, node.input[1], in_axis, 1 - in_axis)
+                WeightRef(
+                    owner,
+                    node.name,
+                    node.op_type,
+                    init,
+                    in_axis,
+                    1 - in_axis,
+                    dq.name if dq is not None else None,
+                )
             )
     return refs
 

@@ -152,6 +152,24 @@ def convert(
     export: Annotated[
         str, typer.Option(help="Artifacts to produce, comma-separated: onnx,tensorrt.")
     ] = "onnx",
+    quantize: Annotated[
+        str | None, typer.Option(help="Also write int8: int8 (static QDQ) or int8-dynamic.")
+    ] = None,
+    calib_size: Annotated[int, typer.Option(help="Calibration rows (training split).")] = 256,
+    calib_method: Annotated[
+        str, typer.Option(help="Calibration: minmax, entropy or percentile.")
+    ] = "minmax",
+    max_accuracy_drop: Annotated[
+        float | None,
+        typer.Option(help="Int8 accuracy budget (points vs fp32 sparse); keeps layers float."),
+    ] = None,
+    reduce_range: Annotated[
+        bool | None,
+        typer.Option(
+            "--reduce-range/--full-range",
+            help="7-bit int8 weights (default: only on CPUs without VNNI).",
+        ),
+    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print report.json instead of tables.")
     ] = False,
@@ -207,6 +225,11 @@ def convert(
             trust_checkpoint=trust_checkpoint,
             force=force,
             export=_exports(export),
+            quantize=quantize,
+            calib_size=calib_size,
+            calib_method=calib_method,
+            max_accuracy_drop=max_accuracy_drop,
+            reduce_range=reduce_range,
         )
         if recipe is not None:
             overrides = {k: v for k, v in kwargs.items() if k in given}

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from exporters import runtime
 from exporters.latency import LatencySettings, measure_latency
 from exporters.onnx_export import export_onnx, weight_refs
+from exporters.quantize import QuantizeConfig, quantize_model
 from exporters.tensorrt import require_tensorrt
 from exporters.verify import max_abs_diff, verify_pattern
 from passes import (
@@ -77,6 +78,11 @@ class ConvertOptions:
     force: bool = False
     parity_atol: float = PARITY_ATOL
     export: tuple[str, ...] = ("onnx",)
+    quantize: str | None = None
+    calib_size: int = 256
+    calib_method: str = "minmax"
+    max_accuracy_drop: float | None = None
+    reduce_range: bool | None = None
 
     def __post_init__(self) -> None:
         NMPattern.parse(self.nm)
@@ -85,12 +91,23 @@ class ConvertOptions:
             raise SparsifyError(
                 f"unknown --export {','.join(unknown) or '(empty)'}", expected=f"some of {EXPORTS}"
             )
+        if self.quantize is not None:
+            self.quantize_config()
         if self.method not in METHODS:
             raise SparsifyError(f"unknown --method {self.method!r}", expected=f"one of {METHODS}")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise SparsifyError("batch sizes must be >= 1", found=str(self.batch_sizes))
         if self.threads < 1:
             raise SparsifyError("--threads must be >= 1", found=str(self.threads))
+
+    def quantize_config(self) -> QuantizeConfig:
+        return QuantizeConfig(
+            self.quantize or "int8",
+            self.calib_method,
+            self.calib_size,
+            self.max_accuracy_drop,
+            self.reduce_range,
+        )
 
 
 @dataclass
@@ -233,6 +250,32 @@ def resolve_passes(opts: ConvertOptions) -> list[Any]:
     return [NMConfig(pattern.n, pattern.m), FoldConfig()]
 
 
+QUANT_FILES = {"int8": "model_int8.onnx", "int8-dynamic": "model_int8_dynamic.onnx"}
+QUANT_FORMATS = {"int8": "onnx-int8", "int8-dynamic": "onnx-int8-dynamic"}
+
+
+def _quant_artifact(quant, checks, latency, fp32_latency) -> dict[str, Any]:
+    """The int8 artifact's report entry; each latency row adds ``speedup_vs_fp32`` (fp32 sparse
+    median / int8 median, same measure_latency run)."""
+    return {
+        "format": QUANT_FORMATS[quant.mode],
+        "path": quant.path.name,
+        "size_bytes": quant.path.stat().st_size,
+        "sha256": file_sha256(quant.path),
+        "parity_max_abs": quant.max_abs_diff,
+        "sqnr_db": quant.sqnr_db,
+        "accuracy": quant.accuracy,
+        "accuracy_fp32_sparse": quant.fp32_accuracy,
+        "quantization": quant.to_dict(),
+        "pattern_ok": all(c.ok for c in checks),
+        "pattern_checks": [asdict(c) for c in checks],
+        "latency": [
+            {**r.to_dict(), "speedup_vs_fp32": f.p50_ms / r.p50_ms}
+            for r, f in zip(latency, fp32_latency, strict=True)
+        ],
+    }
+
+
 def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any], Path]:
     """Run the whole conversion; returns the report and the output folder."""
     pattern = NMPattern.parse(opts.nm)
@@ -307,12 +350,31 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
                 found=f"{parity:.3g}",
             )
 
+        quant = None
+        if opts.quantize is not None:
+            hooks.status(f"quantizing the sparse ONNX ({opts.quantize})")
+            quant = quantize_model(
+                sparse_onnx,
+                staging / QUANT_FILES[opts.quantize],
+                opts.quantize_config(),
+                data.x_train if data is not None else None,
+                check_x,
+                data.y_test if data is not None else None,
+            )
+            quant_checks = verify_pattern(quant.path, manifest)
+            bad = [c for c in quant_checks if not c.ok]
+            if bad:
+                raise SparsifyError(
+                    "the int8 ONNX does not hold the sparsity pattern",
+                    found="; ".join(f"{c.module}: {c.detail}" for c in bad),
+                )
+
         hooks.status("timing dense and sparse in ONNX Runtime")
         settings = LatencySettings(
             tuple(opts.batch_sizes), opts.threads, seconds=opts.bench_seconds
         )
         latency = measure_latency(
-            {"dense": dense_onnx, "onnx": sparse_onnx},
+            {"dense": dense_onnx, "onnx": sparse_onnx, **({"int8": quant.path} if quant else {})},
             tuple(example.shape[1:]),
             settings,
             baseline="dense",
@@ -329,7 +391,7 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
                 "dense": _accuracy(dense_out, data.y_test),
                 "sparse": _accuracy(torch_out, data.y_test),
                 "sparse_onnx": _accuracy(onnx_out, data.y_test),
-                "quantized": None,
+                "quantized": quant.accuracy if quant else None,
             }
         report["baseline"] = {
             "format": "onnx",
@@ -352,6 +414,10 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
                 "accuracy": report["accuracy"]["sparse_onnx"] if report["accuracy"] else None,
             }
         )
+        if quant is not None:
+            report["artifacts"].append(
+                _quant_artifact(quant, quant_checks, latency["int8"], latency["onnx"])
+            )
         if "tensorrt" in opts.export:
             hooks.status("building, checking and timing dense and 2:4 TensorRT engines (fp16)")
             trt_artifact = _tensorrt_artifact(

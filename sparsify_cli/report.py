@@ -123,6 +123,7 @@ def render(report: dict[str, Any], console: Console) -> None:
         "p99 ms",
         "samples/s",
         "vs dense",
+        "vs fp32",
     ):
         arts.add_column(col, justify="left" if col in ("artifact", "pattern ok") else "right")
     rows = []
@@ -152,5 +153,6 @@ def render(report: dict[str, Any], console: Console) -> None:
                 f"{lat.get('p99_ms', 0):.3f}",
                 f"{lat.get('throughput', 0):,.0f}",
                 "-" if speed is None else f"{speed:.2f}x",
+                f"{lat['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in lat else "",
             )
     console.print(arts)
