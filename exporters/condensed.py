@@ -38,6 +38,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from exporters.onnx_export import weight_refs
 from passes.atomic import atomic_path
 from passes.errors import SparsifyError
 from passes.manifest import Manifest, TensorEntry
@@ -203,7 +204,7 @@ def condense_onnx(
     results = []
     for entry in manifest.entries.values():
         reason = _skip_reason(entry)
-        dense = None if reason else _find_dense(graph, entry)
+        dense = None if reason else _find_dense(model, entry)
         if dense is None:
             reason = reason or "no Gemm/MatMul for this module in the ONNX graph"
             logger.info("%s stays dense: %s", entry.module, reason)
@@ -239,38 +240,23 @@ def condense_onnx(
 
 
 def _skip_reason(entry: TensorEntry) -> str | None:
-    # A masked module reports its parametrized class ("ParametrizedLinear"); the layer is a Linear.
-    if entry.op.removeprefix("Parametrized") != "Linear":
+    if entry.op != "Linear":
         return f"op {entry.op} has no condensed form yet (Linear only)"
     if entry.fan_in is None:
         return "fan-in is not constant"
     return None
 
 
-def _scope(node_name: str) -> str:
-    """``/blocks.0/fc1/MatMul`` -> ``blocks.0.fc1``: the module path TorchScript export records."""
-    parts = node_name.strip("/").split("/")
-    return ".".join(parts[:-1])
-
-
-def _find_dense(graph: onnx.GraphProto, entry: TensorEntry) -> _Dense | None:
+def _find_dense(model: onnx.ModelProto, entry: TensorEntry) -> _Dense | None:
+    graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    by_scope = [
-        n
-        for n in graph.node
-        if n.op_type in ("Gemm", "MatMul")
-        and _scope(n.name) == entry.module
-        and n.input[1] in inits
-    ]
-    by_weight = [n for n in graph.node if n.op_type == "Gemm" and n.input[1] == entry.name]
-    candidates = by_scope or by_weight
-    if len(candidates) != 1:
-        if len(candidates) > 1:
-            logger.warning(
-                "%s: %d candidate nodes, leaving it dense", entry.module, len(candidates)
-            )
+    refs = [r for r in weight_refs(model, [entry.module])[entry.module] if r.op != "Conv"]
+    if len(refs) != 1:
+        if len(refs) > 1:
+            logger.warning("%s: %d candidate nodes, leaving it dense", entry.module, len(refs))
         return None
-    node = candidates[0]
+    node = next(n for n in graph.node if n.name == refs[0].node)
+    scope = entry.module
     consumers = _consumers(graph)
     weight = numpy_helper.to_array(inits[node.input[1]])
     if node.op_type == "Gemm":
@@ -290,7 +276,7 @@ def _find_dense(graph: onnx.GraphProto, entry: TensorEntry) -> _Dense | None:
                 return None
             bias = numpy_helper.to_array(inits[node.input[2]])
             used.append(node.input[2])
-        return _Dense(node.input[0], node.output[0], weight, bias, [node], used, _scope(node.name))
+        return _Dense(node.input[0], node.output[0], weight, bias, [node], used, scope)
     weight = weight.T  # MatMul B is [in, out]
     nodes, bias, used, output = [node], None, [node.input[1]], node.output[0]
     after = consumers.get(output, [])
@@ -302,7 +288,7 @@ def _find_dense(graph: onnx.GraphProto, entry: TensorEntry) -> _Dense | None:
             nodes.append(add)
             used.append(other)
             output = add.output[0]
-    return _Dense(node.input[0], output, weight, bias, nodes, used, _scope(node.name))
+    return _Dense(node.input[0], output, weight, bias, nodes, used, scope)
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:

@@ -5,19 +5,32 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
+from exporters.condensed import DOMAIN, library_path
 from passes.errors import SparsifyError
 
 
+def uses_condensed_ops(path: str | os.PathLike[str]) -> bool:
+    """Whether the model imports the project's custom-op domain (so needs the kernel library)."""
+    model = onnx.load(str(path), load_external_data=False)
+    return any(op.domain == DOMAIN for op in model.opset_import)
+
+
 def session(path: str | os.PathLike[str], threads: int = 1) -> ort.InferenceSession:
-    """A CPU session with ``threads`` intra-op threads, sequential execution, full optimization."""
+    """A CPU session with ``threads`` intra-op threads, sequential execution, full optimization.
+
+    Condensed models (``CondensedLinear`` nodes) get the project's kernel library registered.
+    """
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    if uses_condensed_ops(path):
+        opts.register_custom_ops_library(str(library_path()))
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as err:

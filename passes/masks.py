@@ -112,7 +112,7 @@ def manifest_entries(model: nn.Module) -> dict[str, TensorEntry]:
         entries[f"{name}.weight"] = TensorEntry(
             name=f"{name}.weight",
             module=name,
-            op=type(module).__name__,
+            op=parametrize.type_before_parametrizations(module).__name__,
             shape=tuple(mask.shape),
             pattern=wmask.pattern,
             density=float(mask.mean()),

@@ -150,8 +150,11 @@ def convert(
     ] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     export: Annotated[
-        str, typer.Option(help="Artifacts to produce, comma-separated: onnx,tensorrt.")
+        str, typer.Option(help="Artifacts, comma-separated: onnx,condensed,tensorrt.")
     ] = "onnx",
+    condensed_ops: Annotated[
+        str, typer.Option(help="Condensed layers as 'custom' kernel ops or 'standard' ONNX ops.")
+    ] = "custom",
     quantize: Annotated[
         str | None, typer.Option(help="Also write int8: int8 (static QDQ) or int8-dynamic.")
     ] = None,
@@ -225,6 +228,7 @@ def convert(
             trust_checkpoint=trust_checkpoint,
             force=force,
             export=_exports(export),
+            condensed_ops=condensed_ops,
             quantize=quantize,
             calib_size=calib_size,
             calib_method=calib_method,

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from exporters import runtime
+from exporters.condensed import condense_onnx
 from exporters.latency import LatencySettings, measure_latency
 from exporters.onnx_export import export_onnx, weight_refs
 from exporters.quantize import QuantizeConfig, quantize_model
@@ -53,7 +54,8 @@ PARITY_ATOL = 1e-4
 """fp32 ONNX Runtime vs PyTorch: max abs difference allowed on the outputs."""
 
 METHODS = ("magnitude",)
-EXPORTS = ("onnx", "tensorrt")
+EXPORTS = ("onnx", "condensed", "tensorrt")
+CONDENSED_OPS = ("custom", "standard")
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class ConvertOptions:
     force: bool = False
     parity_atol: float = PARITY_ATOL
     export: tuple[str, ...] = ("onnx",)
+    condensed_ops: str = "custom"
     quantize: str | None = None
     calib_size: int = 256
     calib_method: str = "minmax"
@@ -93,6 +96,11 @@ class ConvertOptions:
             )
         if self.quantize is not None:
             self.quantize_config()
+        if self.condensed_ops not in CONDENSED_OPS:
+            raise SparsifyError(
+                f"unknown --condensed-ops {self.condensed_ops!r}",
+                expected=f"one of {CONDENSED_OPS}",
+            )
         if self.method not in METHODS:
             raise SparsifyError(f"unknown --method {self.method!r}", expected=f"one of {METHODS}")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
@@ -244,6 +252,55 @@ def _tensorrt_artifact(
     return artifact
 
 
+def _condensed_artifact(
+    opts: ConvertOptions,
+    staging: Path,
+    sparse_onnx: Path,
+    manifest: Manifest,
+    check_x: np.ndarray,
+    torch_out: np.ndarray,
+    labels: np.ndarray | None,
+) -> dict[str, Any]:
+    """Constant fan-in layers as values + indices (``CondensedLinear`` or stock ops), checked.
+
+    The pattern check compares each condensed layer's fan-in with the manifest's; parity is
+    against the same PyTorch outputs as the plain ONNX, with the same tolerance.
+    """
+    path = staging / "model_condensed.onnx"
+    results = condense_onnx(sparse_onnx, manifest, path, ops=opts.condensed_ops)
+    entries = manifest.by_module()
+    checks = [
+        {
+            "module": r.module,
+            "pattern": entries[r.module].pattern,
+            "ok": r.skipped is not None or r.fan_in == entries[r.module].fan_in,
+            "detail": r.skipped or f"k={r.fan_in} over {r.active_rows}/{r.out_features} rows",
+        }
+        for r in results
+    ]
+    outputs = runtime.run(runtime.session(path), check_x)
+    parity = max_abs_diff(outputs, torch_out)
+    if parity > opts.parity_atol:
+        raise SparsifyError(
+            "the condensed ONNX does not match the PyTorch model",
+            expected=f"max abs difference <= {opts.parity_atol:g}",
+            found=f"{parity:.3g}",
+        )
+    return {
+        "format": "condensed",
+        "path": path.name,
+        "size_bytes": path.stat().st_size,
+        "sha256": file_sha256(path),
+        "condensed_ops": opts.condensed_ops,
+        "layers_condensed": sum(r.skipped is None for r in results),
+        "parity_max_abs": parity,
+        "parity_atol": opts.parity_atol,
+        "pattern_ok": all(c["ok"] for c in checks),
+        "pattern_checks": checks,
+        "accuracy": _accuracy(outputs, labels),
+    }
+
+
 def resolve_passes(opts: ConvertOptions) -> list[Any]:
     """The pass configs a run with ``opts`` executes (recorded in, and checked by, recipes)."""
     pattern = NMPattern.parse(opts.nm)
@@ -369,12 +426,30 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
                     found="; ".join(f"{c.module}: {c.detail}" for c in bad),
                 )
 
+        condensed = None
+        if "condensed" in opts.export:
+            hooks.status(f"condensing constant fan-in layers ({opts.condensed_ops} ops)")
+            condensed = _condensed_artifact(
+                opts,
+                staging,
+                sparse_onnx,
+                manifest,
+                check_x,
+                torch_out,
+                data.y_test if data is not None else None,
+            )
+
         hooks.status("timing dense and sparse in ONNX Runtime")
         settings = LatencySettings(
             tuple(opts.batch_sizes), opts.threads, seconds=opts.bench_seconds
         )
         latency = measure_latency(
-            {"dense": dense_onnx, "onnx": sparse_onnx, **({"int8": quant.path} if quant else {})},
+            {
+                "dense": dense_onnx,
+                "onnx": sparse_onnx,
+                **({"int8": quant.path} if quant else {}),
+                **({"condensed": staging / condensed["path"]} if condensed else {}),
+            },
             tuple(example.shape[1:]),
             settings,
             baseline="dense",
@@ -418,6 +493,9 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
             report["artifacts"].append(
                 _quant_artifact(quant, quant_checks, latency["int8"], latency["onnx"])
             )
+        if condensed is not None:
+            condensed["latency"] = [r.to_dict() for r in latency["condensed"]]
+            report["artifacts"].append(condensed)
         if "tensorrt" in opts.export:
             hooks.status("building, checking and timing dense and 2:4 TensorRT engines (fp16)")
             trt_artifact = _tensorrt_artifact(
