@@ -153,6 +153,16 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float((predict(model, x).argmax(-1) == y).mean())
 
 
+def _describe(epoch: int, epochs: int, history: History) -> str:
+    """Progress label: the epoch, with the previous epoch's loss and accuracy once known."""
+    text = f"epoch {epoch + 1}/{epochs}"
+    if history.loss:
+        text += f" loss {history.loss[-1]:.4f}"
+    if history.accuracy and history.accuracy[-1] is not None:
+        text += f" acc {100 * history.accuracy[-1]:.2f}%"
+    return text
+
+
 def fit(
     model: nn.Module,
     train: DataLoader,
@@ -183,7 +193,7 @@ def fit(
         model.train()
         callbacks.on_epoch_start(model, epoch)
         total, count = 0.0, 0
-        for batch in ctx.track(train, f"epoch {epoch + 1}/{cfg.epochs}", len(train)):
+        for batch in ctx.track(train, _describe(epoch, cfg.epochs, history), len(train)):
             batch = [t.to(ctx.device) for t in batch]
             callbacks.before_step(model, step)
             loss = objective(model(batch[0]), batch)

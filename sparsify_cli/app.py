@@ -127,7 +127,9 @@ def convert(
     input_shape: Annotated[
         str | None, typer.Option(help="Example input, batch first: 1,3,32,32.")
     ] = None,
-    method: Annotated[str, typer.Option(help="Sparsification method.")] = "magnitude",
+    method: Annotated[
+        str, typer.Option(help="magnitude (one-shot), or fine-tuned: asp, srste, maxq.")
+    ] = "magnitude",
     data: Annotated[
         str | None, typer.Option(help="Dataset name or .npz (x, y[, x_test, y_test]).")
     ] = None,
@@ -145,6 +147,19 @@ def convert(
         float, typer.Option(help="Timing budget per artifact and batch.")
     ] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed for masks and training.")] = 0,
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs (asp, srste, maxq).")] = 8,
+    lr: Annotated[float, typer.Option(help="Fine-tuning learning rate (cosine decay).")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="Fine-tuning batch size.")] = 64,
+    optimizer: Annotated[str, typer.Option(help="Fine-tuning optimizer: adamw or sgd.")] = "adamw",
+    distill: Annotated[
+        bool, typer.Option(help="Distil from the dense model even when labels are given.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted fine-tuning from its last epoch.")
+    ] = False,
+    device: Annotated[
+        str | None, typer.Option(help="Training device (default: cuda when present, else cpu).")
+    ] = None,
     trust_checkpoint: Annotated[
         bool, typer.Option(help="Allow unpickling a whole module (runs code from the file).")
     ] = False,
@@ -225,6 +240,13 @@ def convert(
             threads=threads,
             bench_seconds=bench_seconds,
             seed=seed,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            distill=distill,
+            resume=resume,
+            device=device,
             trust_checkpoint=trust_checkpoint,
             force=force,
             export=_exports(export),

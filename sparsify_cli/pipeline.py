@@ -28,11 +28,14 @@ from exporters.quantize import QuantizeConfig, quantize_model
 from exporters.tensorrt import require_tensorrt
 from exporters.verify import max_abs_diff, verify_pattern
 from passes import (
+    ASPConfig,
     FoldConfig,
+    MaxQConfig,
     NMConfig,
     NMPattern,
     PassContext,
     Selection,
+    SRSTEConfig,
     run_passes,
     select_layers,
 )
@@ -40,7 +43,7 @@ from passes.atomic import atomic_path
 from passes.errors import SparsifyError
 from passes.flops import layer_flops
 from passes.manifest import Manifest
-from passes.training import predict
+from passes.training import make_loader, predict
 from samples.datasets import Dataset
 from sparsify_cli.data import load_data
 from sparsify_cli.html_report import write_html
@@ -53,9 +56,30 @@ log = logging.getLogger(__name__)
 PARITY_ATOL = 1e-4
 """fp32 ONNX Runtime vs PyTorch: max abs difference allowed on the outputs."""
 
-METHODS = ("magnitude",)
 EXPORTS = ("onnx", "condensed", "tensorrt")
 CONDENSED_OPS = ("custom", "standard")
+
+def _finetune_settings(opts: ConvertOptions, pattern: NMPattern) -> dict[str, Any]:
+    return {
+        "n": pattern.n,
+        "m": pattern.m,
+        "epochs": opts.epochs,
+        "lr": opts.lr,
+        "optimizer": opts.optimizer,
+        "distill": opts.distill,
+    }
+
+
+METHODS: dict[str, Callable[[ConvertOptions, NMPattern], Any]] = {
+    "magnitude": lambda opts, p: NMConfig(p.n, p.m),
+    "asp": lambda opts, p: ASPConfig(**_finetune_settings(opts, p)),
+    "srste": lambda opts, p: SRSTEConfig(**_finetune_settings(opts, p)),
+    "maxq": lambda opts, p: MaxQConfig(**_finetune_settings(opts, p)),
+}
+"""``--method`` -> the config of its sparsifying pass (fold always follows)."""
+
+TRAINED = ("asp", "srste", "maxq")
+"""Methods that fine-tune and so need training data."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +110,13 @@ class ConvertOptions:
     calib_method: str = "minmax"
     max_accuracy_drop: float | None = None
     reduce_range: bool | None = None
+    epochs: int = 8
+    lr: float = 1e-3
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    distill: bool = False
+    resume: bool = False
+    device: str | None = None
 
     def __post_init__(self) -> None:
         NMPattern.parse(self.nm)
@@ -102,7 +133,11 @@ class ConvertOptions:
                 expected=f"one of {CONDENSED_OPS}",
             )
         if self.method not in METHODS:
-            raise SparsifyError(f"unknown --method {self.method!r}", expected=f"one of {METHODS}")
+            raise SparsifyError(
+                f"unknown --method {self.method!r}", expected=f"one of {tuple(METHODS)}"
+            )
+        if self.batch_size < 1:
+            raise SparsifyError("--batch-size must be >= 1", found=str(self.batch_size))
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise SparsifyError("batch sizes must be >= 1", found=str(self.batch_sizes))
         if self.threads < 1:
@@ -193,6 +228,26 @@ def _accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
 def _dataset(opts: ConvertOptions, loaded: LoadedModel) -> Dataset | None:
     spec = opts.data or (loaded.sample.dataset if loaded.sample else None)
     return load_data(spec, tuple(loaded.example.shape[1:])) if spec else None
+
+
+def _device(name: str | None) -> torch.device:
+    """``--device``: cuda when present unless told otherwise."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise SparsifyError(f"unknown --device {name!r}", expected="cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SparsifyError(
+            "--device cuda was asked for but CUDA is not available", fix="--device cpu"
+        )
+    return device
+
+
+def _workdir(out: Path) -> Path:
+    """Where fine-tuning keeps its per-epoch checkpoints: beside ``out``, kept until success."""
+    return out.resolve().parent / f".{out.name}.work"
 
 
 def _layer_rows(choices, manifest: dict, flops: dict) -> list[dict[str, Any]]:
@@ -303,8 +358,7 @@ def _condensed_artifact(
 
 def resolve_passes(opts: ConvertOptions) -> list[Any]:
     """The pass configs a run with ``opts`` executes (recorded in, and checked by, recipes)."""
-    pattern = NMPattern.parse(opts.nm)
-    return [NMConfig(pattern.n, pattern.m), FoldConfig()]
+    return [METHODS[opts.method](opts, NMPattern.parse(opts.nm)), FoldConfig()]
 
 
 QUANT_FILES = {"int8": "model_int8.onnx", "int8-dynamic": "model_int8_dynamic.onnx"}
@@ -346,6 +400,11 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
     data = _dataset(opts, loaded)
     torch.manual_seed(opts.seed)
     model, example = loaded.model, loaded.example
+    if opts.method in TRAINED and data is None:
+        raise SparsifyError(
+            f"--method {opts.method} fine-tunes the model and needs training data",
+            fix="pass --data (a dataset name such as digits, or an .npz with x[, y])",
+        )
     choices = select_layers(
         model, pattern.m, example, Selection(opts.include, opts.exclude, opts.sparsify_head)
     )
@@ -367,7 +426,17 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
         hooks.status(f"sparsifying {len(targets)} layers at {pattern} ({opts.method})")
         ctx = PassContext(targets=targets, example=example, seed=opts.seed, track=hooks.track)
         configs = resolve_passes(opts)
-        model = run_passes(model, configs, ctx)
+        if opts.method in TRAINED:
+            workdir = _workdir(out)
+            if workdir.exists() and not opts.resume:
+                shutil.rmtree(workdir)
+            workdir.mkdir(parents=True, exist_ok=True)
+            ctx.workdir, ctx.resume, ctx.device = workdir, opts.resume, _device(opts.device)
+            ctx.train = make_loader(
+                data.x_train, data.y_train, opts.batch_size, shuffle=True, seed=opts.seed
+            )
+            ctx.eval = make_loader(data.x_test, data.y_test, 256, shuffle=False)
+        model = run_passes(model, configs, ctx).cpu()
         recipe = recipe_dict(opts, configs)
         write_recipe(staging / "recipe.yaml", recipe)
         manifest = Manifest(
@@ -458,6 +527,7 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
 
         report = new_report(loaded.source, loaded.sha256, asdict(opts), opts.threads)
         report["recipe"] = recipe
+        report["training"] = ctx.metrics
         report["layers"] = _layer_rows(choices, manifest.entries, layer_flops(model, example))
         if data is not None and data.y_test is not None:
             report["accuracy"] = {
@@ -506,6 +576,8 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
         write_report(staging / "report.json", report)
         write_html(staging, report)
         _publish(staging, out)
+        if ctx.workdir is not None:
+            shutil.rmtree(ctx.workdir, ignore_errors=True)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
