@@ -144,6 +144,15 @@ def convert(
     ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+    ift: Annotated[
+        str | None, typer.Option(help="Sparse-IFT family: wide, parallel, factorized, doped.")
+    ] = None,
+    sparsity: Annotated[float, typer.Option(help="Sparsity for --ift / --dst.")] = 0.75,
+    dst: Annotated[
+        str | None, typer.Option(help="Dynamic sparse training: static, set, rigl, srigl.")
+    ] = None,
+    mask_init: Annotated[str, typer.Option(help="Layer sparsities: uniform or erk.")] = "uniform",
+    epochs: Annotated[int, typer.Option(help="Training epochs (--dst).")] = 10,
 ) -> None:
     """Sparsify a dense checkpoint, export ONNX, verify it and time it against dense.
 
@@ -174,6 +183,11 @@ def convert(
             seed=seed,
             trust_checkpoint=trust_checkpoint,
             force=force,
+            ift=ift,
+            sparsity=sparsity,
+            dst=dst,
+            mask_init=mask_init,
+            epochs=epochs,
         )
         with progress_hooks(quiet or json_out) as hooks:
             report, folder = run_convert(opts, hooks)

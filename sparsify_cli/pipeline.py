@@ -34,11 +34,13 @@ from passes import (
     select_layers,
 )
 from passes.atomic import atomic_path
+from passes.dst import DSTConfig, ShrinkConfig
 from passes.errors import SparsifyError
 from passes.flops import layer_flops
 from passes.manifest import Manifest
 from passes.registry import config_to_dict
-from passes.training import predict
+from passes.sparse_ift import SparseIFTConfig, ift_targets
+from passes.training import make_loader, predict
 from samples.datasets import Dataset
 from sparsify_cli.data import load_data
 from sparsify_cli.loading import LoadedModel, file_sha256, load_model
@@ -73,9 +75,18 @@ class ConvertOptions:
     trust_checkpoint: bool = False
     force: bool = False
     parity_atol: float = PARITY_ATOL
+    ift: str | None = None
+    sparsity: float = 0.75
+    dst: str | None = None
+    mask_init: str = "uniform"
+    epochs: int = 10
 
     def __post_init__(self) -> None:
         NMPattern.parse(self.nm)
+        if self.ift is not None:
+            SparseIFTConfig(self.ift, self.sparsity)  # validates
+        if self.dst is not None:
+            DSTConfig(self.dst, self.sparsity, self.mask_init, epochs=self.epochs)
         if self.method not in METHODS:
             raise SparsifyError(f"unknown --method {self.method!r}", expected=f"one of {METHODS}")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
@@ -159,6 +170,25 @@ def _layer_rows(choices, manifest: dict, flops: dict) -> list[dict[str, Any]]:
     return rows
 
 
+def _sparse_training(
+    opts: ConvertOptions, model, example, data: Dataset | None, ctx: PassContext
+) -> tuple[list[Any], list[Any]]:
+    """Passes and layer choices for ``--ift`` / ``--dst`` (Sparse-IFT, then DST, then fold)."""
+    selection = Selection(opts.include, opts.exclude, opts.sparsify_head)
+    ctx.targets = ift_targets(model, example, selection)
+    if data is not None and data.y_train is not None:
+        ctx.train = make_loader(data.x_train, data.y_train, 64, shuffle=True, seed=opts.seed)
+    configs: list[Any] = []
+    if opts.ift:
+        configs.append(SparseIFTConfig(opts.ift, opts.sparsity))
+    if opts.dst:
+        configs += [
+            DSTConfig(opts.dst, opts.sparsity, opts.mask_init, epochs=opts.epochs),
+            ShrinkConfig(),
+        ]
+    return configs + [FoldConfig()], select_layers(model, 1, example, selection)
+
+
 def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any], Path]:
     """Run the whole conversion; returns the report and the output folder."""
     pattern = NMPattern.parse(opts.nm)
@@ -191,7 +221,11 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
         hooks.status(f"sparsifying {len(targets)} layers at {pattern} ({opts.method})")
         ctx = PassContext(targets=targets, example=example, seed=opts.seed, track=hooks.track)
         configs = [NMConfig(pattern.n, pattern.m), FoldConfig()]
+        if opts.ift or opts.dst:
+            configs, choices = _sparse_training(opts, model, example, data, ctx)
         model = run_passes(model, configs, ctx)
+        if opts.ift:  # the report lists the transformed model's layers
+            choices = select_layers(model, 1, example, Selection(opts.include, opts.exclude))
         manifest = Manifest(
             ctx.manifest,
             recipe={"options": asdict(opts), "passes": [config_to_dict(c) for c in configs]},
