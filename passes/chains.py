@@ -134,7 +134,7 @@ def hidden_chains(model: nn.Module) -> list[Chain]:
                     nxt.args
                     and nxt.args[0] is cur
                     and calls[nxt.target] == 1
-                    and type(consumer) is type(producer)
+                    and isinstance(consumer, nn.Linear) == isinstance(producer, nn.Linear)
                     and _channels(consumer, "in") == _channels(producer, "out")
                 ):
                     norms = tuple(

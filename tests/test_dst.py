@@ -53,12 +53,12 @@ def test_rewire_invariants(method: str, opt: str) -> None:
         torch.optim.SGD(params, lr=0.1, momentum=0.9) if opt == "sgd" else torch.optim.AdamW(params)
     )
     _step(model, optimizer, rewirer, 0)
-    _step(model, optimizer, rewirer, 1)  # an update step: dense grads captured
-    assert set(rewirer.grads) == set(targets)
+    _step(model, optimizer, rewirer, 1)  # an update step: RigL captures dense grads
+    assert set(rewirer.grads) == (set(targets) if method == "rigl" else set())
     for name, module in layers.items():
-        grad = rewirer.grads[name]
         mask = get_mask(module).mask
-        assert (grad[~mask] != 0).any()  # dense: nonzero where the mask is off
+        if method == "rigl":
+            assert (rewirer.grads[name][~mask] != 0).any()  # dense: nonzero where mask is off
         assert (dense_weight(module).grad[~mask] == 0).all()  # optimizer sees masked grads
         old = mask.clone()
         grown = rewirer.update(name, module, optimizer, fraction=0.3)
@@ -90,7 +90,7 @@ def test_srigl_constant_fanin_and_ablation() -> None:
     mask[:, :4] = True
     grad = torch.randn(8, 16)
     grad[:3] *= 1e-3
-    new = rewire_fanin(weight * mask, grad, mask, 0.3, budget=32, gamma_sal=0.3, ablate=True)
+    new = rewire_fanin(weight * mask, grad, mask, 0.3, budget=32, gamma_sal=0.9, ablate=True)
     counts = new.sum(1)
     assert (counts[:3] == 0).all()
     active = counts[counts > 0]
