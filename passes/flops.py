@@ -1,5 +1,9 @@
 """Multiply-accumulate counts per layer: dense MACs and sparse MACs (nonzero weights only).
 
+For a masked layer (a :class:`passes.masks.WeightMask`) the sparse count is the mask's active
+entries: the weights that train and are stored, even where one currently holds an exact zero
+(a weight regrown at 0 by dynamic sparse training still costs its MAC).
+
 Counted by running the example input once with hooks on Linear and Conv2d, so the spatial size
 of every conv output and the token count of every Linear are the real ones.
 """
@@ -10,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from passes.masks import get_mask, is_masked
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,8 @@ def layer_flops(model: nn.Module, example: torch.Tensor) -> dict[str, LayerFlops
             per_output = weight[0].numel()
             outputs = weight.shape[0]
             dense = positions * outputs * per_output
-            sparse = positions * int(torch.count_nonzero(weight))
+            active = get_mask(mod).mask if is_masked(mod) else weight
+            sparse = positions * int(torch.count_nonzero(active))
             prev = counts.get(name, LayerFlops(0, 0))
             counts[name] = LayerFlops(prev.dense + dense, prev.sparse + sparse)
 

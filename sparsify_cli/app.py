@@ -147,7 +147,7 @@ def convert(
         float, typer.Option(help="Timing budget per artifact and batch.")
     ] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed for masks and training.")] = 0,
-    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs (asp, srste, maxq).")] = 8,
+    epochs: Annotated[int, typer.Option(help="Training epochs (asp, srste, maxq, --dst).")] = 8,
     lr: Annotated[float, typer.Option(help="Fine-tuning learning rate (cosine decay).")] = 1e-3,
     batch_size: Annotated[int, typer.Option(help="Fine-tuning batch size.")] = 64,
     optimizer: Annotated[str, typer.Option(help="Fine-tuning optimizer: adamw or sgd.")] = "adamw",
@@ -204,6 +204,14 @@ def convert(
         float | None,
         typer.Option(help="CI gate: exit 4 if accuracy drops more than this many points."),
     ] = None,
+    ift: Annotated[
+        str | None, typer.Option(help="Sparse-IFT family: wide, parallel, factorized, doped.")
+    ] = None,
+    sparsity: Annotated[float, typer.Option(help="Sparsity for --ift / --dst.")] = 0.75,
+    dst: Annotated[
+        str | None, typer.Option(help="Dynamic sparse training: static, set, rigl, srigl.")
+    ] = None,
+    mask_init: Annotated[str, typer.Option(help="Layer sparsities: uniform or erk.")] = "uniform",
 ) -> None:
     """Sparsify a dense checkpoint, export ONNX, verify it and time it against dense.
 
@@ -256,6 +264,10 @@ def convert(
             calib_method=calib_method,
             max_accuracy_drop=max_accuracy_drop,
             reduce_range=reduce_range,
+            ift=ift,
+            sparsity=sparsity,
+            dst=dst,
+            mask_init=mask_init,
         )
         if recipe is not None:
             overrides = {k: v for k, v in kwargs.items() if k in given}

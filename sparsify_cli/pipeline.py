@@ -40,9 +40,11 @@ from passes import (
     select_layers,
 )
 from passes.atomic import atomic_path
+from passes.dst import DSTConfig, ShrinkConfig
 from passes.errors import SparsifyError
 from passes.flops import layer_flops
 from passes.manifest import Manifest
+from passes.sparse_ift import SparseIFTConfig, ift_targets
 from passes.training import make_loader, predict
 from samples.datasets import Dataset
 from sparsify_cli.data import load_data
@@ -58,6 +60,7 @@ PARITY_ATOL = 1e-4
 
 EXPORTS = ("onnx", "condensed", "tensorrt")
 CONDENSED_OPS = ("custom", "standard")
+
 
 def _finetune_settings(opts: ConvertOptions, pattern: NMPattern) -> dict[str, Any]:
     return {
@@ -117,9 +120,17 @@ class ConvertOptions:
     distill: bool = False
     resume: bool = False
     device: str | None = None
+    ift: str | None = None
+    sparsity: float = 0.75
+    dst: str | None = None
+    mask_init: str = "uniform"
 
     def __post_init__(self) -> None:
         NMPattern.parse(self.nm)
+        if self.ift is not None:
+            SparseIFTConfig(self.ift, self.sparsity)  # validates
+        if self.dst is not None:
+            DSTConfig(self.dst, self.sparsity, self.mask_init, epochs=self.epochs)
         unknown = [e for e in self.export if e not in EXPORTS]
         if unknown or not self.export:
             raise SparsifyError(
@@ -357,8 +368,22 @@ def _condensed_artifact(
 
 
 def resolve_passes(opts: ConvertOptions) -> list[Any]:
-    """The pass configs a run with ``opts`` executes (recorded in, and checked by, recipes)."""
-    return [METHODS[opts.method](opts, NMPattern.parse(opts.nm)), FoldConfig()]
+    """The pass configs a run with ``opts`` executes (recorded in, and checked by, recipes).
+
+    ``--ift`` / ``--dst`` run Sparse-IFT, then dynamic sparse training and the removal of
+    ablated neurons; otherwise ``--method`` picks the N:M pass. Fold always comes last.
+    """
+    if not (opts.ift or opts.dst):
+        return [METHODS[opts.method](opts, NMPattern.parse(opts.nm)), FoldConfig()]
+    configs: list[Any] = []
+    if opts.ift:
+        configs.append(SparseIFTConfig(opts.ift, opts.sparsity))
+    if opts.dst:
+        configs += [
+            DSTConfig(opts.dst, opts.sparsity, opts.mask_init, epochs=opts.epochs),
+            ShrinkConfig(),
+        ]
+    return configs + [FoldConfig()]
 
 
 QUANT_FILES = {"int8": "model_int8.onnx", "int8-dynamic": "model_int8_dynamic.onnx"}
@@ -400,9 +425,12 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
     data = _dataset(opts, loaded)
     torch.manual_seed(opts.seed)
     model, example = loaded.model, loaded.example
-    if opts.method in TRAINED and data is None:
+    trains = f"--dst {opts.dst}" if opts.dst else f"--method {opts.method}"
+    if (opts.method in TRAINED or opts.dst) and (
+        data is None or (opts.dst and data.y_train is None)
+    ):
         raise SparsifyError(
-            f"--method {opts.method} fine-tunes the model and needs training data",
+            f"{trains} trains the model and needs {'labelled ' if opts.dst else ''}training data",
             fix="pass --data (a dataset name such as digits, or an .npz with x[, y])",
         )
     choices = select_layers(
@@ -426,17 +454,25 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
         hooks.status(f"sparsifying {len(targets)} layers at {pattern} ({opts.method})")
         ctx = PassContext(targets=targets, example=example, seed=opts.seed, track=hooks.track)
         configs = resolve_passes(opts)
+        sparse_training = bool(opts.ift or opts.dst)
+        selection = Selection(opts.include, opts.exclude, opts.sparsify_head)
+        if sparse_training:
+            ctx.targets = ift_targets(model, example, selection)
+        if opts.method in TRAINED or sparse_training:
+            ctx.device = _device(opts.device)
+            ctx.train = make_loader(
+                data.x_train, data.y_train, opts.batch_size, shuffle=True, seed=opts.seed
+            )
+            ctx.eval = make_loader(data.x_test, data.y_test, 256, shuffle=False)
         if opts.method in TRAINED:
             workdir = _workdir(out)
             if workdir.exists() and not opts.resume:
                 shutil.rmtree(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
-            ctx.workdir, ctx.resume, ctx.device = workdir, opts.resume, _device(opts.device)
-            ctx.train = make_loader(
-                data.x_train, data.y_train, opts.batch_size, shuffle=True, seed=opts.seed
-            )
-            ctx.eval = make_loader(data.x_test, data.y_test, 256, shuffle=False)
+            ctx.workdir, ctx.resume = workdir, opts.resume
         model = run_passes(model, configs, ctx).cpu()
+        if sparse_training:  # the report lists the transformed model's layers
+            choices = select_layers(model, 1, example, selection)
         recipe = recipe_dict(opts, configs)
         write_recipe(staging / "recipe.yaml", recipe)
         manifest = Manifest(

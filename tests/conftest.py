@@ -38,6 +38,15 @@ UNSEEN_MODULE = textwrap.dedent(
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a shared, loaded CPU more threads spin and run ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def unseen_model(tmp_path_factory) -> Path:
     """A folder holding ``mymodels.py`` and ``net.pt`` (a state_dict trained briefly on digits)."""

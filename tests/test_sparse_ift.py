@@ -1,0 +1,112 @@
+"""Sparse-IFT: iso-FLOPs on both samples, shapes per family, exact warm starts, spectral gaps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from passes.flops import layer_flops
+from passes.masks import get_mask, masked_modules
+from passes.registry import PassContext, run_passes
+from passes.sparse_ift import SparseIFTConfig, ift_targets, solve_width
+from passes.spectral import graph_gaps, spectral_report
+from samples import SAMPLES
+
+
+def _load(sample: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    spec = SAMPLES[sample]
+    model = spec.build()
+    model.load_state_dict(torch.load(spec.checkpoint, weights_only=True)["state_dict"])
+    return model.eval(), torch.randn(spec.input_shape)
+
+
+def _transform(sample: str, family: str, sparsity: float):
+    model, example = _load(sample)
+    dense = sum(f.dense for f in layer_flops(model, example).values())
+    ctx = PassContext(targets=ift_targets(model, example), example=example)
+    model = run_passes(model, [SparseIFTConfig(family, sparsity)], ctx)
+    return model, example, ctx, dense
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.75, 0.9])
+@pytest.mark.parametrize("family", ["wide", "parallel", "factorized", "doped"])
+@pytest.mark.parametrize("sample", ["digits_cnn", "digits_transformer"])
+def test_iso_flops(sample: str, family: str, sparsity: float) -> None:
+    model, example, ctx, dense = _transform(sample, family, sparsity)
+    sparse = sum(f.sparse for f in layer_flops(model, example).values())
+    assert abs(sparse / dense - 1) < 0.01
+    assert {n for n, _ in masked_modules(model)} == set(ctx.targets)
+    assert model(example).shape == (1, 10)
+
+
+def test_targets_keep_stem_and_head_dense() -> None:
+    model, example = _load("digits_cnn")
+    targets = ift_targets(model, example)
+    assert "stem.0" not in targets and "fc" not in targets and "layer2.shortcut.0" in targets
+    model, example = _load("digits_transformer")
+    targets = ift_targets(model, example)
+    assert "embed" not in targets and "head" not in targets and "blocks.0.attn.q" in targets
+
+
+def test_wide_widens_only_private_hidden_dims() -> None:
+    dense, _ = _load("digits_cnn")
+    model, _, _, _ = _transform("digits_cnn", "wide", 0.75)
+    for block in ("layer1", "layer2", "layer3"):
+        old, new = dense.get_submodule(block), model.get_submodule(block)
+        assert new.conv1.in_channels == old.conv1.in_channels
+        assert new.conv2.out_channels == old.conv2.out_channels  # residual width unchanged
+        assert new.conv1.out_channels == new.bn1.num_features == new.conv2.in_channels
+        assert new.conv1.out_channels > 3 * old.conv1.out_channels
+    assert model.fc.weight.shape == dense.fc.weight.shape
+    tmodel, _, _, _ = _transform("digits_transformer", "wide", 0.75)
+    fc1 = tmodel.blocks[0].fc1
+    assert fc1.in_features == 192 and fc1.out_features == tmodel.blocks[0].fc2.in_features > 768
+    assert tmodel.blocks[0].attn.q.weight.shape == (192, 192)
+
+
+def test_width_factor_formulas() -> None:
+    s = 0.75
+    assert solve_width(1, 0, 0, s) == pytest.approx(math.sqrt(1 / (1 - s)))
+    assert solve_width(0, 1, 0, s) == pytest.approx(1 / (1 - s))
+    k = solve_width(2, 3, 5, s)
+    assert (1 - s) * (2 * k * k + 3 * k + 5) == pytest.approx(10)
+
+
+def test_family_shapes() -> None:
+    model, _, ctx, _ = _transform("digits_cnn", "parallel", 0.75)
+    par = model.layer1.conv1
+    assert len(par.branches) == 4 and isinstance(model.layer1.bn1, torch.nn.Identity)
+    assert all(isinstance(b[1], torch.nn.BatchNorm2d) for b in par.branches)
+    model, _, _, _ = _transform("digits_cnn", "factorized", 0.75)
+    d = math.ceil(9 * 32 * 32 / (0.25 * (9 * 32 + 32)))
+    u, v = model.layer1.conv1
+    assert u.weight.shape == (d, 32, 3, 3) and v.weight.shape == (32, d, 1, 1)
+    model, _, _, _ = _transform("digits_transformer", "doped", 0.75)
+    doped = model.blocks[0].fc1
+    rank = math.floor(0.75 * 192 * 768 / (192 + 768))
+    assert doped.lowrank[0].weight.shape == (rank, 192)
+    assert doped.sparse.weight.shape == (768, 192)
+
+
+@pytest.mark.parametrize("sample", ["digits_cnn", "digits_transformer"])
+def test_parallel_warm_start_is_exact(sample: str) -> None:
+    """Disjoint parts of W in B copies (BN shifts / B) sum to the dense layer in eval mode."""
+    dense, example = _load(sample)
+    x = torch.randn(8, *example.shape[1:])
+    reference = dense(x)
+    model, _, ctx, _ = _transform(sample, "parallel", 0.75)
+    torch.testing.assert_close(model(x), reference, rtol=1e-4, atol=1e-4)
+    masks = [get_mask(model.get_submodule(n)).mask for n in ctx.targets[:4]]
+    assert not (masks[0] & masks[1]).any()  # disjoint partition
+
+
+def test_spectral_gaps() -> None:
+    ram, weighted, d_avg = graph_gaps(np.ones((4, 4), bool), np.ones((4, 4)))
+    assert d_avg == 4 and ram == pytest.approx(2 * math.sqrt(3)) and weighted == pytest.approx(4)
+    model, _, ctx, _ = _transform("digits_cnn", "doped", 0.75)
+    report = spectral_report(model)
+    assert [r.layer for r in report] == list(ctx.targets)
+    assert all(np.isfinite(r.weighted_gap) and r.d_avg > 1 for r in report)
