@@ -56,6 +56,29 @@ class Callbacks:
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None: ...
 
 
+class CallbackList(Callbacks):
+    """Several :class:`Callbacks` run in order at every hook (e.g. rewiring + a loss schedule)."""
+
+    def __init__(self, *callbacks: Callbacks) -> None:
+        self.callbacks = callbacks
+
+    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
+        for c in self.callbacks:
+            c.on_epoch_start(model, epoch)
+
+    def before_step(self, model: nn.Module, step: int) -> None:
+        for c in self.callbacks:
+            c.before_step(model, step)
+
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        for c in self.callbacks:
+            c.after_backward(model, step)
+
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+        for c in self.callbacks:
+            c.after_step(model, optimizer, step)
+
+
 @dataclass
 class History:
     loss: list[float] = field(default_factory=list)
