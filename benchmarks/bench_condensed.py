@@ -29,7 +29,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from exporters import condensed
 from passes.manifest import Manifest, TensorEntry
-from passes.masks import WeightMask, attach_mask, fold, manifest_entries
+from passes.masks import WeightMask, attach_mask, fold, magnitude_nm_mask, manifest_entries
+from passes.pattern import NMPattern
 from samples.models import DigitsTransformer
 
 logger = logging.getLogger(__name__)
@@ -40,15 +41,10 @@ CHECKPOINT = Path(__file__).resolve().parents[1] / "samples" / "digits_transform
 
 
 def constant_fan_in_mask(weight: np.ndarray, sparsity: float, nm: bool) -> np.ndarray:
-    """2:4 by magnitude in each group of 4, or the k = in * (1 - s) largest |w| of each row."""
-    out_features, in_features = weight.shape
+    """2:4 by magnitude (the project's N:M mask), or the k = in * (1 - s) largest |w| per row."""
     if nm:
-        groups = np.abs(weight).reshape(out_features, -1, 4)
-        keep = np.argsort(-groups, axis=-1, kind="stable")[..., :2]
-        mask = np.zeros_like(groups, dtype=bool)
-        np.put_along_axis(mask, keep, True, axis=-1)
-        return mask.reshape(weight.shape)
-    k = max(1, round(in_features * (1 - sparsity)))
+        return magnitude_nm_mask(torch.from_numpy(weight), NMPattern(2, 4)).numpy()
+    k = max(1, round(weight.shape[1] * (1 - sparsity)))
     keep = np.argsort(-np.abs(weight), axis=1, kind="stable")[:, :k]
     mask = np.zeros(weight.shape, dtype=bool)
     np.put_along_axis(mask, keep, True, axis=1)
