@@ -136,7 +136,7 @@ def config_from_dict(data: dict[str, Any]) -> Any:
     """Inverse of :func:`config_to_dict`; unknown passes or keys raise :class:`SparsifyError`."""
     data = dict(data)
     name = data.pop("pass", None)
-    entry = _REGISTRY.get(name)
+    entry = _REGISTRY.get(name) if isinstance(name, str) else None
     if entry is None:
         raise SparsifyError(
             f"unknown pass {name!r} in recipe", expected=f"one of {sorted(_REGISTRY)}"
@@ -154,4 +154,7 @@ def config_from_dict(data: dict[str, Any]) -> Any:
         k: tuple(v) if isinstance(v, list) and "tuple" in str(fields[k].type) else v
         for k, v in data.items()
     }
-    return entry.config_type(**coerced)
+    try:
+        return entry.config_type(**coerced)
+    except (TypeError, ValueError) as err:
+        raise SparsifyError(f"invalid settings for pass {name!r} in recipe: {err}") from err

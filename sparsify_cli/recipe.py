@@ -31,8 +31,8 @@ from passes.errors import SparsifyError
 from passes.registry import config_from_dict, config_to_dict
 
 RECIPE_VERSION = 1
-NOT_RECORDED = ("out", "force")
-"""Per-invocation settings (where to write, whether to replace) that a recipe never replays."""
+NOT_RECORDED = ("out", "force", "resume")
+"""Per-invocation settings (where to write, whether to replace or resume) never replayed."""
 
 Opts = TypeVar("Opts")
 
@@ -116,13 +116,24 @@ def read_recipe(
                 expected="sparsify_recipe, options, passes",
                 fix=f"remove or rename {key!r}",
             )
-    if data.get("sparsify_recipe") != RECIPE_VERSION:
+    version = data.get("sparsify_recipe")
+    if type(version) is not int or version != RECIPE_VERSION:
         raise SparsifyError(
             f"recipe {path} has version {data.get('sparsify_recipe')!r}",
             expected=f"sparsify_recipe: {RECIPE_VERSION}",
         )
     fields = {f.name: f for f in dataclasses.fields(options_type)}
     options = data.get("options") or {}
+    passes = data.get("passes") or []
+    if not isinstance(options, dict):
+        raise SparsifyError(
+            f"'options' in recipe {path} is not a mapping", found=type(options).__name__
+        )
+    if not isinstance(passes, list) or not all(isinstance(p, dict) for p in passes):
+        raise SparsifyError(
+            f"'passes' in recipe {path} is not a list of mappings",
+            found=type(passes).__name__,
+        )
     for key in options:
         if key not in fields or key in NOT_RECORDED:
             raise SparsifyError(
@@ -132,7 +143,7 @@ def read_recipe(
                 + (" (pass it on the command line)" if key in NOT_RECORDED else ""),
             )
     values = {k: _coerce(k, v, str(fields[k].type), str(path)) for k, v in options.items()}
-    recorded = [config_from_dict(p) for p in data.get("passes") or []]
+    recorded = [config_from_dict(p) for p in passes]
     merged = {**values, **overrides}
     missing = [
         name
@@ -146,7 +157,10 @@ def read_recipe(
             f"recipe {path} does not set {missing[0]!r}",
             fix=f"add {missing[0]!r} under options, or give it on the command line",
         )
-    opts = options_type(**merged)
+    try:
+        opts = options_type(**merged)
+    except (TypeError, ValueError) as err:
+        raise SparsifyError(f"invalid options in recipe {path}: {err}") from err
     if recorded and not set(overrides) - set(NOT_RECORDED):
         resolved = list(resolve_passes(opts))
         if resolved != recorded:

@@ -82,3 +82,25 @@ def test_sigint_and_sigterm_remove_the_staging_folder(tmp_path, sig, code):
     assert proc.returncode == code, err
     assert "interrupted" in err and "Traceback" not in err
     assert not out.exists() and not _staging(tmp_path)
+
+
+def test_sigkill_during_finetuning_then_resume_equals_a_clean_run(tmp_path):
+    args = ["convert", "digits_cnn", "--method", "asp", "--nm", "2:4", "--epochs", "3", *FAST]
+    clean = run_cli(*args, "--out", str(tmp_path / "clean"))
+    assert clean.returncode == 0, clean.stderr
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sparsify_cli", *args, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoint = tmp_path / ".out.work" / "asp.ckpt"
+    _wait_for(checkpoint.exists, proc)  # the first epoch's checkpoint is on disk
+    proc.kill()
+    proc.wait()
+    assert not out.exists()
+    resumed = run_cli(*args, "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not (tmp_path / ".out.work").exists()  # removed after success
+    assert _digest(out) == _digest(tmp_path / "clean")
