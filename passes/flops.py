@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from passes.inputs import Example, batch_size, call
+
 
 @dataclass(frozen=True)
 class LayerFlops:
@@ -19,10 +21,10 @@ class LayerFlops:
 
 
 @torch.no_grad()
-def layer_flops(model: nn.Module, example: torch.Tensor) -> dict[str, LayerFlops]:
+def layer_flops(model: nn.Module, example: Example) -> dict[str, LayerFlops]:
     """MACs per sample of each Linear / Conv2d in ``model`` (the batch axis is divided out)."""
     counts: dict[str, LayerFlops] = {}
-    batch = example.shape[0]
+    batch = batch_size(example)
 
     def hook(name: str):
         def record(mod: nn.Module, _inp, out: torch.Tensor) -> None:
@@ -45,7 +47,7 @@ def layer_flops(model: nn.Module, example: torch.Tensor) -> dict[str, LayerFlops
     was_training = model.training
     model.eval()
     try:
-        model(example)
+        call(model, example)
     finally:
         model.train(was_training)
         for h in hooks:

@@ -39,10 +39,12 @@ from passes import (
 from passes.atomic import atomic_path
 from passes.errors import SparsifyError
 from passes.flops import layer_flops
+from passes.inputs import as_arrays, parse_input_spec
 from passes.manifest import Manifest
 from passes.training import predict
 from samples.datasets import Dataset
-from sparsify_cli.data import load_data
+from sparsify_cli.data import load_data, load_input_data
+from sparsify_cli.hf import HF_FOLDER, save_hf_folder
 from sparsify_cli.html_report import write_html
 from sparsify_cli.loading import LoadedModel, file_sha256, load_model
 from sparsify_cli.recipe import recipe_dict, write_recipe
@@ -62,7 +64,7 @@ CONDENSED_OPS = ("custom", "standard")
 class ConvertOptions:
     """Every setting of a ``convert`` run (the CLI builds it; the recipe records it)."""
 
-    source: str
+    source: str | None
     nm: str = "2:4"
     arch: str | None = None
     input_shape: str | None = None
@@ -86,9 +88,13 @@ class ConvertOptions:
     calib_method: str = "minmax"
     max_accuracy_drop: float | None = None
     reduce_range: bool | None = None
+    inputs: tuple[str, ...] = ()
+    example_input: str | None = None
 
     def __post_init__(self) -> None:
         NMPattern.parse(self.nm)
+        for text in self.inputs:
+            parse_input_spec(text)
         unknown = [e for e in self.export if e not in EXPORTS]
         if unknown or not self.export:
             raise SparsifyError(
@@ -127,7 +133,7 @@ class Hooks:
 
 
 def default_out(opts: ConvertOptions) -> Path:
-    stem = Path(opts.source).stem
+    stem = Path(opts.source).stem if opts.source else (opts.arch or "model").rpartition(":")[2]
     return Path(f"{stem}_sparse_{opts.nm.replace(':', 'of')}")
 
 
@@ -192,6 +198,8 @@ def _accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
 
 def _dataset(opts: ConvertOptions, loaded: LoadedModel) -> Dataset | None:
     spec = opts.data or (loaded.sample.dataset if loaded.sample else None)
+    if spec and not isinstance(loaded.example, torch.Tensor):
+        return load_input_data(spec, loaded.specs)
     return load_data(spec, tuple(loaded.example.shape[1:])) if spec else None
 
 
@@ -342,12 +350,27 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
     if "tensorrt" in opts.export:
         require_tensorrt()  # no GPU / no TensorRT: say so now, not after fine-tuning
     hooks.status("loading the checkpoint")
-    loaded = load_model(opts.source, opts.arch, opts.input_shape, opts.trust_checkpoint)
+    loaded = load_model(
+        opts.source,
+        opts.arch,
+        opts.input_shape,
+        opts.trust_checkpoint,
+        opts.inputs,
+        opts.example_input,
+    )
+    if not isinstance(loaded.example, torch.Tensor) and (opts.quantize or "tensorrt" in opts.export):
+        raise SparsifyError(
+            "--quantize and --export tensorrt take models with one float input",
+            found=f"inputs {', '.join(loaded.example)}",
+        )
     data = _dataset(opts, loaded)
     torch.manual_seed(opts.seed)
     model, example = loaded.model, loaded.example
     choices = select_layers(
-        model, pattern.m, example, Selection(opts.include, opts.exclude, opts.sparsify_head)
+        model,
+        pattern.m,
+        example,
+        Selection(opts.include, opts.exclude, opts.sparsify_head, head=loaded.head),
     )
     targets = [c.name for c in choices if c.selected]
     if not targets:
@@ -361,7 +384,7 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
     try:
         hooks.status("exporting the dense baseline")
         dense_onnx = staging / "model_dense.onnx"
-        export_onnx(model, example, dense_onnx)
+        export_onnx(model, example, dense_onnx, loaded.specs)
         dense_out = predict(model, data.x_test) if data is not None else None
 
         hooks.status(f"sparsifying {len(targets)} layers at {pattern} ({opts.method})")
@@ -385,10 +408,12 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
                 str(tmp),
                 metadata={"sparsify_sample": loaded.sample.name} if loaded.sample else None,
             )
+        if loaded.hf_folder is not None:
+            save_hf_folder(model, loaded.hf_folder, staging / HF_FOLDER)
 
         hooks.status("exporting and verifying the sparse ONNX")
         sparse_onnx = staging / "model.onnx"
-        export_onnx(model, example, sparse_onnx)
+        export_onnx(model, example, sparse_onnx, loaded.specs)
         checks = verify_pattern(sparse_onnx, manifest)
         bad = [c for c in checks if not c.ok]
         if bad:
@@ -396,7 +421,7 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
                 "the exported ONNX does not hold the sparsity pattern",
                 found="; ".join(f"{c.module}: {c.detail}" for c in bad),
             )
-        check_x = data.x_test if data is not None else example.numpy()
+        check_x = data.x_test if data is not None else as_arrays(example)
         torch_out = predict(model, check_x)
         onnx_out = runtime.run(runtime.session(sparse_onnx), check_x)
         parity = max_abs_diff(onnx_out, torch_out)
@@ -450,7 +475,7 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
                 **({"int8": quant.path} if quant else {}),
                 **({"condensed": staging / condensed["path"]} if condensed else {}),
             },
-            tuple(example.shape[1:]),
+            loaded.specs,
             settings,
             baseline="dense",
             track=hooks.track,
