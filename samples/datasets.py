@@ -32,7 +32,10 @@ def holdout_split(x: Arrays, y: np.ndarray | None, fraction: float = TEST_FRACTI
     n_test = max(1, int(round(len(order) * fraction)))
     test, train = order[:n_test], order[n_test:]
     return Dataset(
-        rows(x, train), None if y is None else y[train], rows(x, test), None if y is None else y[test]
+        rows(x, train),
+        None if y is None else y[train],
+        rows(x, test),
+        None if y is None else y[test],
     )
 
 

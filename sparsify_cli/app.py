@@ -227,7 +227,8 @@ def convert(
         }
         if checkpoint is None and recipe is None and arch is None:
             raise SparsifyError(
-                "no checkpoint given", fix="pass a checkpoint, --arch (random init) or --recipe FILE"
+                "no checkpoint given",
+                fix="pass a checkpoint, --arch (random init) or --recipe FILE",
             )
         kwargs = dict(
             source=checkpoint,

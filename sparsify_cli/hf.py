@@ -42,13 +42,15 @@ def is_hf_folder(path: Path) -> bool:
 def _transformers():
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
-        return importlib.import_module("transformers")
+        transformers = importlib.import_module("transformers")
     except ImportError as err:
         raise SparsifyError(
             "reading a Hugging Face model folder needs the 'transformers' package",
             found=f"{type(err).__name__}: {err}",
             fix="pip install 'sparsify-cli[hf]'",
         ) from err
+    transformers.utils.logging.disable_progress_bar()  # our own progress display owns stderr
+    return transformers
 
 
 class LogitsOnly(nn.Module):

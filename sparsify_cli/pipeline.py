@@ -358,7 +358,8 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
         opts.inputs,
         opts.example_input,
     )
-    if not isinstance(loaded.example, torch.Tensor) and (opts.quantize or "tensorrt" in opts.export):
+    multi_input = not isinstance(loaded.example, torch.Tensor)
+    if multi_input and (opts.quantize or "tensorrt" in opts.export):
         raise SparsifyError(
             "--quantize and --export tensorrt take models with one float input",
             found=f"inputs {', '.join(loaded.example)}",
