@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from exporters import runtime
+from passes.inputs import InputSpec
 
 
 @dataclass(frozen=True)
@@ -60,22 +61,29 @@ def _row(batch: int, times: list[float]) -> LatencyRow:
 
 def measure_latency(
     artifacts: Mapping[str, str | Path],
-    input_shape: Sequence[int],
+    input_shape: Sequence[int] | Sequence[InputSpec],
     settings: LatencySettings = LatencySettings(),
     baseline: str | None = None,
     track: Callable[..., Any] | None = None,
 ) -> dict[str, list[LatencyRow]]:
-    """Time every artifact at every batch size; ``input_shape`` excludes the batch axis.
+    """Time every artifact at every batch size.
 
-    ``baseline`` names the dense artifact whose medians the speedups are relative to.
+    ``input_shape`` is the shape of the single float input without its batch axis, or one
+    :class:`~passes.inputs.InputSpec` per input (integer inputs are fed values from their valid
+    range, so token ids stay inside the vocabulary). ``baseline`` names the dense artifact whose
+    medians the speedups are relative to.
     """
     sessions = {name: runtime.session(path, settings.threads) for name, path in artifacts.items()}
     rng = np.random.default_rng(0)
     results: dict[str, list[LatencyRow]] = {name: [] for name in artifacts}
     batches = settings.batch_sizes
     for batch in track(batches, "timing", len(batches)) if track else batches:
-        x = rng.standard_normal((batch, *input_shape), dtype=np.float32)
-        feeds = {name: {s.get_inputs()[0].name: x} for name, s in sessions.items()}
+        if all(isinstance(s, InputSpec) for s in input_shape):
+            x = {s.name: s.random(batch, rng) for s in input_shape}
+            feeds = dict.fromkeys(sessions, x)
+        else:
+            x = rng.standard_normal((batch, *input_shape), dtype=np.float32)
+            feeds = {name: {s.get_inputs()[0].name: x} for name, s in sessions.items()}
         for name, sess in sessions.items():
             for _ in range(settings.warmup):
                 sess.run(None, feeds[name])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ from torch import nn
 
 from passes.atomic import atomic_path
 from passes.errors import SparsifyError
+from passes.inputs import Example, InputSpec, as_inputs
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,21 @@ INTEGER_WEIGHT_OPS = ("ConvInteger", "MatMulInteger")
 """ONNX Runtime's dynamic int8 ops: their weight input is the int8 initializer itself."""
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike[str]) -> None:
-    """Export ``model`` (in eval mode) with a dynamic batch axis, check it, write atomically."""
+def export_onnx(
+    model: nn.Module,
+    example: Example,
+    path: str | os.PathLike[str],
+    specs: Sequence[InputSpec] = (),
+) -> None:
+    """Export ``model`` (in eval mode) with a dynamic batch axis, check it, write atomically.
+
+    ONNX inputs take ``example``'s names (``input`` for a bare tensor), in order; ``specs`` name
+    further dynamic axes per input (a transformer's sequence axis). The output keeps the batch
+    axis dynamic; other output axes follow from the inputs' through shape inference.
+    """
+    inputs = as_inputs(example)
+    axes = {name: {0: "batch"} for name in inputs}
+    axes.update({s.name: dict(s.dynamic) for s in specs if s.name in inputs})
     was_training = model.training
     model.eval()
     try:
@@ -42,14 +57,14 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
-                (example,),
+                tuple(inputs.values()),
                 str(tmp),
                 dynamo=False,
                 opset_version=OPSET,
                 do_constant_folding=True,
-                input_names=[INPUT_NAME],
+                input_names=list(inputs),
                 output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                dynamic_axes={**axes, OUTPUT_NAME: {0: "batch"}},
             )
             onnx.checker.check_model(str(tmp), full_check=True)
     except SparsifyError:
@@ -97,9 +112,31 @@ def module_of(node_name: str) -> str:
     return ".".join(s for i, s in enumerate(segments) if i == 0 or s != segments[i - 1])
 
 
+def _overlap_path(node_name: str) -> str:
+    """The module path with each scope level's repeated prefix dropped.
+
+    Children of a ``Sequential`` are scoped ``parent.index`` under ``parent``, and nested
+    ``Sequential`` children repeat more than one segment: module ``blocks.0.expand.0.0`` owns
+    ``/blocks/blocks.0/expand/expand.0/expand.0.0/Conv``. Each level adds what its name has
+    beyond the longest suffix of the path so far that it starts with.
+
+    >>> _overlap_path("/blocks/blocks.0/expand/expand.0/expand.0.0/Conv")
+    'blocks.0.expand.0.0'
+    """
+    path: list[str] = []
+    for level in node_name.split("/")[1:-1]:
+        segs = level.split(".")
+        keep = next(
+            (k for k in range(min(len(path), len(segs) - 1), 0, -1) if path[-k:] == segs[:k]), 0
+        )
+        path.extend(segs[keep:])
+    return ".".join(path)
+
+
 def _scope_candidates(node_name: str) -> set[str]:
-    """Module paths a node name can belong to (raw scope, and with repeated segments merged)."""
-    return {".".join(_scope_segments(node_name)), module_of(node_name)}
+    """Module paths a node name can belong to (raw scope, with repeated segments merged, and
+    with repeated prefixes of nested ``Sequential`` levels dropped)."""
+    return {".".join(_scope_segments(node_name)), module_of(node_name), _overlap_path(node_name)}
 
 
 def _weight_source(

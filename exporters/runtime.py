@@ -10,6 +10,8 @@ import onnxruntime as ort
 
 from exporters.condensed import DOMAIN, library_path
 from passes.errors import SparsifyError
+from passes.inputs import Arrays, rows
+from passes.inputs import batch_size as inputs_batch
 
 
 def uses_condensed_ops(path: str | os.PathLike[str]) -> bool:
@@ -40,11 +42,18 @@ def session(path: str | os.PathLike[str], threads: int = 1) -> ort.InferenceSess
         ) from err
 
 
-def run(sess: ort.InferenceSession, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Outputs of the session's first output for inputs ``x``, in chunks of ``batch_size``."""
-    name = sess.get_inputs()[0].name
+def run(sess: ort.InferenceSession, x: Arrays, batch_size: int = 256) -> np.ndarray:
+    """Outputs of the session's first output for inputs ``x``, in chunks of ``batch_size``.
+
+    ``x`` is one array (fed to the session's first input) or ``name -> array`` for several.
+    """
+
+    def feed(chunk: Arrays) -> dict[str, np.ndarray]:
+        named = {sess.get_inputs()[0].name: chunk} if isinstance(chunk, np.ndarray) else chunk
+        return {name: np.ascontiguousarray(a) for name, a in named.items()}
+
     outs = [
-        sess.run(None, {name: np.ascontiguousarray(x[i : i + batch_size])})[0]
-        for i in range(0, len(x), batch_size)
+        sess.run(None, feed(rows(x, slice(i, i + batch_size))))[0]
+        for i in range(0, inputs_batch(x), batch_size)
     ]
     return np.concatenate(outs)

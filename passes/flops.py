@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from passes.inputs import Example, batch_size, call
 from passes.masks import get_mask, is_masked
 
 
@@ -25,10 +26,10 @@ class LayerFlops:
 
 
 @torch.no_grad()
-def layer_flops(model: nn.Module, example: torch.Tensor) -> dict[str, LayerFlops]:
+def layer_flops(model: nn.Module, example: Example) -> dict[str, LayerFlops]:
     """MACs per sample of each Linear / Conv2d in ``model`` (the batch axis is divided out)."""
     counts: dict[str, LayerFlops] = {}
-    batch = example.shape[0]
+    batch = batch_size(example)
 
     def hook(name: str):
         def record(mod: nn.Module, _inp, out: torch.Tensor) -> None:
@@ -52,7 +53,7 @@ def layer_flops(model: nn.Module, example: torch.Tensor) -> dict[str, LayerFlops
     was_training = model.training
     model.eval()
     try:
-        model(example)
+        call(model, example)
     finally:
         model.train(was_training)
         for h in hooks:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from passes.flops import layer_flops
+from passes.inputs import Example
 from passes.masks import fold
 from passes.pattern import weight_pattern
 from passes.selection import SPARSIFIABLE, Selection, select_layers
@@ -52,7 +53,7 @@ class LayerInfo:
 
 @torch.no_grad()
 def inspect_model(
-    model: nn.Module, example: torch.Tensor, m: int = 4, selection: Selection = Selection()
+    model: nn.Module, example: Example, m: int = 4, selection: Selection = Selection()
 ) -> list[LayerInfo]:
     """One :class:`LayerInfo` per Linear / Conv2d of ``model`` (masks, if any, are folded first).
 

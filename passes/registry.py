@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from passes.errors import SparsifyError
+from passes.inputs import Example
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class PassContext:
     """
 
     targets: Sequence[str] = ()
-    example: torch.Tensor | None = None
+    example: Example | None = None
     train: Any = None
     eval: Any = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from passes.inputs import Example, call
+
 SPARSIFIABLE = (nn.Linear, nn.Conv2d)
 
 
@@ -29,6 +31,9 @@ class Selection:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     sparsify_head: bool = False
+    head: tuple[str, ...] = ()
+    """Name patterns of layers that belong to the head besides the one that returns the output
+    (a transformer's pooler, an LM head tied to the word embeddings): kept dense with it."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ class LayerChoice:
         return self.reason is None
 
 
-def output_head(model: nn.Module, example: torch.Tensor) -> str | None:
+def output_head(model: nn.Module, example: Example) -> str | None:
     """Name of the sparsifiable layer whose output tensor is returned by the model, if any."""
     outputs: dict[int, str] = {}
     hooks = [
@@ -55,7 +60,7 @@ def output_head(model: nn.Module, example: torch.Tensor) -> str | None:
     ]
     try:
         with torch.no_grad():
-            result = model(example)
+            result = call(model, example)
     finally:
         for hook in hooks:
             hook.remove()
@@ -79,13 +84,14 @@ def _reason(
             return f"excluded by --exclude {pattern!r}"
     if selection.include and not any(fnmatch.fnmatchcase(name, p) for p in selection.include):
         return "not matched by --include"
-    if name == head and not selection.sparsify_head and not selection.include:
+    in_head = name == head or any(fnmatch.fnmatchcase(name, p) for p in selection.head)
+    if in_head and not selection.sparsify_head and not selection.include:
         return "output head kept dense (--sparsify-head to include it)"
     return None
 
 
 def select_layers(
-    model: nn.Module, m: int, example: torch.Tensor, selection: Selection = Selection()
+    model: nn.Module, m: int, example: Example, selection: Selection = Selection()
 ) -> list[LayerChoice]:
     """Classify every parameter-holding leaf module of ``model`` for grouping size ``m``."""
     head = output_head(model, example)

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from passes.inputs import Arrays, Example, call, rows
+from passes.inputs import batch_size as inputs_batch
 from passes.registry import PassContext
 
 log = logging.getLogger(__name__)
@@ -158,14 +160,21 @@ def cosine_lr(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Model outputs for numpy inputs, in eval mode (the mode is restored afterwards)."""
+def predict(model: nn.Module, x: Arrays, batch_size: int = 256) -> np.ndarray:
+    """Model outputs for numpy inputs (one array, or ``name -> array`` for several inputs), in
+    eval mode (the mode is restored afterwards)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+
+    def tensors(chunk: Arrays) -> Example:
+        if isinstance(chunk, np.ndarray):
+            return torch.as_tensor(chunk).to(device)
+        return {name: torch.as_tensor(a).to(device) for name, a in chunk.items()}
+
     outs = [
-        model(torch.as_tensor(x[i : i + batch_size]).to(device)).cpu().numpy()
-        for i in range(0, len(x), batch_size)
+        call(model, tensors(rows(x, slice(i, i + batch_size)))).cpu().numpy()
+        for i in range(0, inputs_batch(x), batch_size)
     ]
     model.train(was_training)
     return np.concatenate(outs)

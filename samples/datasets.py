@@ -6,27 +6,36 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from passes.inputs import Arrays, batch_size, rows
+
 SPLIT_SEED = 0
 TEST_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Float32 inputs, int64 labels (``None`` for unlabeled data), a fixed held-out split."""
+    """Inputs (one float32 array, or ``name -> array`` for several model inputs), int64 labels
+    (``None`` for unlabeled data), a fixed held-out split."""
 
-    x_train: np.ndarray
+    x_train: Arrays
     y_train: np.ndarray | None
-    x_test: np.ndarray
+    x_test: Arrays
     y_test: np.ndarray | None
 
 
-def holdout_split(x: np.ndarray, y: np.ndarray | None, fraction: float = TEST_FRACTION) -> Dataset:
-    """The fixed split used when data has no test set: seed 0, ``fraction`` held out."""
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
-    n_test = max(1, int(round(len(x) * fraction)))
+def holdout_split(x: Arrays, y: np.ndarray | None, fraction: float = TEST_FRACTION) -> Dataset:
+    """The fixed split used when data has no test set: seed 0, ``fraction`` held out.
+
+    ``x`` is one array or ``name -> array`` (several model inputs, split alike).
+    """
+    order = np.random.default_rng(SPLIT_SEED).permutation(batch_size(x))
+    n_test = max(1, int(round(len(order) * fraction)))
     test, train = order[:n_test], order[n_test:]
     return Dataset(
-        x[train], None if y is None else y[train], x[test], None if y is None else y[test]
+        rows(x, train),
+        None if y is None else y[train],
+        rows(x, test),
+        None if y is None else y[test],
     )
 
 

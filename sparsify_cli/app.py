@@ -120,12 +120,29 @@ def convert(
     ctx: typer.Context,
     checkpoint: Annotated[
         str | None,
-        typer.Argument(help="State_dict (.pt/.safetensors), or a sample name (or from --recipe)."),
+        typer.Argument(
+            help="State_dict (.pt/.safetensors), Hugging Face folder, or a sample name "
+            "(or from --recipe; none with --arch: random init)."
+        ),
     ] = None,
     nm: Annotated[str, typer.Option("--nm", help="N:M pattern along the reduction axis.")] = "2:4",
-    arch: Annotated[str | None, typer.Option(help="MODULE:CALLABLE that builds the model.")] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(help="MODULE:CALLABLE that builds the model, or timm:NAME."),
+    ] = None,
     input_shape: Annotated[
         str | None, typer.Option(help="Example input, batch first: 1,3,32,32.")
+    ] = None,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input",
+            help="Named input NAME:SHAPE:DTYPE[:RANGE], repeatable, in forward's order: "
+            "input_ids:1x128:int64:30522.",
+        ),
+    ] = None,
+    example_input: Annotated[
+        str | None, typer.Option(help=".npz with one example array per model input.")
     ] = None,
     method: Annotated[
         str, typer.Option(help="magnitude (one-shot), or fine-tuned: asp, srste, maxq.")
@@ -231,8 +248,11 @@ def convert(
             for name in ctx.params
             if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
         }
-        if checkpoint is None and recipe is None:
-            raise SparsifyError("no checkpoint given", fix="pass a checkpoint or --recipe FILE")
+        if checkpoint is None and recipe is None and arch is None:
+            raise SparsifyError(
+                "no checkpoint given",
+                fix="pass a checkpoint, --arch (random init) or --recipe FILE",
+            )
         kwargs = dict(
             source=checkpoint,
             nm=nm,
@@ -268,6 +288,8 @@ def convert(
             sparsity=sparsity,
             dst=dst,
             mask_init=mask_init,
+            inputs=tuple(inputs or ()),
+            example_input=example_input,
         )
         if recipe is not None:
             overrides = {k: v for k, v in kwargs.items() if k in given}

@@ -3,6 +3,10 @@
 
 Inputs must match the model's example input without its batch axis; labels are 1-D integers
 of the same length. Anything else is a :class:`SparsifyError` that names the array.
+
+Models with several inputs (``--input``, Hugging Face folders) read an ``.npz`` with one array
+per input named after it (``input_ids``, ``attention_mask``), optional ``<name>_test`` arrays
+for the held-out split, and labels ``y`` (``y_test``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from passes.errors import SparsifyError
+from passes.inputs import DTYPES, INTEGER_DTYPES, InputSpec
 from samples.datasets import DATASETS, Dataset, holdout_split
 
 
@@ -53,6 +58,72 @@ def _labels(arr: np.ndarray, name: str, rows: int, source: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def _named_input(arrays: dict[str, np.ndarray], key: str, spec: InputSpec, source: str):
+    arr = arrays[key]
+    fixed = [(axis, size) for axis, size in enumerate(spec.shape) if axis not in spec.dynamic]
+    if arr.ndim != len(spec.shape) or any(arr.shape[a] != size for a, size in fixed):
+        raise SparsifyError(
+            f"array {key!r} in {source} does not fit the model's input {spec.name!r}",
+            expected=f"{len(spec.shape)} axes, sizes {dict(fixed)} on the fixed axes",
+            found=f"shape {list(arr.shape)}",
+        )
+    if spec.dtype in INTEGER_DTYPES and arr.dtype.kind not in "iub":
+        raise SparsifyError(
+            f"array {key!r} in {source} has dtype {arr.dtype}",
+            expected=f"integers ({spec.dtype}) for input {spec.name!r}",
+        )
+    if spec.dtype not in INTEGER_DTYPES and spec.dtype != "bool":
+        _inputs(arr, key, arr.shape[1:], source)  # numeric and finite
+    return arr.astype(DTYPES[spec.dtype][1])
+
+
+def load_input_data(spec: str, specs: Sequence[InputSpec]) -> Dataset:
+    """Load an ``.npz`` for a model with several named inputs (one array per input, ``y``)."""
+    arrays = _read_npz(spec)
+    missing = [s.name for s in specs if s.name not in arrays]
+    if missing:
+        raise SparsifyError(
+            f"data file {spec} lacks arrays for the inputs {missing}",
+            expected=f"arrays {[s.name for s in specs]} (+ y, optional <name>_test, y_test)",
+            found=f"arrays {sorted(arrays)}",
+        )
+    x = {s.name: _named_input(arrays, s.name, s, spec) for s in specs}
+    counts = {len(a) for a in x.values()}
+    if len(counts) != 1 or 0 in counts:
+        raise SparsifyError(
+            f"the input arrays in {spec} have different (or zero) row counts", found=str(counts)
+        )
+    y = _labels(arrays["y"], "y", len(x[specs[0].name]), spec) if "y" in arrays else None
+    if f"{specs[0].name}_test" not in arrays:
+        return holdout_split(x, y)
+    x_test = {s.name: _named_input(arrays, f"{s.name}_test", s, spec) for s in specs}
+    rows = len(x_test[specs[0].name])
+    y_test = None
+    if y is not None:
+        if "y_test" not in arrays:
+            raise SparsifyError(f"data file {spec} has test inputs and 'y' but no 'y_test'")
+        y_test = _labels(arrays["y_test"], "y_test", rows, spec)
+    return Dataset(x, y, x_test, y_test)
+
+
+def _read_npz(spec: str) -> dict[str, np.ndarray]:
+    path = Path(spec)
+    if not path.is_file():
+        raise SparsifyError(
+            f"data not found: {spec}",
+            expected=f"a dataset name ({', '.join(DATASETS)}) or an .npz file",
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise SparsifyError(
+            f"cannot read data file {spec}",
+            expected="an .npz written by numpy.savez",
+            found=f"{type(err).__name__}: {err}",
+        ) from err
+
+
 def load_data(spec: str, sample_shape: Sequence[int]) -> Dataset:
     """Load ``spec`` for a model whose single input is ``[batch, *sample_shape]``."""
     if spec in DATASETS:
@@ -64,21 +135,7 @@ def load_data(spec: str, sample_shape: Sequence[int]) -> Dataset:
                 found=f"[N, {', '.join(map(str, data.x_train.shape[1:]))}]",
             )
         return data
-    path = Path(spec)
-    if not path.is_file():
-        raise SparsifyError(
-            f"data not found: {spec}",
-            expected=f"a dataset name ({', '.join(DATASETS)}) or an .npz file",
-        )
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise SparsifyError(
-            f"cannot read data file {spec}",
-            expected="an .npz written by numpy.savez",
-            found=f"{type(err).__name__}: {err}",
-        ) from err
+    arrays = _read_npz(spec)
     if "x" not in arrays:
         raise SparsifyError(
             f"data file {spec} has no array 'x'",

@@ -6,7 +6,14 @@ Accepted sources, in the order they are tried:
 * a ``state_dict`` in ``.pt`` / ``.pth`` / ``.bin`` (read with ``torch.load(weights_only=True)``,
   which cannot run code) or ``.safetensors``, with ``--arch MODULE:CALLABLE`` building the model
   (imported with the current directory on ``sys.path``);
-* a whole pickled module, only with ``trust_checkpoint=True``: unpickling runs arbitrary code.
+* a whole pickled module, only with ``trust_checkpoint=True``: unpickling runs arbitrary code;
+* a Hugging Face model folder (``config.json`` + weights), see :mod:`sparsify_cli.hf`;
+* no checkpoint at all with ``--arch`` (e.g. a zoo name): the model keeps its random init.
+
+``--arch`` is ``MODULE:CALLABLE`` (``torchvision.models:resnet18``) or ``timm:NAME``
+(``timm.create_model(NAME)``). The example is one float tensor of ``--input-shape``, or several
+named inputs from ``--input NAME:SHAPE:DTYPE`` / ``--example-input x.npz``
+(:mod:`passes.inputs`).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import re
 import sys
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,7 @@ import torch
 from torch import nn
 
 from passes.errors import SparsifyError
+from passes.inputs import Example, InputSpec, call, make_example, parse_input_spec, spec_of
 from samples import SAMPLES, Sample
 
 log = logging.getLogger(__name__)
@@ -39,11 +47,20 @@ _SHAPE_RE = re.compile(r"^\s*\d+(\s*[,x]\s*\d+)*\s*$")
 
 @dataclass
 class LoadedModel:
+    """The model, its example (a tensor, or ``name -> tensor`` for several inputs) and origin.
+
+    ``specs`` describe the inputs for export and timing; ``head`` names layers kept dense with
+    the output head; ``hf_folder`` is the Hugging Face folder the model came from, if any.
+    """
+
     model: nn.Module
-    example: torch.Tensor
+    example: Example
     source: str
     sha256: str | None
     sample: Sample | None
+    specs: tuple[InputSpec, ...] = ()
+    head: tuple[str, ...] = ()
+    hf_folder: Path | None = None
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
@@ -86,14 +103,24 @@ def _cwd_on_path() -> Iterator[None]:
 
 
 def build_arch(arch: str) -> nn.Module:
-    """Import ``MODULE:CALLABLE`` and call it with no arguments; it must return an ``nn.Module``."""
+    """Import ``MODULE:CALLABLE`` and call it with no arguments; it must return an ``nn.Module``.
+
+    ``timm:NAME`` builds ``timm.create_model(NAME)`` (timm's models are registered names, not
+    module attributes).
+    """
     module_name, sep, attr = arch.partition(":")
     if not sep or not module_name or not attr:
         raise SparsifyError(
             f"cannot read --arch {arch!r}",
-            expected="MODULE:CALLABLE, e.g. mymodels:Net",
+            expected="MODULE:CALLABLE, e.g. mymodels:Net, torchvision.models:resnet18 or "
+            "timm:resnet18",
             found=repr(arch),
         )
+    if module_name == "timm":
+        module_name, attr = "timm", "create_model"
+        name = arch.partition(":")[2]
+    else:
+        name = None
     with _cwd_on_path():
         try:
             module = importlib.import_module(module_name)
@@ -112,7 +139,7 @@ def build_arch(arch: str) -> nn.Module:
                 fix=f"check the name of the class or function in {module_name}",
             )
     try:
-        model = factory()
+        model = factory() if name is None else factory(name, pretrained=False)
     except Exception as err:
         raise SparsifyError(
             f"--arch {arch!r} could not build the model: {type(err).__name__}: {err}",
@@ -219,17 +246,18 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], arch: str) -> N
     model.load_state_dict(state, strict=True)
 
 
-def check_example(model: nn.Module, example: torch.Tensor, shape_text: str) -> None:
-    """Run the example through the model; a failure means ``--input-shape`` does not fit."""
+def check_example(model: nn.Module, example: Example, shape_text: str) -> None:
+    """Run the example through the model; a failure means the inputs do not fit."""
     model.eval()
     try:
         with torch.no_grad():
-            out = model(example)
+            out = call(model, example)
     except Exception as err:
         raise SparsifyError(
-            f"--input-shape {shape_text} does not fit the model",
+            f"{shape_text} does not fit the model",
             found=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
-            fix="pass the shape of one real input batch, batch first, e.g. 1,3,32,32",
+            fix="pass the shape of one real input batch, batch first, e.g. --input-shape "
+            "1,3,32,32 (or --input NAME:SHAPE:DTYPE per input, in forward's order)",
         ) from err
     if not isinstance(out, torch.Tensor):
         raise SparsifyError(
@@ -239,13 +267,119 @@ def check_example(model: nn.Module, example: torch.Tensor, shape_text: str) -> N
         )
 
 
+def read_example_input(path: str) -> dict[str, torch.Tensor]:
+    """``--example-input x.npz``: one array per input, in forward's order, named as in ONNX."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise SparsifyError(
+            f"cannot read --example-input {path}",
+            expected="an .npz written by numpy.savez with one array per input",
+            found=f"{type(err).__name__}: {err}",
+        ) from err
+    if not arrays:
+        raise SparsifyError(f"--example-input {path} holds no arrays")
+    for name, array in arrays.items():
+        spec_of(name, array)  # dtype and batch axis checks
+    return {name: torch.from_numpy(array) for name, array in arrays.items()}
+
+
+def _named_example(
+    inputs: Sequence[str], example_input: str | None, input_shape: str | None
+) -> tuple[dict[str, torch.Tensor], tuple[InputSpec, ...]] | None:
+    """The multi-input example and specs from ``--input`` / ``--example-input``, if given."""
+    given = [flag for flag, v in (("--input", inputs), ("--example-input", example_input)) if v]
+    if input_shape is not None and given:
+        given.insert(0, "--input-shape")
+    if len(given) > 1:
+        raise SparsifyError(
+            f"{' and '.join(given)} both describe the inputs", fix="pass only one of them"
+        )
+    if example_input is not None:
+        example = read_example_input(example_input)
+        return example, tuple(spec_of(k, v.numpy()) for k, v in example.items())
+    if inputs:
+        specs = tuple(parse_input_spec(text) for text in inputs)
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise SparsifyError("--input names repeat", found=", ".join(names))
+        return make_example(specs), specs
+    return None
+
+
+def _load_hf(folder: Path, named) -> LoadedModel:
+    from sparsify_cli import hf
+
+    model = hf.load_hf_folder(folder)
+    example, specs = named if named else (None, tuple(hf.default_specs(model.config)))
+    example = example if example is not None else make_example(specs)
+    wrapper = hf.LogitsOnly(model, list(example)).eval()
+    shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in example.items())
+    check_example(wrapper, example, f"the inputs {shapes}")
+    return LoadedModel(
+        wrapper,
+        example,
+        str(folder),
+        hf.folder_sha256(folder),
+        None,
+        specs,
+        hf.head_modules(model),
+        folder,
+    )
+
+
 def load_model(
-    source: str,
+    source: str | None,
     arch: str | None = None,
     input_shape: str | None = None,
     trust_checkpoint: bool = False,
+    inputs: Sequence[str] = (),
+    example_input: str | None = None,
 ) -> LoadedModel:
-    """Build the model for ``source`` and the example input (batch 1) it is exported with."""
+    """Build the model for ``source`` and the example input (batch 1) it is exported with.
+
+    ``source=None`` with ``arch`` builds the architecture with its random init (a warning says
+    so): enough to measure what sparsity does to latency before any weights exist.
+    """
+    named = _named_example(inputs, example_input, input_shape)
+    if source is None:
+        if arch is None:
+            raise SparsifyError("no checkpoint given", fix="pass a checkpoint, or --arch")
+        log.warning("no checkpoint given: %s keeps its random initialisation", arch)
+        model, sha, sample = build_arch(arch), None, None
+        source = f"{arch} (random init)"
+    else:
+        path = Path(source)
+        if path.is_dir() and (path / "config.json").is_file():
+            return _load_hf(path, named)
+        model, sha, sample = _from_checkpoint(source, arch, trust_checkpoint)
+    if named is not None:
+        example, specs = named
+        shape_text = "the inputs " + ", ".join(f"{s.name}{list(s.shape)}" for s in specs)
+    else:
+        if input_shape is None and sample is not None and arch is None:
+            input_shape = ",".join(map(str, sample.input_shape))
+        elif input_shape is None:
+            raise SparsifyError(
+                "no --input-shape given for this model",
+                fix="pass --input-shape with the batch first, e.g. --input-shape 1,3,32,32",
+            )
+        shape = parse_input_shape(input_shape)
+        example = torch.zeros(shape).normal_(generator=torch.Generator().manual_seed(0))
+        specs, shape_text = (InputSpec("input", shape),), f"--input-shape {input_shape}"
+    model.eval()
+    check_example(model, example, shape_text)
+    return LoadedModel(
+        model, example, str(source), sha, sample if arch is None else None, tuple(specs)
+    )
+
+
+def _from_checkpoint(
+    source: str, arch: str | None, trust_checkpoint: bool
+) -> tuple[nn.Module, str, Sample | None]:
     path = Path(source)
     sample = SAMPLES.get(source) if not path.exists() else None
     if sample is not None:
@@ -259,7 +393,7 @@ def load_model(
     if path.is_dir() or path.stat().st_size == 0:
         raise SparsifyError(
             f"checkpoint {source} is {'a folder' if path.is_dir() else 'empty'}",
-            expected="a .pt or .safetensors file",
+            expected="a .pt or .safetensors file, or a Hugging Face folder with config.json",
         )
     sha = file_sha256(path)
     obj, meta = read_checkpoint(path, trust_checkpoint)
@@ -278,17 +412,4 @@ def load_model(
             f"checkpoint {source} is a state_dict and no architecture was given",
             fix="pass --arch MODULE:CALLABLE naming the function or class that builds the model",
         )
-    if input_shape is None and sample is not None and arch is None:
-        shape = sample.input_shape
-        input_shape = ",".join(map(str, shape))
-    elif input_shape is None:
-        raise SparsifyError(
-            "no --input-shape given for this model",
-            fix="pass --input-shape with the batch first, e.g. --input-shape 1,3,32,32",
-        )
-    else:
-        shape = parse_input_shape(input_shape)
-    example = torch.zeros(shape).normal_(generator=torch.Generator().manual_seed(0))
-    model.eval()
-    check_example(model, example, input_shape)
-    return LoadedModel(model, example, str(source), sha, sample if arch is None else None)
+    return model, sha, sample

@@ -43,11 +43,13 @@ from passes.atomic import atomic_path
 from passes.dst import DSTConfig, ShrinkConfig
 from passes.errors import SparsifyError
 from passes.flops import layer_flops
+from passes.inputs import as_arrays, parse_input_spec
 from passes.manifest import Manifest
 from passes.sparse_ift import SparseIFTConfig, ift_targets
 from passes.training import make_loader, predict
 from samples.datasets import Dataset
-from sparsify_cli.data import load_data
+from sparsify_cli.data import load_data, load_input_data
+from sparsify_cli.hf import HF_FOLDER, save_hf_folder
 from sparsify_cli.html_report import write_html
 from sparsify_cli.loading import LoadedModel, file_sha256, load_model
 from sparsify_cli.recipe import recipe_dict, write_recipe
@@ -89,7 +91,7 @@ TRAINED = ("asp", "srste", "maxq")
 class ConvertOptions:
     """Every setting of a ``convert`` run (the CLI builds it; the recipe records it)."""
 
-    source: str
+    source: str | None
     nm: str = "2:4"
     arch: str | None = None
     input_shape: str | None = None
@@ -124,9 +126,13 @@ class ConvertOptions:
     sparsity: float = 0.75
     dst: str | None = None
     mask_init: str = "uniform"
+    inputs: tuple[str, ...] = ()
+    example_input: str | None = None
 
     def __post_init__(self) -> None:
         NMPattern.parse(self.nm)
+        for text in self.inputs:
+            parse_input_spec(text)
         if self.ift is not None:
             SparseIFTConfig(self.ift, self.sparsity)  # validates
         if self.dst is not None:
@@ -173,7 +179,7 @@ class Hooks:
 
 
 def default_out(opts: ConvertOptions) -> Path:
-    stem = Path(opts.source).stem
+    stem = Path(opts.source).stem if opts.source else (opts.arch or "model").rpartition(":")[2]
     return Path(f"{stem}_sparse_{opts.nm.replace(':', 'of')}")
 
 
@@ -238,6 +244,8 @@ def _accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
 
 def _dataset(opts: ConvertOptions, loaded: LoadedModel) -> Dataset | None:
     spec = opts.data or (loaded.sample.dataset if loaded.sample else None)
+    if spec and not isinstance(loaded.example, torch.Tensor):
+        return load_input_data(spec, loaded.specs)
     return load_data(spec, tuple(loaded.example.shape[1:])) if spec else None
 
 
@@ -421,7 +429,20 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
     if "tensorrt" in opts.export:
         require_tensorrt()  # no GPU / no TensorRT: say so now, not after fine-tuning
     hooks.status("loading the checkpoint")
-    loaded = load_model(opts.source, opts.arch, opts.input_shape, opts.trust_checkpoint)
+    loaded = load_model(
+        opts.source,
+        opts.arch,
+        opts.input_shape,
+        opts.trust_checkpoint,
+        opts.inputs,
+        opts.example_input,
+    )
+    multi_input = not isinstance(loaded.example, torch.Tensor)
+    if multi_input and (opts.quantize or "tensorrt" in opts.export):
+        raise SparsifyError(
+            "--quantize and --export tensorrt take models with one float input",
+            found=f"inputs {', '.join(loaded.example)}",
+        )
     data = _dataset(opts, loaded)
     torch.manual_seed(opts.seed)
     model, example = loaded.model, loaded.example
@@ -434,7 +455,10 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
             fix="pass --data (a dataset name such as digits, or an .npz with x[, y])",
         )
     choices = select_layers(
-        model, pattern.m, example, Selection(opts.include, opts.exclude, opts.sparsify_head)
+        model,
+        pattern.m,
+        example,
+        Selection(opts.include, opts.exclude, opts.sparsify_head, head=loaded.head),
     )
     targets = [c.name for c in choices if c.selected]
     if not targets:
@@ -448,7 +472,7 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
     try:
         hooks.status("exporting the dense baseline")
         dense_onnx = staging / "model_dense.onnx"
-        export_onnx(model, example, dense_onnx)
+        export_onnx(model, example, dense_onnx, loaded.specs)
         dense_out = predict(model, data.x_test) if data is not None else None
 
         hooks.status(f"sparsifying {len(targets)} layers at {pattern} ({opts.method})")
@@ -490,10 +514,12 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
                 str(tmp),
                 metadata={"sparsify_sample": loaded.sample.name} if loaded.sample else None,
             )
+        if loaded.hf_folder is not None:
+            save_hf_folder(model, loaded.hf_folder, staging / HF_FOLDER)
 
         hooks.status("exporting and verifying the sparse ONNX")
         sparse_onnx = staging / "model.onnx"
-        export_onnx(model, example, sparse_onnx)
+        export_onnx(model, example, sparse_onnx, loaded.specs)
         checks = verify_pattern(sparse_onnx, manifest)
         bad = [c for c in checks if not c.ok]
         if bad:
@@ -501,7 +527,7 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
                 "the exported ONNX does not hold the sparsity pattern",
                 found="; ".join(f"{c.module}: {c.detail}" for c in bad),
             )
-        check_x = data.x_test if data is not None else example.numpy()
+        check_x = data.x_test if data is not None else as_arrays(example)
         torch_out = predict(model, check_x)
         onnx_out = runtime.run(runtime.session(sparse_onnx), check_x)
         parity = max_abs_diff(onnx_out, torch_out)
@@ -555,7 +581,7 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
                 **({"int8": quant.path} if quant else {}),
                 **({"condensed": staging / condensed["path"]} if condensed else {}),
             },
-            tuple(example.shape[1:]),
+            loaded.specs,
             settings,
             baseline="dense",
             track=hooks.track,

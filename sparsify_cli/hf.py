@@ -1,0 +1,139 @@
+"""Hugging Face model folders (``config.json`` + weights, as ``save_pretrained`` writes them).
+
+The model is built by ``transformers`` from the folder alone: ``HF_HUB_OFFLINE=1`` is set before
+the import and ``local_files_only=True`` is passed, so nothing is fetched from the hub. Its
+forward returns a ``ModelOutput``; :class:`LogitsOnly` calls it with the named inputs and
+returns the one tensor export and parity compare (``logits``, else ``last_hidden_state``).
+
+The example is derived from the config: token ids in ``[0, vocab_size)`` and an attention mask
+of ones, ``[1, seq]`` with ``seq = min(128, max_position_embeddings)``, batch and sequence axes
+dynamic in the ONNX file. The sparse model is written back with ``save_pretrained`` so it loads
+with ``from_pretrained`` like the original.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from passes.errors import SparsifyError
+from passes.inputs import InputSpec
+
+log = logging.getLogger(__name__)
+
+SEQ_LEN = 128
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json", ".pt", ".h5", ".msgpack")
+HF_FOLDER = "hf_model"
+"""Name of the sparse ``save_pretrained`` folder inside the output folder."""
+
+
+def is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def _transformers():
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        transformers = importlib.import_module("transformers")
+    except ImportError as err:
+        raise SparsifyError(
+            "reading a Hugging Face model folder needs the 'transformers' package",
+            found=f"{type(err).__name__}: {err}",
+            fix="pip install 'sparsify-cli[hf]'",
+        ) from err
+    transformers.utils.logging.disable_progress_bar()  # our own progress display owns stderr
+    return transformers
+
+
+class LogitsOnly(nn.Module):
+    """Calls the Hugging Face model with keyword inputs; returns one tensor of its output."""
+
+    def __init__(self, hf: nn.Module, input_names: Sequence[str]) -> None:
+        super().__init__()
+        self.hf = hf
+        self.input_names = tuple(input_names)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        out = self.hf(**dict(zip(self.input_names, inputs, strict=True)), return_dict=True)
+        for key in ("logits", "last_hidden_state"):
+            if getattr(out, key, None) is not None:
+                return getattr(out, key)
+        raise SparsifyError(
+            f"{type(self.hf).__name__} returns neither logits nor last_hidden_state",
+            found=f"outputs {list(out.keys())}",
+        )
+
+
+def default_specs(config: object) -> list[InputSpec]:
+    """Token ids in ``[0, vocab_size)`` and an all-ones attention mask, ``[1, seq]``."""
+    vocab = getattr(config, "vocab_size", None)
+    if not isinstance(vocab, int) or vocab < 1:
+        raise SparsifyError(
+            f"cannot derive example inputs from a {type(config).__name__}: it has no vocab_size",
+            fix="pass the inputs with --input NAME:SHAPE:DTYPE (or --example-input x.npz)",
+        )
+    limit = getattr(config, "max_position_embeddings", None)
+    seq = min(SEQ_LEN, limit) if isinstance(limit, int) and limit > 0 else SEQ_LEN
+    axes = {0: "batch", 1: "sequence"}
+    return [
+        InputSpec("input_ids", (1, seq), "int64", axes, 0, vocab),
+        InputSpec("attention_mask", (1, seq), "int64", axes, 1, 2),
+    ]
+
+
+def folder_sha256(folder: Path) -> str:
+    """One digest over ``config.json`` and the weight files (names and bytes, sorted)."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.name == "config.json" or path.name.endswith(WEIGHT_SUFFIXES):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def head_modules(hf: nn.Module, prefix: str = "hf.") -> tuple[str, ...]:
+    """Layers kept dense with the output head: the output embeddings (often tied to the word
+    embeddings, so sparsifying them would sparsify the input table too) and any pooler."""
+    names = [f"{prefix}*pooler*"]
+    get_out = getattr(hf, "get_output_embeddings", None)
+    out_emb = get_out() if callable(get_out) else None
+    for name, mod in hf.named_modules():
+        if out_emb is not None and mod is out_emb:
+            names.append(prefix + name)
+    return tuple(names)
+
+
+def load_hf_folder(folder: Path) -> nn.Module:
+    """The model in ``folder`` (eval mode), built only from local files."""
+    transformers = _transformers()
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        archs = getattr(config, "architectures", None) or []
+        cls = getattr(transformers, archs[0], None) if archs else None
+        cls = cls or transformers.AutoModel
+        model = cls.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise SparsifyError(
+            f"transformers cannot load the model folder {folder}",
+            found=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+            fix="the folder must hold config.json and the weights save_pretrained wrote",
+        ) from err
+    return model.eval()
+
+
+def save_hf_folder(model: LogitsOnly, source: Path, dest: Path) -> None:
+    """``save_pretrained`` of the sparse model into ``dest``, plus the source folder's other
+    files (tokenizer, generation config), so ``dest`` replaces the original folder."""
+    model.hf.save_pretrained(str(dest), safe_serialization=True)
+    for path in source.iterdir():
+        target = dest / path.name
+        if path.is_file() and not target.exists() and not path.name.endswith(WEIGHT_SUFFIXES):
+            shutil.copy2(path, target)
