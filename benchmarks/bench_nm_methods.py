@@ -2,6 +2,8 @@
 
     nice -n 19 python -m benchmarks.bench_nm_methods            # 3 seeds
     nice -n 19 python -m benchmarks.bench_nm_methods --quick    # 1 seed
+    python -m benchmarks.bench_nm_methods --seeds 1 2           # add seeds to the results file
+    python -m benchmarks.bench_nm_methods --table               # the table of the results file
 
 Every trained method gets the same epochs, optimizer, learning rate and batch size, on the
 digits training split; accuracy is top-1 on the 180 held-out images (1 image = 0.56 points).
@@ -87,17 +89,27 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--results", type=Path, default=Path("benchmarks/nm_methods.jsonl"))
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="run only these seeds and append their rows (magnitude is deterministic: not rerun)",
+    )
+    parser.add_argument("--table", action="store_true", help="print the table of --results")
     args = parser.parse_args()
+    if args.table:
+        print(table([json.loads(line) for line in args.results.read_text().splitlines()]))
+        return
     torch.set_num_threads(1)
-    seeds = [0] if args.quick else [0, 1, 2]
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     rows = []
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    with args.results.open("w") as fh:
+    with args.results.open("a" if args.seeds else "w") as fh:
         for seed in seeds:
             for sample in SAMPLES:
                 for nm in PATTERNS:
                     for method in METHODS:
-                        if method == "magnitude" and seed != seeds[0]:
+                        if method == "magnitude" and (seed != seeds[0] or args.seeds):
                             continue  # deterministic: one run is the whole distribution
                         start = time.perf_counter()
                         acc = run_one(sample, method, nm, seed, args.epochs, args.lr)
