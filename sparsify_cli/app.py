@@ -22,6 +22,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from passes.errors import SparsifyError
 
+# Options shared by several commands, declared once.
+DebugOpt = Annotated[bool, typer.Option(help="Show tracebacks.")]
+MinSpeedupOpt = Annotated[
+    float | None, typer.Option(help="CI gate: exit 4 if an artifact is slower than this.")
+]
+GateDropOpt = Annotated[
+    float | None, typer.Option(help="CI gate: exit 4 if accuracy drops more than this many points.")
+]
+ThreadsOpt = Annotated[int, typer.Option(help="ONNX Runtime intra-op threads.")]
+BatchSizesOpt = Annotated[str, typer.Option(help="Batch sizes to time.")]
+QuietOpt = Annotated[bool, typer.Option(help="No progress output.")]
+TrustOpt = Annotated[
+    bool, typer.Option(help="Allow unpickling a whole module (runs code from the file).")
+]
+
 app = typer.Typer(
     help="Dense PyTorch checkpoint -> verified sparse ONNX artifacts with a latency report.",
     no_args_is_help=True,
@@ -158,8 +173,8 @@ def convert(
         list[str] | None, typer.Option(help="Skip layers matching this name pattern (repeatable).")
     ] = None,
     sparsify_head: Annotated[bool, typer.Option(help="Sparsify the output head too.")] = False,
-    batch_sizes: Annotated[str, typer.Option(help="Batch sizes to time.")] = "1,32",
-    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads.")] = 1,
+    batch_sizes: BatchSizesOpt = "1,32",
+    threads: ThreadsOpt = 1,
     bench_seconds: Annotated[
         float, typer.Option(help="Timing budget per artifact and batch.")
     ] = 1.0,
@@ -177,9 +192,7 @@ def convert(
     device: Annotated[
         str | None, typer.Option(help="Training device (default: cuda when present, else cpu).")
     ] = None,
-    trust_checkpoint: Annotated[
-        bool, typer.Option(help="Allow unpickling a whole module (runs code from the file).")
-    ] = False,
+    trust_checkpoint: TrustOpt = False,
     force: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     export: Annotated[
         str, typer.Option(help="Artifacts, comma-separated: onnx,condensed,tensorrt.")
@@ -208,19 +221,14 @@ def convert(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print report.json instead of tables.")
     ] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
     recipe: Annotated[
         Path | None,
         typer.Option(help="Replay a recipe.yaml; options given here override its values."),
     ] = None,
-    min_speedup: Annotated[
-        float | None, typer.Option(help="CI gate: exit 4 if an artifact is slower than this.")
-    ] = None,
-    gate_max_accuracy_drop: Annotated[
-        float | None,
-        typer.Option(help="CI gate: exit 4 if accuracy drops more than this many points."),
-    ] = None,
+    min_speedup: MinSpeedupOpt = None,
+    gate_max_accuracy_drop: GateDropOpt = None,
     ift: Annotated[
         str | None, typer.Option(help="Sparse-IFT family: wide, parallel, factorized, doped.")
     ] = None,
@@ -333,13 +341,11 @@ def inspect(
     input_shape: Annotated[
         str | None, typer.Option(help="Example input, batch first: 1,3,32,32.")
     ] = None,
-    trust_checkpoint: Annotated[
-        bool, typer.Option(help="Allow unpickling a whole module (runs code from the file).")
-    ] = False,
+    trust_checkpoint: TrustOpt = False,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print JSON instead of a table.")
     ] = False,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Per-layer op, shape, reduction axis, eligibility, N:M pattern, density, FLOPs, params.
 
@@ -364,8 +370,8 @@ def bench(
     baseline: Annotated[
         str | None, typer.Option(help="Dense .onnx to compare with (default: model_dense.onnx).")
     ] = None,
-    batch_sizes: Annotated[str, typer.Option(help="Batch sizes to time.")] = "1,32",
-    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads.")] = 1,
+    batch_sizes: BatchSizesOpt = "1,32",
+    threads: ThreadsOpt = 1,
     bench_seconds: Annotated[
         float, typer.Option(help="Timing budget per artifact and batch.")
     ] = 1.0,
@@ -375,18 +381,13 @@ def bench(
     input_shape: Annotated[
         str | None, typer.Option(help="Input shape when the file's is dynamic: 1,3,32,32.")
     ] = None,
-    min_speedup: Annotated[
-        float | None, typer.Option(help="CI gate: exit 4 if an artifact is slower than this.")
-    ] = None,
-    gate_max_accuracy_drop: Annotated[
-        float | None,
-        typer.Option(help="CI gate: exit 4 if accuracy drops more than this many points."),
-    ] = None,
+    min_speedup: MinSpeedupOpt = None,
+    gate_max_accuracy_drop: GateDropOpt = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print JSON instead of a table.")
     ] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Time artifacts in ONNX Runtime with the dense baseline in the same run.
 
@@ -417,7 +418,7 @@ def bench(
 @app.command("report")
 def report_cmd(
     outdir: Annotated[Path, typer.Argument(help="Output folder of convert (holds report.json).")],
-    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Regenerate report.html from the report.json of an output folder.
 
