@@ -46,6 +46,7 @@ from passes.flops import layer_flops
 from passes.inputs import as_arrays, parse_input_spec
 from passes.manifest import Manifest
 from passes.sparse_ift import SparseIFTConfig, ift_targets
+from passes.spectral import layer_gaps
 from passes.training import make_loader, predict
 from samples.datasets import Dataset
 from sparsify_cli.data import load_data, load_input_data
@@ -269,8 +270,21 @@ def _workdir(out: Path) -> Path:
     return out.resolve().parent / f".{out.name}.work"
 
 
-def _layer_rows(choices, manifest: dict, flops: dict) -> list[dict[str, Any]]:
+SPECTRAL_MAX_WEIGHTS = 1 << 24
+"""Layers larger than this skip the spectral gaps (an SVD per kernel position)."""
+
+
+def _spectral(entry, module) -> dict[str, float] | None:
+    """Ramanujan and weighted spectral gaps of a sparse layer's mask graph (Sparse-IFT sec. 5)."""
+    if entry is None or entry.mask.size > SPECTRAL_MAX_WEIGHTS:
+        return None
+    gaps = layer_gaps(entry.module, entry.mask, module.weight.detach().cpu().numpy())
+    return {"ramanujan_gap": gaps.ramanujan_gap, "weighted_gap": gaps.weighted_gap}
+
+
+def _layer_rows(choices, manifest: dict, flops: dict, model) -> list[dict[str, Any]]:
     rows = []
+    modules = dict(model.named_modules())
     for choice in choices:
         entry = manifest.get(f"{choice.name}.weight")
         f = flops.get(choice.name)
@@ -285,6 +299,7 @@ def _layer_rows(choices, manifest: dict, flops: dict) -> list[dict[str, Any]]:
                 "skipped": choice.reason,
                 "flops_dense": f.dense if f else 0,
                 "flops_sparse": f.sparse if f else 0,
+                "spectral": _spectral(entry, modules.get(choice.name)),
             }
         )
     return rows
@@ -590,7 +605,9 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
         report = new_report(loaded.source, loaded.sha256, asdict(opts), opts.threads)
         report["recipe"] = recipe
         report["training"] = ctx.metrics
-        report["layers"] = _layer_rows(choices, manifest.entries, layer_flops(model, example))
+        report["layers"] = _layer_rows(
+            choices, manifest.entries, layer_flops(model, example), model
+        )
         if data is not None and data.y_test is not None:
             report["accuracy"] = {
                 "metric": "top1",

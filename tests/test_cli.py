@@ -34,6 +34,10 @@ def test_convert_sample_in_process(tmp_path):
     assert art["latency"][0]["batch"] == 1 and art["latency"][0]["speedup_vs_dense"] > 0
     assert report["accuracy"]["dense"] > 0.95
     assert report["accuracy"]["sparse"] == report["accuracy"]["sparse_onnx"]
+    spectral = {row["name"]: row["spectral"] for row in report["layers"]}
+    assert spectral["fc"] is None  # dense layers have no mask graph
+    gaps = spectral["layer1.conv1"]
+    assert gaps["weighted_gap"] > 0 and abs(gaps["ramanujan_gap"]) < 100
     skipped = {row["name"]: row["skipped"] for row in report["layers"]}
     assert skipped["stem.0"] == "in_channels 1 not divisible by 4"
     assert skipped["layer1.conv1"] is None
