@@ -342,6 +342,10 @@ def inspect(
         str | None, typer.Option(help="Example input, batch first: 1,3,32,32.")
     ] = None,
     trust_checkpoint: TrustOpt = False,
+    tensorrt: Annotated[
+        str | None,
+        typer.Option(help="Also predict per layer whether 2:4 pays on TensorRT: fp16 or int8."),
+    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print JSON instead of a table.")
     ] = False,
@@ -353,11 +357,13 @@ def inspect(
     """
     import json
 
-    from sparsify_cli.inspecting import inspect_path, render_inspect
+    from sparsify_cli.inspecting import add_tensorrt_prediction, inspect_path, render_inspect
 
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING)
     with user_errors(debug):
         doc = inspect_path(source, nm, arch, input_shape, None, trust_checkpoint)
+        if tensorrt is not None:
+            add_tensorrt_prediction(doc, tensorrt)
         if json_out:
             typer.echo(json.dumps(doc, indent=2))
         else:

@@ -86,6 +86,29 @@ def inspect_path(
     return _doc(source, "torch", nm, layers)
 
 
+def add_tensorrt_prediction(doc: dict[str, Any], precision: str = "fp16") -> dict[str, Any]:
+    """Add to every layer whether 2:4 is likely to pay on TensorRT (``tensorrt_2of4``, reason).
+
+    Shapes are passed as ``[out, in, *kernel]`` whatever layout the file stores them in.
+    """
+    from exporters.tensorrt.predict import predict_sparse_benefit
+
+    rows = [
+        {
+            "name": r.get("name") or r.get("node"),
+            "op": r["op"],
+            "shape": r["shape"] if r["in_axis"] == 1 else [r["shape"][1], r["shape"][0]],
+            "precision": precision,
+        }
+        for r in doc["layers"]
+    ]
+    for layer, verdict in zip(doc["layers"], predict_sparse_benefit(rows), strict=True):
+        layer["tensorrt_2of4"] = verdict["tensorrt_2of4"]
+        layer["tensorrt_reason"] = verdict["reason"]
+    doc["tensorrt_precision"] = precision
+    return doc
+
+
 def _doc(source: str, fmt: str, nm: str, layers: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "kind": INSPECT_KIND,
@@ -107,6 +130,8 @@ def render_inspect(doc: dict[str, Any], console: Any) -> None:
     cols = ["layer", "op", "shape", "axis", "eligible", "pattern", "density", "fan-in"]
     cols += ["declared"] if declared else []
     cols += ["params", "MACs dense", "MACs sparse"]
+    tensorrt = "tensorrt_precision" in doc
+    cols += [f"TensorRT 2:4 ({doc['tensorrt_precision']})"] if tensorrt else []
     for col in cols:
         table.add_column(
             col,
@@ -127,6 +152,7 @@ def render_inspect(doc: dict[str, Any], console: Any) -> None:
         ]
         row += [r.get("declared") or "-"] if declared else []
         row += [f"{r['params']:,}", f"{r['flops_dense']:,}", f"{r['flops_sparse']:,}"]
+        row += [f"{r['tensorrt_2of4']}: {r['tensorrt_reason']}"] if tensorrt else []
         table.add_row(*row)
     console.print(table)
     t = doc["totals"]

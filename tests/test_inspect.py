@@ -91,3 +91,24 @@ def test_cli_inspect_folder_onnx_and_checkpoint():
 def test_cli_inspect_missing_file_is_a_user_error(tmp_path):
     result = invoke("inspect", str(tmp_path / "nope.pt"))
     assert result.exit_code == 1 and "not found" in result.output
+
+
+def test_cli_inspect_predicts_tensorrt_benefit_in_torch_and_onnx_layouts(tmp_path):
+    model = SAMPLES["digits_transformer"].build().eval()
+    export_onnx(model, torch.zeros(1, 1, 8, 8), tmp_path / "t.onnx")
+    docs = {}
+    for source in ("digits_transformer", str(tmp_path / "t.onnx")):
+        result = invoke("inspect", source, "--tensorrt", "fp16", "--json")
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.output)
+        docs[source] = {r.get("name") or r.get("module"): r for r in doc["layers"]}
+    torch_rows, onnx_rows = docs.values()
+    # 192 -> 768 is borderline on TensorRT; the 192 -> 10 head is not tile-aligned
+    assert torch_rows["blocks.0.fc1"]["tensorrt_2of4"] == "maybe"
+    assert torch_rows["head"]["tensorrt_2of4"] == "unlikely"
+    assert "192->10" in torch_rows["head"]["tensorrt_reason"]
+    # MatMul weights are stored [in, out]: read as [out, in], the file agrees with the model
+    shared = set(torch_rows) & set(onnx_rows)
+    assert {"blocks.0.fc1", "blocks.1.attn.q", "head"} <= shared
+    for name in shared:
+        assert onnx_rows[name]["tensorrt_reason"] == torch_rows[name]["tensorrt_reason"], name
