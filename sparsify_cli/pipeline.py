@@ -36,10 +36,10 @@ from passes import (
     PassContext,
     Selection,
     SRSTEConfig,
+    distributed,
     run_passes,
     select_layers,
 )
-from passes import distributed
 from passes.atomic import atomic_path
 from passes.dst import DSTConfig, ShrinkConfig
 from passes.errors import SparsifyError
