@@ -27,6 +27,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from passes import distributed
 from passes.chains import Chain, hidden_chains, resize_chain
 from passes.errors import SparsifyError
 from passes.masks import WeightMask, attach_mask, dense_weight, get_mask, is_masked
@@ -302,6 +303,8 @@ class _Rewirer(Callbacks):
         if not self.due(step):
             return
         fraction = drop_fraction(step, self.t_end, self.config.alpha)
+        for grad in self.grads.values():  # each rank saw its shard: decide on the global mean
+            distributed.all_reduce_mean_(grad)
         for name, module in self.layers.items():
             self.update(name, module, optimizer, fraction)
         self.grads.clear()

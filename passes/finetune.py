@@ -11,7 +11,8 @@ subclass) and their :class:`~passes.training.Callbacks`. Training itself is
 * Checkpoint: after every epoch ``<workdir>/<pass>.ckpt`` holds the model (weights and mask
   buffers), optimizer, scheduler, the torch RNG states (global and the loader's shuffling
   generator) and the history, written atomically. ``ctx.resume`` continues from it and reaches
-  the same weights bit for bit as an uninterrupted run with the same seed.
+  the same weights bit for bit as an uninterrupted run with the same seed. Under torchrun only
+  rank 0 writes it; on resume rank 0 reads it and sends it to every rank.
 * A non-finite loss stops training and restores the last good epoch (or the starting point).
 """
 
@@ -28,6 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from passes import distributed
 from passes.atomic import atomic_path
 from passes.errors import SparsifyError
 from passes.masks import WeightMask, dense_weight, masked_modules
@@ -252,8 +254,12 @@ def finetune(
     optimizer = make_optimizer(model, cfg)
     history, start = History(), 0
     path = _checkpoint_path(ctx, config)
-    if ctx.resume and path is not None and path.is_file():
-        ckpt = _load_checkpoint(path, config)
+    ckpt = None
+    if ctx.resume and path is not None:
+        ckpt = distributed.from_main(
+            lambda: _load_checkpoint(path, config) if path.is_file() else None
+        )
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         _set_rng_state(ctx.train, ckpt["rng"])
@@ -265,7 +271,7 @@ def finetune(
     def on_epoch_end(model: nn.Module, optimizer, scheduler, epoch: int, hist: History) -> None:
         nonlocal last_good
         last_good = copy.deepcopy(model.state_dict())
-        if path is None:
+        if path is None or not distributed.is_main():
             return
         state = {
             "epoch": epoch,

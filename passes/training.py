@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from passes import distributed
 from passes.inputs import Arrays, Example, call, rows
 from passes.inputs import batch_size as inputs_batch
 from passes.registry import PassContext
@@ -213,8 +214,13 @@ def fit(
 
     ``on_epoch_end(model, optimizer, scheduler, epoch, history)`` is where resumable callers
     write their checkpoint. A non-finite loss stops training with ``FloatingPointError``.
+
+    Under torchrun the training forward goes through DDP (``train`` is then a sharded loader);
+    the loss history is the global mean, and the ranks are checked to agree after every epoch
+    (:mod:`passes.distributed`).
     """
     model.to(ctx.device)
+    net = distributed.wrap(model, ctx.device)
     optimizer = optimizer or make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr(cfg, len(train)))
     for _ in range(start_epoch * len(train)):
@@ -223,13 +229,14 @@ def fit(
     step = start_epoch * len(train)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
+        distributed.set_epoch(train, epoch)
         callbacks.on_epoch_start(model, epoch)
         total, count = 0.0, 0
         for batch in ctx.track(train, _describe(epoch, cfg.epochs, history), len(train)):
             batch = [t.to(ctx.device) for t in batch]
             callbacks.before_step(model, step)
-            loss = objective(model(batch[0]), batch)
-            if not torch.isfinite(loss):
+            loss = objective(net(batch[0]), batch)
+            if distributed.any_rank(not torch.isfinite(loss)):
                 raise FloatingPointError(
                     f"loss became {loss.item()} at epoch {epoch + 1}, step {step}"
                 )
@@ -242,6 +249,9 @@ def fit(
             total += loss.item() * len(batch[0])
             count += len(batch[0])
             step += 1
+        total, count = distributed.sum_over_ranks(total, count)
+        distributed.average_norm_stats(model)
+        distributed.verify_in_sync(model, f"epoch {epoch + 1}", ctx.metrics)
         history.loss.append(total / max(1, count))
         history.accuracy.append(evaluate(model) if evaluate else None)
         log.info("epoch %d loss %.4f acc %s", epoch + 1, history.loss[-1], history.accuracy[-1])

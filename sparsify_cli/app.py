@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from passes import distributed
 from passes.errors import SparsifyError
 
 # Options shared by several commands, declared once.
@@ -54,6 +55,8 @@ def user_errors(debug: bool) -> Iterator[None]:
         yield
     except typer.Exit:
         raise
+    except distributed.PeerFailed:  # another rank failed and printed why
+        raise typer.Exit(1) from None
     except SparsifyError as err:
         if debug:
             raise
@@ -250,7 +253,7 @@ def convert(
     from sparsify_cli.report import render
 
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING)
-    with user_errors(debug):
+    with user_errors(debug), distributed.session(device):  # torchrun: join the process group
         given = {
             "source" if name == "checkpoint" else name
             for name in ctx.params
@@ -306,6 +309,8 @@ def convert(
             opts = ConvertOptions(**kwargs)
         with progress_hooks(quiet or json_out) as hooks:
             report, folder = run_convert(opts, hooks)
+        if not distributed.is_main():  # torchrun's other ranks: rank 0 prints and writes
+            return
         if json_out:
             typer.echo(json.dumps(report, indent=2))
         else:

@@ -36,6 +36,7 @@ from passes import (
     PassContext,
     Selection,
     SRSTEConfig,
+    distributed,
     run_passes,
     select_layers,
 )
@@ -483,7 +484,10 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
             found="; ".join(f"{c.name}: {c.reason}" for c in choices[:6]) or "no layers",
             fix="check --include/--exclude, or choose a smaller M",
         )
-    staging = _prepare_out(out, opts.force)
+    if distributed.is_main():
+        staging = _prepare_out(out, opts.force)
+    else:  # other ranks never write beside --out; their scratch is private and removed
+        staging = Path(tempfile.mkdtemp(prefix=f"sparsify-rank{distributed.rank()}-"))
     try:
         hooks.status("exporting the dense baseline")
         dense_onnx = staging / "model_dense.onnx"
@@ -499,17 +503,22 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
             ctx.targets = ift_targets(model, example, selection)
         if opts.method in TRAINED or sparse_training:
             ctx.device = _device(opts.device)
-            ctx.train = make_loader(
+            loader = distributed.sharded_loader if distributed.is_distributed() else make_loader
+            ctx.train = loader(
                 data.x_train, data.y_train, opts.batch_size, shuffle=True, seed=opts.seed
             )
             ctx.eval = make_loader(data.x_test, data.y_test, 256, shuffle=False)
         if opts.method in TRAINED:
             workdir = _workdir(out)
-            if workdir.exists() and not opts.resume:
+            if workdir.exists() and not opts.resume and distributed.is_main():
                 shutil.rmtree(workdir)
-            workdir.mkdir(parents=True, exist_ok=True)
+            if distributed.is_main():
+                workdir.mkdir(parents=True, exist_ok=True)
             ctx.workdir, ctx.resume = workdir, opts.resume
+        distributed.agree()  # every rank is ready to train (or all stop, with one message)
         model = run_passes(model, configs, ctx).cpu()
+        if distributed.handoff():  # rank 0 alone writes the artifacts; this rank is done
+            return ctx.metrics, out
         if sparse_training:  # the report lists the transformed model's layers
             choices = select_layers(model, 1, example, selection)
         recipe = recipe_dict(opts, configs)
