@@ -201,42 +201,34 @@ SPARSIFY_AVX2 void window_rows_avx2(const Packed& w, const float* x, int64_t r0,
   }
 }
 
+// Rows [r0, r1) (r0 a multiple of kGroupRows) from the grouped layout: four rows at a time, so
+// four gathers are in flight, all read from one stream.
 template <typename Idx>
 SPARSIFY_AVX2 void gather_rows_avx2(const Packed& w, const float* x, int64_t r0, int64_t r1,
                                     float* y) {
-  const Idx* idx = index_data<Idx>(w);
-  const int64_t kp = w.kp;
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) {
-    const float* v = w.values.data() + r * kp;
-    const Idx* id = idx + r * kp;
+  const int64_t nb = w.kp / kLanes;
+  const int64_t stride = w.group_stride;
+  for (int64_t r = r0; r < r1; r += kGroupRows) {
+    const float* p = w.grouped.data() + (r / kGroupRows) * nb * stride;
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
     __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-    for (int64_t j = 0; j < kp; j += kLanes) {
-      const __m256 g0 = gather8(x, id + j);
-      const __m256 g1 = gather8(x, id + kp + j);
-      const __m256 g2 = gather8(x, id + 2 * kp + j);
-      const __m256 g3 = gather8(x, id + 3 * kp + j);
-      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + j), g0, a0);
-      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + kp + j), g1, a1);
-      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 2 * kp + j), g2, a2);
-      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 3 * kp + j), g3, a3);
+    for (int64_t b = 0; b < nb; ++b, p += stride) {
+      _mm_prefetch(reinterpret_cast<const char*>(p + 8 * stride), _MM_HINT_T0);
+      const Idx* id = reinterpret_cast<const Idx*>(p + kGroupRows * kLanes);
+      const __m256 g0 = gather8(x, id);
+      const __m256 g1 = gather8(x, id + kLanes);
+      const __m256 g2 = gather8(x, id + 2 * kLanes);
+      const __m256 g3 = gather8(x, id + 3 * kLanes);
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p), g0, a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(p + kLanes), g1, a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(p + 2 * kLanes), g2, a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(p + 3 * kLanes), g3, a3);
     }
-    const float s[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
-    for (int64_t q = 0; q < 4; ++q) {
+    const float s[kGroupRows] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
+    for (int64_t q = 0; q < kGroupRows && r + q < r1; ++q) {
       const int64_t col = column(w, r + q);
       y[col] = s[q] + bias_at(w, col);
     }
-  }
-  for (; r < r1; ++r) {
-    const float* v = w.values.data() + r * kp;
-    const Idx* id = idx + r * kp;
-    __m256 a0 = _mm256_setzero_ps();
-    for (int64_t j = 0; j < kp; j += kLanes) {
-      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + j), gather8(x, id + j), a0);
-    }
-    const int64_t col = column(w, r);
-    y[col] = hsum(a0) + bias_at(w, col);
   }
 }
 
@@ -404,6 +396,25 @@ std::string build_blocked(const Packed& p, const Idx* idx, Blocked* out) {
   return "";
 }
 
+// Fills the grouped layout (see Packed::grouped) from the row-major padded values / indices.
+template <typename Idx>
+void build_grouped(Packed& p, const Idx* idx) {
+  const int64_t nb = p.kp / kLanes;
+  const int64_t groups = (p.rows + kGroupRows - 1) / kGroupRows;
+  constexpr int64_t kIdxFloats = kGroupRows * kLanes * sizeof(Idx) / sizeof(float);
+  p.group_stride = kGroupRows * kLanes + kIdxFloats;  // 192 B (int16) or 256 B (int32)
+  p.grouped.assign(static_cast<size_t>(groups * nb * p.group_stride), 0.0f);
+  for (int64_t r = 0; r < p.rows; ++r) {
+    const int64_t g = r / kGroupRows, q = r % kGroupRows;
+    for (int64_t b = 0; b < nb; ++b) {
+      float* blk = p.grouped.data() + (g * nb + b) * p.group_stride;
+      std::memcpy(blk + q * kLanes, &p.values[r * p.kp + b * kLanes], kLanes * sizeof(float));
+      std::memcpy(reinterpret_cast<Idx*>(blk + kGroupRows * kLanes) + q * kLanes,
+                  idx + r * p.kp + b * kLanes, kLanes * sizeof(Idx));
+    }
+  }
+}
+
 // Fills the window layout (see window_rows_avx2) when every block of 8 entries fits in 16 inputs.
 template <typename Idx>
 void build_window(Packed& p, const Idx* idx) {
@@ -491,9 +502,11 @@ std::string pack(const float* values, const void* indices, bool indices_are_int1
     }
   }
   if (p.idx16) {
+    build_grouped(p, p.idx16v.data());
     build_window(p, p.idx16v.data());
     return build_blocked(p, p.idx16v.data(), &p.blocked);
   }
+  build_grouped(p, p.idx32v.data());
   build_window(p, p.idx32v.data());
   return build_blocked(p, p.idx32v.data(), &p.blocked);
 }
@@ -523,7 +536,8 @@ Plan::Plan(const Packed& w, const float* x, int64_t batch, int64_t in, float* y)
     rows_per_chunk_ = kRowBlock;  // one row block: batch lanes already give it plenty of work
   } else {
     const int64_t row_bytes = w.kp * static_cast<int64_t>(sizeof(float) + (w.idx16 ? 2 : 4));
-    rows_per_chunk_ = std::max<int64_t>(4, kChunkBytes / std::max<int64_t>(1, row_bytes) / 4 * 4);
+    rows_per_chunk_ = std::max<int64_t>(
+        kGroupRows, kChunkBytes / std::max<int64_t>(1, row_bytes) / kGroupRows * kGroupRows);
   }
   chunks_ = w.rows == 0 ? 0 : (w.rows + rows_per_chunk_ - 1) / rows_per_chunk_;
 }

@@ -30,6 +30,7 @@ struct Blocked {
 };
 
 constexpr int64_t kRowBlock = 32;
+constexpr int64_t kGroupRows = 4;
 constexpr int64_t kInChunk = 64;
 
 struct Packed {
@@ -46,6 +47,12 @@ struct Packed {
   std::vector<int32_t> cols;     // [rows] output column of each active row; empty: identity
   std::vector<int32_t> empty_cols;  // output columns no active row writes
   Blocked blocked;                    // built by pack() as well
+  // Batch-1 gather layout: rows in groups of kGroupRows (the last group padded with zero rows),
+  // and for each group and each block of 8 entries the group's 8 values per row, then its 8
+  // indices per row (int16 or int32, as idx16), so the kernel reads one contiguous stream that
+  // the hardware prefetcher follows (four rows' separate value and index streams were 8 streams).
+  std::vector<float> grouped;
+  int64_t group_stride = 0;  // floats per (group, block of 8)
   // Batch-1 window layout, when every 8 consecutive entries of a row span < 16 inputs (2:4):
   bool window = false;
   std::vector<int32_t> win_base;  // [rows, kp / 8] smallest index of each block of 8
