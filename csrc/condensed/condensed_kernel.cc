@@ -50,6 +50,11 @@ inline int64_t column(const Packed& w, int64_t r) { return w.cols.empty() ? r : 
 
 inline float bias_at(const Packed& w, int64_t col) { return w.bias.empty() ? 0.0f : w.bias[col]; }
 
+// The 6 ordered pairs (a < b) inside a group of 4 inputs; pair_code(a, b) is their position.
+constexpr int kPairA[6] = {0, 0, 0, 1, 1, 2};
+constexpr int kPairB[6] = {1, 2, 3, 2, 3, 3};
+inline int pair_code(int a, int b) { return a == 0 ? b - 1 : a == 1 ? b + 1 : 5; }
+
 // ---------------------------------------------------------------- portable path
 
 template <typename Idx>
@@ -232,6 +237,67 @@ SPARSIFY_AVX2 void gather_rows_avx2(const Packed& w, const float* x, int64_t r0,
   }
 }
 
+// table[g, p] = (x[4g + kPairA[p]], x[4g + kPairB[p]]) for every group g (x read as 0 past in).
+SPARSIFY_AVX2 void build_pair_table(const float* x, int64_t in, int64_t groups, float* table) {
+  int64_t g = 0;
+  for (; g < groups && 4 * g + 4 <= in; ++g) {
+    const __m128 v = _mm_loadu_ps(x + 4 * g);
+    float* t = table + 12 * g;
+    _mm_storeu_ps(t, _mm_shuffle_ps(v, v, _MM_SHUFFLE(2, 0, 1, 0)));      // x0 x1 x0 x2
+    _mm_storeu_ps(t + 4, _mm_shuffle_ps(v, v, _MM_SHUFFLE(2, 1, 3, 0)));  // x0 x3 x1 x2
+    _mm_storeu_ps(t + 8, _mm_shuffle_ps(v, v, _MM_SHUFFLE(3, 2, 3, 1)));  // x1 x3 x2 x3
+  }
+  for (; g < groups; ++g) {
+    float v[4];
+    for (int i = 0; i < 4; ++i) v[i] = 4 * g + i < in ? x[4 * g + i] : 0.0f;
+    for (int q = 0; q < 6; ++q) {
+      table[12 * g + 2 * q] = v[kPairA[q]];
+      table[12 * g + 2 * q + 1] = v[kPairB[q]];
+    }
+  }
+}
+
+// Eight entries as four pairs from the pair table: `t` points at the block's first group (6
+// pairs = 6 doubles per group), `codes` holds the 4 groups' pair codes, one byte each.
+SPARSIFY_AVX2 inline __m256 gather_pairs(const double* t, const uint8_t* codes) {
+  uint32_t c;
+  std::memcpy(&c, codes, 4);
+  const __m128d lo = _mm_loadh_pd(_mm_load_sd(t + (c & 0xff)), t + 6 + ((c >> 8) & 0xff));
+  const __m128d hi = _mm_loadh_pd(_mm_load_sd(t + 12 + ((c >> 16) & 0xff)), t + 18 + (c >> 24));
+  return _mm256_castpd_ps(_mm256_insertf128_pd(_mm256_castpd128_pd256(lo), hi, 1));
+}
+
+// Rows [r0, r1) (r0 a multiple of kGroupRows) from the pair layout; `table` from
+// build_pair_table.
+SPARSIFY_AVX2 void pair_rows_avx2(const Packed& w, const float* table, int64_t r0, int64_t r1,
+                                  float* y) {
+  const int64_t nb = w.kp / kLanes;
+  const int64_t stride = w.pair_stride;
+  for (int64_t r = r0; r < r1; r += kGroupRows) {
+    const float* p = w.paired.data() + (r / kGroupRows) * nb * stride;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b, p += stride) {
+      _mm_prefetch(reinterpret_cast<const char*>(p + 8 * stride), _MM_HINT_T0);
+      const uint8_t* id = reinterpret_cast<const uint8_t*>(p + kGroupRows * kLanes);
+      const double* t = reinterpret_cast<const double*>(table) + b * 4 * 6;
+      const __m256 g0 = gather_pairs(t, id);
+      const __m256 g1 = gather_pairs(t, id + 4);
+      const __m256 g2 = gather_pairs(t, id + 8);
+      const __m256 g3 = gather_pairs(t, id + 12);
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p), g0, a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(p + kLanes), g1, a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(p + 2 * kLanes), g2, a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(p + 3 * kLanes), g3, a3);
+    }
+    const float s[kGroupRows] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
+    for (int64_t q = 0; q < kGroupRows && r + q < r1; ++q) {
+      const int64_t col = column(w, r + q);
+      y[col] = s[q] + bias_at(w, col);
+    }
+  }
+}
+
 // Row block `blk` against a batch tile of NV * 8 lanes. Up to 4 vectors wide, two accumulator
 // sets (even / odd entries) give 2 * NV independent FMA chains; wider tiles have enough already.
 template <int NV>
@@ -312,6 +378,7 @@ const bool kAvx2 =
 template <typename Idx>
 void gather_rows(const Packed& w, const float* x, int64_t r0, int64_t r1, float* y) {
 #ifdef SPARSIFY_X86
+  if (kAvx2 && w.pairs) return pair_rows_avx2(w, x, r0, r1, y);  // x is the pair table
   if (kAvx2 && w.window) return window_rows_avx2(w, x, r0, r1, y);
   if (kAvx2) return gather_rows_avx2<Idx>(w, x, r0, r1, y);
 #endif
@@ -415,6 +482,40 @@ void build_grouped(Packed& p, const Idx* idx) {
   }
 }
 
+// Fills the pair layout (see Packed::pairs) when entry pair h of every row lies in input group h.
+template <typename Idx>
+void build_pairs(Packed& p, const Idx* idx) {
+  p.pairs = false;
+  p.paired.clear();
+  if (!kAvx2 || p.k % 2 != 0) return;
+  for (int64_t r = 0; r < p.rows; ++r) {
+    for (int64_t j = 0; j < p.k; j += 2) {
+      const int32_t a = idx[r * p.kp + j], b = idx[r * p.kp + j + 1];
+      if (a / 4 != j / 2 || b / 4 != j / 2 || a >= b) return;
+    }
+  }
+  const int64_t nb = p.kp / kLanes;
+  p.pair_groups = nb * 4;  // padding pairs read the table too (with value 0)
+  const int64_t groups = (p.rows + kGroupRows - 1) / kGroupRows;
+  constexpr int64_t kCodeFloats = kGroupRows * (kLanes / 2) / sizeof(float);
+  p.pair_stride = kGroupRows * kLanes + kCodeFloats;  // 144 B per 32 entries
+  p.paired.assign(static_cast<size_t>(groups * nb * p.pair_stride), 0.0f);
+  for (int64_t r = 0; r < p.rows; ++r) {
+    const int64_t g = r / kGroupRows, q = r % kGroupRows;
+    for (int64_t b = 0; b < nb; ++b) {
+      float* blk = p.paired.data() + (g * nb + b) * p.pair_stride;
+      std::memcpy(blk + q * kLanes, &p.values[r * p.kp + b * kLanes], kLanes * sizeof(float));
+      uint8_t* code = reinterpret_cast<uint8_t*>(blk + kGroupRows * kLanes) + q * (kLanes / 2);
+      for (int64_t h = 0; h < kLanes / 2; ++h) {
+        const int64_t j = b * kLanes + 2 * h;
+        if (j >= p.k) break;  // padding: value 0, code 0
+        code[h] = static_cast<uint8_t>(pair_code(idx[r * p.kp + j] % 4, idx[r * p.kp + j + 1] % 4));
+      }
+    }
+  }
+  p.pairs = true;
+}
+
 // Fills the window layout (see window_rows_avx2) when every block of 8 entries fits in 16 inputs.
 template <typename Idx>
 void build_window(Packed& p, const Idx* idx) {
@@ -503,11 +604,13 @@ std::string pack(const float* values, const void* indices, bool indices_are_int1
   }
   if (p.idx16) {
     build_grouped(p, p.idx16v.data());
-    build_window(p, p.idx16v.data());
+    build_pairs(p, p.idx16v.data());
+    if (!p.pairs) build_window(p, p.idx16v.data());
     return build_blocked(p, p.idx16v.data(), &p.blocked);
   }
   build_grouped(p, p.idx32v.data());
-  build_window(p, p.idx32v.data());
+  build_pairs(p, p.idx32v.data());
+  if (!p.pairs) build_window(p, p.idx32v.data());
   return build_blocked(p, p.idx32v.data(), &p.blocked);
 }
 
@@ -517,7 +620,13 @@ Plan::Plan(const Packed& w, const float* x, int64_t batch, int64_t in, float* y)
     float* yb = y + b * w.out;
     for (int32_t c : w.empty_cols) yb[c] = bias_at(w, c);
   }
-  if (batch == 1 && w.window) {
+  if (batch == 1 && w.pairs && kAvx2) {
+#ifdef SPARSIFY_X86
+    xpad_.resize(static_cast<size_t>(w.pair_groups * 12));
+    build_pair_table(x, in, w.pair_groups, xpad_.data());
+    x_ = xpad_.data();
+#endif
+  } else if (batch == 1 && w.window) {
     xpad_.assign(x, x + in);
     xpad_.resize(static_cast<size_t>(in + 16), 0.0f);
     x_ = xpad_.data();

@@ -53,6 +53,16 @@ struct Packed {
   // the hardware prefetcher follows (four rows' separate value and index streams were 8 streams).
   std::vector<float> grouped;
   int64_t group_stride = 0;  // floats per (group, block of 8)
+  // Batch-1 pair layout, for exact 2:4 rows (entry pair h = entries 2h, 2h + 1 lies in input
+  // group h = inputs 4h..4h + 3, as condense() writes 2:4): a per-call table holds the 6 possible
+  // input pairs of every group, so a pair is one 64-bit load addressed by its 1-byte pattern
+  // code, and a gather of 8 entries is 4 loads. Grouped like `grouped`: per group of kGroupRows
+  // rows and block of 8 entries, the 8 values per row, then the 4 pair codes per row (4.5 B per
+  // entry instead of 6).
+  bool pairs = false;
+  std::vector<float> paired;
+  int64_t pair_stride = 0;  // floats per (group, block of 8)
+  int64_t pair_groups = 0;  // input groups the table covers: kp / 2
   // Batch-1 window layout, when every 8 consecutive entries of a row span < 16 inputs (2:4):
   bool window = false;
   std::vector<int32_t> win_base;  // [rows, kp / 8] smallest index of each block of 8
@@ -85,7 +95,8 @@ class Plan {
   int64_t in_;
   float* y_;
   float* xt_ = nullptr;  // x transposed to [in, batch_pad] when batch > 1
-  std::vector<float> xpad_;  // batch 1 window path: x with 16 readable floats past its end
+  std::vector<float> xpad_;  // batch 1 window path: x with 16 readable floats past its end;
+                             // pair path: the pair table [pair_groups, 6, 2]
   int64_t batch_pad_ = 0;
   int64_t rows_per_chunk_ = 0;
   int64_t chunks_ = 0;
