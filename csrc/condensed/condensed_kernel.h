@@ -98,6 +98,7 @@ class Plan {
   std::vector<float> xpad_;  // batch 1 window path: x with 16 readable floats past its end;
                              // pair path: the pair table [pair_groups, 6, 2]
   int64_t batch_pad_ = 0;
+  bool direct_ = false;  // batch 2..16: rows straight from the grouped layout against xt
   int64_t rows_per_chunk_ = 0;
   int64_t chunks_ = 0;
 };
