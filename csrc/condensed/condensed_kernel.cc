@@ -1,8 +1,12 @@
-// See condensed_kernel.h. Two code paths, chosen per call:
+// See condensed_kernel.h. Code paths, chosen per call:
 //
-// * batch 1 (gather): x [in] stays in L1/L2; each row streams its values and indices once and
-//   gathers x. Four rows run together so four gathers are in flight.
-// * batch > 1 (blocked): x is transposed to xt [in, batch_pad] so each kept index reads one
+// * batch 1: x [in] stays in L1/L2; rows stream their weights once and gather x, four rows at a
+//   time so four gathers are in flight. Exact 2:4 layers gather pairs from a per-call pair table
+//   (pair_rows_avx2), other N:M layers with <= 8 kept per 16 inputs use 16-input windows
+//   (window_rows_avx2), everything else scalar loads + insertps (gather_rows_avx2).
+// * batch 2..16 (direct, AVX2): x transposed to xt [in, 8 or 16]; each kept entry is one
+//   broadcast FMA per 8 lanes into register accumulators (direct_rows_avx2).
+// * larger batches (blocked): x is transposed to xt [in, batch_pad] so each kept index reads one
 //   contiguous run of batch values (a row costs k broadcast-FMAs per 8 batch lanes). To keep
 //   those reads in L1, a block of kRowBlock rows walks the inputs in chunks of kInChunk: the
 //   chunk's slice of xt (64 inputs x 64 lanes = 16 KiB) is reused by every row of the block,
@@ -549,6 +553,7 @@ std::string build_blocked(const Packed& p, const Idx* idx, Blocked* out) {
 // Fills the grouped layout (see Packed::grouped) from the row-major padded values / indices.
 template <typename Idx>
 void build_grouped(Packed& p, const Idx* idx) {
+  if (!kAvx2) return;  // only the AVX2 paths read it
   const int64_t nb = p.kp / kLanes;
   const int64_t groups = (p.rows + kGroupRows - 1) / kGroupRows;
   constexpr int64_t kIdxFloats = kGroupRows * kLanes * sizeof(Idx) / sizeof(float);

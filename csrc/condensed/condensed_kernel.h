@@ -47,10 +47,11 @@ struct Packed {
   std::vector<int32_t> cols;     // [rows] output column of each active row; empty: identity
   std::vector<int32_t> empty_cols;  // output columns no active row writes
   Blocked blocked;                    // built by pack() as well
-  // Batch-1 gather layout: rows in groups of kGroupRows (the last group padded with zero rows),
-  // and for each group and each block of 8 entries the group's 8 values per row, then its 8
-  // indices per row (int16 or int32, as idx16), so the kernel reads one contiguous stream that
-  // the hardware prefetcher follows (four rows' separate value and index streams were 8 streams).
+  // Layout of the AVX2 batch-1 gather and batch 2..16 paths (empty without AVX2): rows in
+  // groups of kGroupRows (the last group padded with zero rows), and for each group and each
+  // block of 8 entries the group's 8 values per row, then its 8 indices per row (int16 or int32,
+  // as idx16), so the kernel reads one contiguous stream that the hardware prefetcher follows
+  // (four rows' separate value and index streams were 8 streams).
   std::vector<float> grouped;
   int64_t group_stride = 0;  // floats per (group, block of 8)
   // Batch-1 pair layout, for exact 2:4 rows (entry pair h = entries 2h, 2h + 1 lies in input
