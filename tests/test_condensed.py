@@ -158,7 +158,7 @@ def nm_mask(rng: np.random.Generator, out: int, inp: int, n: int, m: int) -> np.
     [
         (46, 36, 2, 4, 1),  # 2:4: batch-1 pair path; k = 18 no multiple of 8, 45 stored rows
         (46, 36, 2, 4, 3),  # 2:4, batched path
-        (5, 40000, 2, 4, 1),  # 2:4 with int32 indices: pair path
+        (5, 40000, 2, 4, 1),  # 2:4, int32 indices: window path (pair table > 36 KiB)
         (46, 48, 4, 8, 1),  # 4:8: pairs straddle groups of 4, so the batch-1 window path
         (13, 40, 4, 8, 1),  # window path, k = 20; its last window ends at the last input
     ],
