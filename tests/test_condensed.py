@@ -144,26 +144,57 @@ def test_kernel_matches_numpy(
     np.testing.assert_allclose(y, ref, atol=ATOL, rtol=1e-5)
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-def test_kernel_matches_numpy_on_2_4(batch: int) -> None:
-    """2:4 rows take the batch-1 window path (k = 18 is no multiple of 8; the last window ends
-    at the last input, so the kernel must not read past x)."""
-    rng = np.random.default_rng(batch)
-    out, inp = 45, 36
-    mask = np.zeros((out, inp // 4, 4), bool)
+def nm_mask(rng: np.random.Generator, out: int, inp: int, n: int, m: int) -> np.ndarray:
+    """Exactly n kept per aligned group of m inputs in every row (inp a multiple of m)."""
+    mask = np.zeros((out, inp // m, m), bool)
     for row in range(out):
-        for group in range(inp // 4):
-            mask[row, group, rng.choice(4, 2, replace=False)] = True
-    mask = mask.reshape(out, inp)
-    mask[:, -1] = True
-    mask[:, -4:-1] = [True, False, False]
-    mask[7] = False  # one ablated row
+        for group in range(inp // m):
+            mask[row, group, rng.choice(m, n, replace=False)] = True
+    return mask.reshape(out, inp)
+
+
+@pytest.mark.parametrize(
+    ("out", "inp", "n", "m", "batch"),
+    [
+        (46, 36, 2, 4, 1),  # 2:4: batch-1 pair path; k = 18 no multiple of 8, 45 stored rows
+        (46, 36, 2, 4, 3),  # 2:4, batched path
+        (5, 40000, 2, 4, 1),  # 2:4, int32 indices: window path (pair table > 36 KiB)
+        (46, 48, 4, 8, 1),  # 4:8: pairs straddle groups of 4, so the batch-1 window path
+        (13, 40, 4, 8, 1),  # window path, k = 20; its last window ends at the last input
+    ],
+)
+def test_kernel_matches_numpy_on_n_m(out: int, inp: int, n: int, m: int, batch: int) -> None:
+    """N:M rows take the batch-1 pair (2:4) or window (<= 8 kept in 16 inputs) paths, which
+    read x through a per-call table or padded windows: both must match numpy exactly."""
+    rng = np.random.default_rng(out + inp + batch)
+    mask = nm_mask(rng, out, inp, n, m)
+    mask[:, -m:] = False
+    mask[:, -n:] = True  # the last group keeps its last inputs: no read past x
+    mask[min(7, out - 1)] = False  # one ablated row
     weight = rng.standard_normal(mask.shape).astype(np.float32) * mask
     bias = rng.standard_normal(out).astype(np.float32)
-    sess = ort.InferenceSession(
-        kernel_model(condensed.condense(weight, mask), bias, 2), condensed.session_options(1)
-    )
+    c = condensed.condense(weight, mask)
+    assert c.indices.dtype == (np.int16 if inp <= 32767 else np.int32)
+    sess = ort.InferenceSession(kernel_model(c, bias, 2), condensed.session_options(1))
     x = rng.standard_normal((batch, inp)).astype(np.float32)
+    ref = x.astype(np.float64) @ weight.T.astype(np.float64) + bias
+    # fp32 rounding of a k-term sum grows like sqrt(k) (k = 20000 in the int32 case)
+    tol = ATOL * max(1.0, np.sqrt(c.values.shape[1] / 100))
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref, atol=tol)
+
+
+@pytest.mark.parametrize("batch", range(1, 18))
+@pytest.mark.parametrize("k", [77, 80])
+def test_kernel_matches_numpy_on_small_batches(batch: int, k: int) -> None:
+    """Every batch from 1 to 17 (gather path, then batched tiles of 8 lanes with padding), k
+    padded to a multiple of 8 or not, a row count (101) that is no multiple of the row groups."""
+    rng = np.random.default_rng(batch * 100 + k)
+    mask = fan_in_mask(rng, 101, 768, k)
+    weight = rng.standard_normal(mask.shape).astype(np.float32) * mask
+    bias = rng.standard_normal(101).astype(np.float32)
+    c = condensed.condense(weight, mask)
+    sess = ort.InferenceSession(kernel_model(c, bias, 2), condensed.session_options(1))
+    x = rng.standard_normal((batch, 768)).astype(np.float32)
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], x @ weight.T + bias, atol=ATOL)
 
 

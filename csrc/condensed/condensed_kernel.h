@@ -30,6 +30,7 @@ struct Blocked {
 };
 
 constexpr int64_t kRowBlock = 32;
+constexpr int64_t kGroupRows = 4;
 constexpr int64_t kInChunk = 64;
 
 struct Packed {
@@ -46,6 +47,23 @@ struct Packed {
   std::vector<int32_t> cols;     // [rows] output column of each active row; empty: identity
   std::vector<int32_t> empty_cols;  // output columns no active row writes
   Blocked blocked;                    // built by pack() as well
+  // Layout of the AVX2 batch-1 gather and batch 2..16 paths (empty without AVX2): rows in
+  // groups of kGroupRows (the last group padded with zero rows), and for each group and each
+  // block of 8 entries the group's 8 values per row, then its 8 indices per row (int16 or int32,
+  // as idx16), so the kernel reads one contiguous stream that the hardware prefetcher follows
+  // (four rows' separate value and index streams were 8 streams).
+  std::vector<float> grouped;
+  int64_t group_stride = 0;  // floats per (group, block of 8)
+  // Batch-1 pair layout, for exact 2:4 rows (entry pair h = entries 2h, 2h + 1 lies in input
+  // group h = inputs 4h..4h + 3, as condense() writes 2:4): a per-call table holds the 6 possible
+  // input pairs of every group, so a pair is one 64-bit load addressed by its 1-byte pattern
+  // code, and a gather of 8 entries is 4 loads. Grouped like `grouped`: per group of kGroupRows
+  // rows and block of 8 entries, the 8 values per row, then the 4 pair codes per row (4.5 B per
+  // entry instead of 6).
+  bool pairs = false;
+  std::vector<float> paired;
+  int64_t pair_stride = 0;  // floats per (group, block of 8)
+  int64_t pair_groups = 0;  // input groups the table covers: kp / 2
   // Batch-1 window layout, when every 8 consecutive entries of a row span < 16 inputs (2:4):
   bool window = false;
   std::vector<int32_t> win_base;  // [rows, kp / 8] smallest index of each block of 8
@@ -78,8 +96,10 @@ class Plan {
   int64_t in_;
   float* y_;
   float* xt_ = nullptr;  // x transposed to [in, batch_pad] when batch > 1
-  std::vector<float> xpad_;  // batch 1 window path: x with 16 readable floats past its end
+  std::vector<float> xpad_;  // batch 1 window path: x with 16 readable floats past its end;
+                             // pair path: the pair table [pair_groups, 6, 2]
   int64_t batch_pad_ = 0;
+  bool direct_ = false;  // batch 2..16: rows straight from the grouped layout against xt
   int64_t rows_per_chunk_ = 0;
   int64_t chunks_ = 0;
 };
