@@ -58,10 +58,12 @@ def main() -> None:
     parser.add_argument("--delta-t", type=int, default=10, help="steps between mask updates")
     parser.add_argument("--samples", default="digits_cnn,digits_transformer")
     parser.add_argument("--methods", default="static,rigl,srigl")
+    parser.add_argument("--families", default=",".join(FAMILIES), help="Sparse-IFT families")
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds = [0] if args.quick else [0, 1, 2]
-    rows = [(None, None)] + [(f, m) for f in FAMILIES for m in args.methods.split(",")]
+    families = args.families.split(",")
+    rows = [(None, None)] + [(f, m) for f in families for m in args.methods.split(",")]
     print(f"s={args.sparsity}, seeds={seeds}, delta_t={args.delta_t}, lr={args.lr}\n")
     print("| sample | epochs | model | DST | FLOPs / dense | top-1 (mean +- std) | s/run |")
     print("|---|---|---|---|---|---|---|")

@@ -11,44 +11,24 @@ torch-side :func:`passes.inspect.inspect_model` does. A file can only say whethe
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from math import prod
-from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from exporters.onnx_export import WEIGHT_OPS, initializers, module_of
-from passes.pattern import weight_pattern
+from passes.pattern import LayerStats, weight_pattern
 
 
-@dataclass(frozen=True)
-class OnnxLayerInfo:
+@dataclass(frozen=True, kw_only=True)
+class OnnxLayerInfo(LayerStats):
     """One weight-bearing node. ``module`` is the torch module path its scope names, if any."""
 
     node: str
     module: str
-    op: str
     initializer: str
-    shape: tuple[int, ...]
-    in_axis: int
-    reason: str | None
-    density: float
-    nm: str | None
-    fan_in: int | None
-    ablated: int
-    params: int
-    nonzero_params: int
-    flops_dense: int
-    flops_sparse: int
-
-    @property
-    def eligible(self) -> bool:
-        return self.reason is None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "shape": list(self.shape), "eligible": self.eligible}
 
 
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:

@@ -8,8 +8,7 @@ declaration, so the same analysis of the exported ONNX file must agree with it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,38 +16,15 @@ from torch import nn
 from passes.flops import layer_flops
 from passes.inputs import Example
 from passes.masks import fold
-from passes.pattern import weight_pattern
+from passes.pattern import LayerStats, weight_pattern
 from passes.selection import SPARSIFIABLE, Selection, select_layers
 
 
-@dataclass(frozen=True)
-class LayerInfo:
-    """One weight-bearing layer. ``reason is None`` means it is eligible for sparsification.
-
-    ``in_axis`` is the reduction axis of ``shape`` (the layout the weight is stored in);
-    ``nm`` the strictest common N:M the zeros satisfy; ``flops_*`` MACs per sample.
-    """
+@dataclass(frozen=True, kw_only=True)
+class LayerInfo(LayerStats):
+    """One weight-bearing layer of a torch model, by its qualified module name."""
 
     name: str
-    op: str
-    shape: tuple[int, ...]
-    in_axis: int
-    reason: str | None
-    density: float
-    nm: str | None
-    fan_in: int | None
-    ablated: int
-    params: int
-    nonzero_params: int
-    flops_dense: int
-    flops_sparse: int
-
-    @property
-    def eligible(self) -> bool:
-        return self.reason is None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "shape": list(self.shape), "eligible": self.eligible}
 
 
 @torch.no_grad()

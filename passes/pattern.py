@@ -12,7 +12,8 @@ cuSPARSELt accelerate. N:M implies constant fan-in: each output keeps ``in * N /
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -138,3 +139,34 @@ def weight_pattern(weight: np.ndarray, in_axis: int = 1, out_axis: int = 0) -> W
         fan_in=int(active[0]) if constant else None,
         ablated=int(np.count_nonzero(counts == 0)),
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerStats:
+    """What one layer's weight holds, read from its values in the layout it is stored in.
+
+    Shared by the torch-model and ONNX-file views (``passes.inspect``, ``exporters.inspect_onnx``)
+    so both report the same fields. ``in_axis`` is the reduction axis of ``shape``; ``reason is
+    None`` means the layer is eligible; ``nm`` is the strictest common N:M the zeros satisfy;
+    ``flops_*`` are MACs per sample.
+    """
+
+    op: str
+    shape: tuple[int, ...]
+    in_axis: int
+    reason: str | None
+    density: float
+    nm: str | None
+    fan_in: int | None
+    ablated: int
+    params: int
+    nonzero_params: int
+    flops_dense: int
+    flops_sparse: int
+
+    @property
+    def eligible(self) -> bool:
+        return self.reason is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "shape": list(self.shape), "eligible": self.eligible}
