@@ -470,12 +470,8 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
             f"{trains} trains the model and needs {'labelled ' if opts.dst else ''}training data",
             fix="pass --data (a dataset name such as digits, or an .npz with x[, y])",
         )
-    choices = select_layers(
-        model,
-        pattern.m,
-        example,
-        Selection(opts.include, opts.exclude, opts.sparsify_head, head=loaded.head),
-    )
+    selection = Selection(opts.include, opts.exclude, opts.sparsify_head, head=loaded.head)
+    choices = select_layers(model, pattern.m, example, selection)
     targets = [c.name for c in choices if c.selected]
     if not targets:
         raise SparsifyError(
@@ -498,7 +494,6 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
         ctx = PassContext(targets=targets, example=example, seed=opts.seed, track=hooks.track)
         configs = resolve_passes(opts)
         sparse_training = bool(opts.ift or opts.dst)
-        selection = Selection(opts.include, opts.exclude, opts.sparsify_head)
         if sparse_training:
             ctx.targets = ift_targets(model, example, selection)
         if opts.method in TRAINED or sparse_training:
