@@ -227,6 +227,7 @@ template <typename Idx>
 SPARSIFY_AVX2 void gather_rows_avx2(const Packed& w, const float* x, int64_t r0, int64_t r1,
                                     float* y) {
   const int64_t nb = w.kp / kLanes;
+  const int tail = static_cast<int>(w.k - (nb - 1) * kLanes);  // entries in the last block, 1..8
   const int64_t stride = w.group_stride;
   for (int64_t r = r0; r < r1; r += kGroupRows) {
     const float* p = w.grouped.data() + (r / kGroupRows) * nb * stride;
@@ -321,6 +322,7 @@ template <typename Idx, int NV>
 SPARSIFY_AVX2 void direct_rows_avx2(const Packed& w, const float* xt, int64_t ldx, int64_t batch,
                                     int64_t r0, int64_t r1, float* y) {
   const int64_t nb = w.kp / kLanes;
+  const int tail = static_cast<int>(w.k - (nb - 1) * kLanes);  // entries in the last block, 1..8
   const int64_t stride = w.group_stride;
   for (int64_t r = r0; r < r1; r += kGroupRows) {
     const float* p = w.grouped.data() + (r / kGroupRows) * nb * stride;
@@ -328,7 +330,7 @@ SPARSIFY_AVX2 void direct_rows_avx2(const Packed& w, const float* xt, int64_t ld
     for (auto& row : a) {
       for (auto& v : row) v = _mm256_setzero_ps();
     }
-    for (int64_t b = 0; b < nb; ++b, p += stride) {
+    for (int64_t b = 0; b + 1 < nb; ++b, p += stride) {
       const Idx* id = reinterpret_cast<const Idx*>(p + kGroupRows * kLanes);
       // Fully unrolled, or GCC keeps the accumulators in memory (indexed by q).
 #pragma GCC unroll 8
@@ -339,6 +341,17 @@ SPARSIFY_AVX2 void direct_rows_avx2(const Packed& w, const float* xt, int64_t ld
           const float* xr = xt + static_cast<int64_t>(id[q * kLanes + e]) * ldx;
           for (int n = 0; n < NV; ++n) a[q][n] = _mm256_fmadd_ps(v, _mm256_load_ps(xr + 8 * n), a[q][n]);
         }
+      }
+    }
+    // Last block: only its `tail` real entries (every row has k of them), not the zero padding
+    // up to kp (k = 19 would otherwise spend 24 FMAs per row and lane vector, 21% waste).
+    const Idx* id = reinterpret_cast<const Idx*>(p + kGroupRows * kLanes);
+    for (int e = 0; e < tail; ++e) {
+#pragma GCC unroll 4
+      for (int q = 0; q < kGroupRows; ++q) {
+        const __m256 v = _mm256_broadcast_ss(p + q * kLanes + e);
+        const float* xr = xt + static_cast<int64_t>(id[q * kLanes + e]) * ldx;
+        for (int n = 0; n < NV; ++n) a[q][n] = _mm256_fmadd_ps(v, _mm256_load_ps(xr + 8 * n), a[q][n]);
       }
     }
     for (int64_t q = 0; q < kGroupRows && r + q < r1; ++q) {
