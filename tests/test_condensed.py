@@ -122,6 +122,7 @@ def kernel_model(
         (37, 29, 5, 3, 0, 2, True, 1),  # odd batch (batched path, padded lanes)
         (64, 100, 1, 1, 3, 2, True, 1),  # k = 1
         (64, 100, 100, 9, 3, 2, False, 1),  # k = in, no bias, ablated rows
+        (64, 100, 13, 9, 0, 2, False, 1),  # no bias, every row kept (direct 4-row stores)
         (70, 300, 17, 130, 4, 2, True, 2),  # batch beyond one 64-lane tile, 2 threads
         (50, 30, 7, 5, 1, 3, True, 1),  # 3-D input [b, t, in]
         (33, 40000, 13, 2, 2, 2, True, 2),  # int32 indices

@@ -5,7 +5,8 @@
 //   (pair_rows_avx2), other N:M layers with <= 8 kept per 16 inputs use 16-input windows
 //   (window_rows_avx2), everything else scalar loads + insertps (gather_rows_avx2).
 // * batch 2..16 (direct, AVX2): x transposed to xt [in, 8 or 16]; each kept entry is one
-//   broadcast FMA per 8 lanes into register accumulators (direct_rows_avx2).
+//   broadcast FMA per 8 lanes into register accumulators (direct_rows_avx2); the zero padding of
+//   the last 8-entry block is skipped, and groups of 4 consecutive rows store 4 outputs at once.
 // * larger batches (blocked): x is transposed to xt [in, batch_pad] so each kept index reads one
 //   contiguous run of batch values (a row costs k broadcast-FMAs per 8 batch lanes). To keep
 //   those reads in L1, a block of kRowBlock rows walks the inputs in chunks of kInChunk: the
@@ -353,6 +354,29 @@ SPARSIFY_AVX2 void direct_rows_avx2(const Packed& w, const float* xt, int64_t ld
         const float* xr = xt + static_cast<int64_t>(id[q * kLanes + e]) * ldx;
         for (int n = 0; n < NV; ++n) a[q][n] = _mm256_fmadd_ps(v, _mm256_load_ps(xr + 8 * n), a[q][n]);
       }
+    }
+    if (w.cols.empty() && r + kGroupRows <= r1) {
+      // Four consecutive output columns: transpose the 4 rows x 8 lanes blocks so each batch
+      // row gets one 4-float store (instead of 16 strided scalar stores per row).
+      const __m128 bias4 = w.bias.empty() ? _mm_setzero_ps() : _mm_loadu_ps(w.bias.data() + r);
+      for (int n = 0; n < NV; ++n) {
+        const __m256 t0 = _mm256_unpacklo_ps(a[0][n], a[1][n]);
+        const __m256 t1 = _mm256_unpackhi_ps(a[0][n], a[1][n]);
+        const __m256 t2 = _mm256_unpacklo_ps(a[2][n], a[3][n]);
+        const __m256 t3 = _mm256_unpackhi_ps(a[2][n], a[3][n]);
+        const __m256 u[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xEE),
+                             _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xEE)};
+        for (int m = 0; m < 4; ++m) {  // u[m] holds lanes 8n + m (low half), 8n + 4 + m (high)
+          const int64_t b0 = 8 * n + m, b1 = b0 + 4;
+          if (b0 < batch) {
+            _mm_storeu_ps(y + b0 * w.out + r, _mm_add_ps(_mm256_castps256_ps128(u[m]), bias4));
+          }
+          if (b1 < batch) {
+            _mm_storeu_ps(y + b1 * w.out + r, _mm_add_ps(_mm256_extractf128_ps(u[m], 1), bias4));
+          }
+        }
+      }
+      continue;
     }
     for (int64_t q = 0; q < kGroupRows && r + q < r1; ++q) {
       alignas(32) float s[NV * 8];
