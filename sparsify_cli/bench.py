@@ -157,38 +157,49 @@ def bench(
     }
 
 
+LATENCY_COLUMNS = (
+    "artifact",
+    "accuracy",
+    "batch",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "samples/s",
+    "vs dense",
+)
+"""The latency table's columns, shared by the terminal (bench) and report.html."""
+
+
+def latency_cells(name: str, accuracy: float | None, row: dict[str, Any]) -> list[str]:
+    """One latency row formatted for :data:`LATENCY_COLUMNS`."""
+    speed = row.get("speedup_vs_dense")
+    return [
+        name,
+        "-" if accuracy is None else f"{100 * accuracy:.2f}%",
+        str(row["batch"]),
+        f"{row['p50_ms']:.3f}",
+        f"{row['p90_ms']:.3f}",
+        f"{row['p99_ms']:.3f}",
+        f"{row['throughput']:,.0f}",
+        "-" if speed is None else f"{speed:.2f}x",
+    ]
+
+
 def render_bench(doc: dict[str, Any], console: Any) -> None:
     """Latency (and accuracy, when measured) of every model, the baseline first."""
     from rich.table import Table
 
     env = doc["environment"]
     table = Table(title=f"ONNX Runtime CPU, {env['threads']} thread(s), {env['cpu']}")
-    for col in (
-        "artifact",
-        "accuracy",
-        "batch",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "samples/s",
-        "vs dense",
-    ):
+    for col in LATENCY_COLUMNS:
         table.add_column(col, justify="left" if col == "artifact" else "right")
     entries = ([(doc["baseline"], " (dense)")] if doc["baseline"] else []) + [
         (a, "") for a in doc["artifacts"]
     ]
     for art, tag in entries:
-        acc = art["accuracy"]
         for i, r in enumerate(art["latency"]):
-            speed = r["speedup_vs_dense"]
-            table.add_row(
-                art["path"] + tag if i == 0 else "",
-                ("-" if acc is None else f"{100 * acc:.2f}%") if i == 0 else "",
-                str(r["batch"]),
-                f"{r['p50_ms']:.3f}",
-                f"{r['p90_ms']:.3f}",
-                f"{r['p99_ms']:.3f}",
-                f"{r['throughput']:,.0f}",
-                "-" if speed is None else f"{speed:.2f}x",
-            )
+            cells = latency_cells(art["path"] + tag, art["accuracy"], r)
+            if i:  # name and accuracy only on an artifact's first row
+                cells[:2] = ["", ""]
+            table.add_row(*cells)
     console.print(table)

@@ -25,6 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 from passes.atomic import atomic_write_text  # noqa: E402
+from sparsify_cli.bench import LATENCY_COLUMNS, latency_cells  # noqa: E402
 
 REPORT_HTML = "report.html"
 
@@ -187,35 +188,8 @@ def render_html(report: dict[str, Any]) -> str:
     parts.append("<h2>Artifacts</h2>")
     rows = []
     for name, accuracy, latency in _series(report):
-        for r in latency:
-            speed = r.get("speedup_vs_dense")
-            rows.append(
-                [
-                    name,
-                    _pct(accuracy),
-                    r["batch"],
-                    f"{r['p50_ms']:.3f}",
-                    f"{r['p90_ms']:.3f}",
-                    f"{r['p99_ms']:.3f}",
-                    f"{r['throughput']:,.0f}",
-                    "-" if speed is None else f"{speed:.2f}x",
-                ]
-            )
-    parts.append(
-        _table(
-            [
-                "artifact",
-                "accuracy",
-                "batch",
-                "p50 ms",
-                "p90 ms",
-                "p99 ms",
-                "samples/s",
-                "vs dense",
-            ],
-            rows,
-        )
-    )
+        rows += [latency_cells(name, accuracy, r) for r in latency]
+    parts.append(_table(list(LATENCY_COLUMNS), rows))
     parts.append(
         _figure(
             accuracy_latency_plot(report),
