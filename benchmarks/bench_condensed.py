@@ -28,6 +28,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from exporters import condensed
+from exporters.onnx_export import export_onnx
 from passes.manifest import Manifest, TensorEntry
 from passes.masks import WeightMask, attach_mask, fold, magnitude_nm_mask, manifest_entries
 from passes.pattern import NMPattern
@@ -171,16 +172,7 @@ def sparse_transformer(sparsity: float = 0.9) -> tuple[torch.nn.Module, Manifest
 
 
 def export_dense(model: torch.nn.Module, path: Path) -> None:
-    torch.onnx.export(
-        model,
-        (torch.zeros(1, 1, 8, 8),),
-        str(path),
-        dynamo=False,
-        opset_version=17,
-        input_names=["input"],
-        output_names=["output"],
-        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-    )
+    export_onnx(model, torch.zeros(1, 1, 8, 8), path)
 
 
 def bench_transformer(tmp: Path, budget_s: float, min_reps: int) -> list[tuple]:

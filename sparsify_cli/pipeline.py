@@ -342,6 +342,24 @@ def _tensorrt_artifact(
     return artifact
 
 
+def _parity(
+    path: Path, what: str, check_x: Any, torch_out: np.ndarray, atol: float
+) -> tuple[np.ndarray, float]:
+    """Outputs of ``path`` in ONNX Runtime and their max abs difference from PyTorch's.
+
+    A difference above ``atol`` is an error naming the artifact.
+    """
+    outputs = runtime.run(runtime.session(path), check_x)
+    parity = max_abs_diff(outputs, torch_out)
+    if parity > atol:
+        raise SparsifyError(
+            f"the {what} does not match the PyTorch model",
+            expected=f"max abs difference <= {atol:g}",
+            found=f"{parity:.3g}",
+        )
+    return outputs, parity
+
+
 def _condensed_artifact(
     opts: ConvertOptions,
     staging: Path,
@@ -368,14 +386,7 @@ def _condensed_artifact(
         }
         for r in results
     ]
-    outputs = runtime.run(runtime.session(path), check_x)
-    parity = max_abs_diff(outputs, torch_out)
-    if parity > opts.parity_atol:
-        raise SparsifyError(
-            "the condensed ONNX does not match the PyTorch model",
-            expected=f"max abs difference <= {opts.parity_atol:g}",
-            found=f"{parity:.3g}",
-        )
+    outputs, parity = _parity(path, "condensed ONNX", check_x, torch_out, opts.parity_atol)
     return {
         "format": "condensed",
         "path": path.name,
@@ -548,14 +559,9 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
             )
         check_x = data.x_test if data is not None else as_arrays(example)
         torch_out = predict(model, check_x)
-        onnx_out = runtime.run(runtime.session(sparse_onnx), check_x)
-        parity = max_abs_diff(onnx_out, torch_out)
-        if parity > opts.parity_atol:
-            raise SparsifyError(
-                "the exported ONNX does not match the PyTorch model",
-                expected=f"max abs difference <= {opts.parity_atol:g}",
-                found=f"{parity:.3g}",
-            )
+        onnx_out, parity = _parity(
+            sparse_onnx, "exported ONNX", check_x, torch_out, opts.parity_atol
+        )
 
         quant = None
         if opts.quantize is not None:

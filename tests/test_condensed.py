@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from exporters import condensed
+from exporters.onnx_export import export_onnx
 from passes.errors import SparsifyError
 from passes.manifest import Manifest, TensorEntry
 from passes.masks import WeightMask, attach_mask, fold, manifest_entries
@@ -318,16 +319,7 @@ def test_transformer_end_to_end(tmp_path: Path) -> None:
     manifest = Manifest(manifest_entries(model))
     fold(model)
     dense_path = tmp_path / "model.onnx"
-    torch.onnx.export(
-        model,
-        (torch.zeros(1, 1, 8, 8),),
-        str(dense_path),
-        dynamo=False,
-        opset_version=17,
-        input_names=["input"],
-        output_names=["output"],
-        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-    )
+    export_onnx(model, torch.zeros(1, 1, 8, 8), dense_path)
     dense = ort.InferenceSession(str(dense_path))
     x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
     want = dense.run(None, {"input": x})[0]
