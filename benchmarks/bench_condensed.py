@@ -5,12 +5,15 @@ as torch exports it) and its condensed rewrite, at every sparsity, batch and thr
 Part 2, end to end: the DigitsTransformer sample at 90% constant fan-in (per row, the k = in/10
 largest |w| kept), exported dense by torch's TorchScript exporter, then condensed.
 
-Both models of a pair live in real ORT sessions with the same options and are timed interleaved
-(dense, condensed, dense, ...) so drift hits both alike; the table shows medians and the ratio
-dense / condensed (> 1 means condensed is faster).
+Both models of a pair live in real ORT sessions with the same options and are timed in
+alternating blocks (dense, condensed, dense, ...) so drift hits both alike; the table shows
+medians and the ratio dense / condensed (> 1 means condensed is faster). The kernels' instruction
+set (avx512, avx2, portable) is printed first; SPARSIFY_CONDENSED_ISA=avx2 runs the AVX2 paths
+on an AVX-512 machine.
 
     python benchmarks/bench_condensed.py            # full table (a few minutes)
     python benchmarks/bench_condensed.py --quick    # fewer repetitions
+    python benchmarks/bench_condensed.py --sizes 768x3072 --sparsities 0.9 --batches 1
 """
 
 from __future__ import annotations
@@ -89,20 +92,29 @@ def interleaved(
     feed: dict[str, np.ndarray],
     budget_s: float,
     min_reps: int,
+    rounds: int = 4,
 ) -> list[float]:
-    """Median latency (ms) of each session, runs alternating between them."""
+    """Median latency (ms) of each session, timed in alternating blocks (ABAB...).
+
+    Alternating spreads machine drift over both sessions alike. Blocks of many calls rather than
+    single calls because each session owns a thread pool whose idle workers spin for a while
+    (ONNX Runtime's default, what a deployment gets): right after a switch the other session's
+    workers still hold cores. Run call by call, that cost the 2-thread dense Linear half its
+    speed; in blocks it touches only the first calls of each, which the median ignores.
+    """
     for sess in sessions:
         for _ in range(3):
             sess.run(None, feed)
     times: list[list[float]] = [[] for _ in sessions]
-    start = time.perf_counter()
-    while len(times[0]) < min_reps or time.perf_counter() - start < budget_s:
+    block_s = budget_s / (rounds * len(sessions))
+    for _ in range(rounds):
         for sess, ts in zip(sessions, times, strict=True):
-            t0 = time.perf_counter()
-            sess.run(None, feed)
-            ts.append(time.perf_counter() - t0)
-        if len(times[0]) >= 20 * min_reps:
-            break
+            start, calls = time.perf_counter(), 0
+            while calls < -(-min_reps // rounds) or time.perf_counter() - start < block_s:
+                t0 = time.perf_counter()
+                sess.run(None, feed)
+                ts.append(time.perf_counter() - t0)
+                calls += 1
     return [float(np.median(ts)) * 1e3 for ts in times]
 
 
@@ -114,15 +126,23 @@ def options(threads: int, custom: bool) -> ort.SessionOptions:
     return opts
 
 
-def bench_layers(tmp: Path, budget_s: float, min_reps: int) -> list[tuple]:
+def bench_layers(
+    tmp: Path,
+    budget_s: float,
+    min_reps: int,
+    sizes: list[tuple[int, int]],
+    sparsities: list[tuple[str, float]],
+    batches: list[int],
+    thread_counts: list[int],
+) -> list[tuple]:
     rng = np.random.default_rng(0)
     rows = []
-    for in_features, out_features in SIZES:
+    for in_features, out_features in sizes:
         weight = rng.standard_normal((out_features, in_features)).astype(np.float32)
         bias = rng.standard_normal(out_features).astype(np.float32)
         dense_path = tmp / f"dense_{in_features}x{out_features}.onnx"
         dense_linear_onnx(weight, bias, dense_path)
-        for label, sparsity in SPARSITIES:
+        for label, sparsity in sparsities:
             mask = constant_fan_in_mask(weight, sparsity, nm=label == "2:4")
             folded = np.where(mask, weight, 0).astype(np.float32)
             sparse_path = tmp / "sparse.onnx"
@@ -130,10 +150,10 @@ def bench_layers(tmp: Path, budget_s: float, min_reps: int) -> list[tuple]:
             dense_linear_onnx(folded, bias, sparse_path)
             pattern = "2:4" if label == "2:4" else "fanin"
             condensed.condense_onnx(sparse_path, linear_manifest(mask, pattern), cond_path)
-            for threads in (1, 2):
+            for threads in thread_counts:
                 dense = ort.InferenceSession(str(dense_path), options(threads, False))
                 cond = ort.InferenceSession(str(cond_path), options(threads, True))
-                for batch in (1, 64):
+                for batch in batches:
                     x = rng.standard_normal((batch, in_features)).astype(np.float32)
                     feed = {"input": x}
                     err = float(np.abs(cond.run(None, feed)[0] - (x @ folded.T + bias)).max())
@@ -175,17 +195,19 @@ def export_dense(model: torch.nn.Module, path: Path) -> None:
     export_onnx(model, torch.zeros(1, 1, 8, 8), path)
 
 
-def bench_transformer(tmp: Path, budget_s: float, min_reps: int) -> list[tuple]:
+def bench_transformer(
+    tmp: Path, budget_s: float, min_reps: int, batches: list[int], thread_counts: list[int]
+) -> list[tuple]:
     model, manifest = sparse_transformer()
     dense_path, cond_path = tmp / "transformer.onnx", tmp / "transformer.condensed.onnx"
     export_dense(model, dense_path)
     condensed.condense_onnx(dense_path, manifest, cond_path)
     rng = np.random.default_rng(1)
     rows = []
-    for threads in (1, 2):
+    for threads in thread_counts:
         dense = ort.InferenceSession(str(dense_path), options(threads, False))
         cond = ort.InferenceSession(str(cond_path), options(threads, True))
-        for batch in (1, 64):
+        for batch in batches:
             feed = {"input": rng.standard_normal((batch, 1, 8, 8)).astype(np.float32)}
             with torch.no_grad():
                 ref = model(torch.from_numpy(feed["input"])).numpy()
@@ -211,12 +233,35 @@ def bench_transformer(tmp: Path, budget_s: float, min_reps: int) -> list[tuple]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument(
+        "--sizes", default=",".join(f"{i}x{o}" for i, o in SIZES), help="layers, e.g. 768x3072"
+    )
+    parser.add_argument(
+        "--sparsities", default=",".join(label for label, _ in SPARSITIES), help="e.g. 2:4,0.9"
+    )
+    parser.add_argument("--batches", default="1,64", help="e.g. 1,64")
+    parser.add_argument("--threads", default="1,2", help="intra-op thread counts, e.g. 1,2")
+    parser.add_argument("--no-transformer", action="store_true", help="skip the end-to-end part")
     args = parser.parse_args()
     budget_s, min_reps = (0.15, 10) if args.quick else (0.6, 25)
-    print(f"onnxruntime {ort.__version__}, kernel library {condensed.library_path().name}")
+    sizes = [tuple(int(d) for d in s.split("x")) for s in args.sizes.split(",")]
+    known = dict(SPARSITIES)
+    sparsities = [(label, known[label]) for label in args.sparsities.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    print(
+        f"onnxruntime {ort.__version__}, kernel library {condensed.library_path().name}, "
+        f"kernels: {condensed.kernel_isa()}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        layers = bench_layers(Path(tmp), budget_s, min_reps)
-        e2e = bench_transformer(Path(tmp), budget_s, min_reps)
+        layers = bench_layers(
+            Path(tmp), budget_s, min_reps, sizes, sparsities, batches, thread_counts
+        )
+        e2e = (
+            []
+            if args.no_transformer
+            else bench_transformer(Path(tmp), budget_s, min_reps, batches, thread_counts)
+        )
     print("\nSingle layers (in x out), median ms, ratio = dense / condensed")
     print(
         f"| {'layer':>10} | {'s':>5} | {'batch':>5} | {'thr':>3} | {'dense ms':>9} | "

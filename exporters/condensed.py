@@ -26,6 +26,7 @@ see the original shape and values and need no change.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.machinery
 import logging
 import os
@@ -133,6 +134,17 @@ def library_path() -> Path:
         fix="reinstall with `pip install -e .` (needs a C++17 compiler), or export with "
         "ops='standard'",
     )
+
+
+def kernel_isa() -> str:
+    """Instruction set the CondensedLinear kernels use on this CPU: avx512, avx2 or portable.
+
+    The environment variable ``SPARSIFY_CONDENSED_ISA`` caps it for processes started after it is
+    set (to compare the paths, or to run the narrower ones on a wider CPU).
+    """
+    query = ctypes.CDLL(str(library_path())).SparsifyCondensedIsa
+    query.restype = ctypes.c_char_p
+    return query().decode()
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:

@@ -3,6 +3,9 @@ sessions, the stock-op fallback, ablated rows, and the transformer sample end to
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -158,16 +161,16 @@ def nm_mask(rng: np.random.Generator, out: int, inp: int, n: int, m: int) -> np.
 @pytest.mark.parametrize(
     ("out", "inp", "n", "m", "batch"),
     [
-        (46, 36, 2, 4, 1),  # 2:4: batch-1 pair path; k = 18 no multiple of 8, 45 stored rows
+        (46, 36, 2, 4, 1),  # 2:4 at batch 1: narrow row lanes on AVX2; 45 stored rows
         (46, 36, 2, 4, 3),  # 2:4, batched path
-        (5, 40000, 2, 4, 1),  # 2:4, int32 indices: window path (pair table > 36 KiB)
-        (46, 48, 4, 8, 1),  # 4:8: pairs straddle groups of 4, so the batch-1 window path
-        (13, 40, 4, 8, 1),  # window path, k = 20; its last window ends at the last input
+        (5, 40000, 2, 4, 1),  # 2:4, int32 indices
+        (46, 48, 4, 8, 1),  # 4:8: offsets up to 15, the two-register AVX2 window
+        (13, 40, 4, 8, 1),  # k = 20; the last window ends at the last input
     ],
 )
 def test_kernel_matches_numpy_on_n_m(out: int, inp: int, n: int, m: int, batch: int) -> None:
-    """N:M rows take the batch-1 pair (2:4) or window (<= 8 kept in 16 inputs) paths, which
-    read x through a per-call table or padded windows: both must match numpy exactly."""
+    """N:M rows at batch 1 read x through windows that may reach past its end (padded by the
+    kernel): results must match numpy, ablated row and ragged row groups included."""
     rng = np.random.default_rng(out + inp + batch)
     mask = nm_mask(rng, out, inp, n, m)
     mask[:, -m:] = False
@@ -198,6 +201,54 @@ def test_kernel_matches_numpy_on_small_batches(batch: int, k: int) -> None:
     sess = ort.InferenceSession(kernel_model(c, bias, 2), condensed.session_options(1))
     x = rng.standard_normal((batch, 768)).astype(np.float32)
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], x @ weight.T + bias, atol=ATOL)
+
+
+@pytest.mark.parametrize(("out", "inp", "k"), [(130, 768, 77), (200, 3000, 3), (64, 32, 32)])
+def test_kernel_matches_numpy_at_batch_1_with_ablated_rows(out: int, inp: int, k: int) -> None:
+    """Batch 1 with a partial last row group, ablated rows (outputs scattered by column) and
+    three densities: 10% (row lanes), 0.1% (AVX2 falls back to scalar gathers), every input."""
+    rng = np.random.default_rng(out + inp + k)
+    mask = fan_in_mask(rng, out, inp, k, ablated=5)
+    weight = rng.standard_normal(mask.shape).astype(np.float32) * mask
+    bias = rng.standard_normal(out).astype(np.float32)
+    c = condensed.condense(weight, mask)
+    sess = ort.InferenceSession(kernel_model(c, bias, 2), condensed.session_options(2))
+    x = rng.standard_normal((1, inp)).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], x @ weight.T + bias, atol=ATOL)
+
+
+ISA_ORDER = ["portable", "avx2", "avx512"]
+
+
+@pytest.mark.parametrize("isa", ISA_ORDER[:-1])
+def test_kernel_paths_of_narrower_instruction_sets(isa: str) -> None:
+    """The kernel tests again with the instruction set capped (SPARSIFY_CONDENSED_ISA), so the
+    AVX2 and portable paths stay tested on an AVX-512 machine. The cap is read when the library
+    loads, hence a fresh process."""
+    native = condensed.kernel_isa()
+    if ISA_ORDER.index(native) <= ISA_ORDER.index(isa):
+        pytest.skip(f"this CPU's kernels are already {native}")
+    env = {**os.environ, "SPARSIFY_CONDENSED_ISA": isa}
+    probe = [sys.executable, "-c", "from exporters import condensed; print(condensed.kernel_isa())"]
+    assert subprocess.run(probe, env=env, capture_output=True, text=True).stdout.strip() == isa
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            "-k",
+            "kernel_matches or kernel_rejects or transformer_end_to_end",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and " failed" not in run.stdout
 
 
 def test_kernel_rejects_out_of_range_index() -> None:

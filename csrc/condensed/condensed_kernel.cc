@@ -1,9 +1,11 @@
 // See condensed_kernel.h. Code paths, chosen per call:
 //
-// * batch 1: x [in] stays in L1/L2; rows stream their weights once and gather x, four rows at a
-//   time so four gathers are in flight. Exact 2:4 layers gather pairs from a per-call pair table
-//   (pair_rows_avx2), other N:M layers with <= 8 kept per 16 inputs use 16-input windows
-//   (window_rows_avx2), everything else scalar loads + insertps (gather_rows_avx2).
+// * batch 1: x [in] stays in L1 and the weights stream once, in the row-lane layout (see Lanes):
+//   each SIMD lane is one output row, and one in-register permute of a window of x serves a
+//   whole vector of rows. AVX-512: 64 rows per group, 32-input windows (lane_rows_avx512); AVX2:
+//   16 rows, 16-input windows (lane_rows_avx2). Where AVX2 windows would mostly idle (very
+//   sparse rows), scalar loads + insertps instead (gather_rows_avx2), four rows at a time so
+//   four gathers are in flight.
 // * batch 2..16 (direct, AVX2): x transposed to xt [in, 8 or 16]; each kept entry is one
 //   broadcast FMA per 8 lanes into register accumulators (direct_rows_avx2); the zero padding of
 //   the last 8-entry block is skipped, and groups of 4 consecutive rows store 4 outputs at once.
@@ -14,9 +16,9 @@
 //   whose partial sums live in a small accumulator block (8 KiB). The weights come in the
 //   Blocked layout, which lists entries in exactly that order with 8-bit chunk offsets.
 //
-// x86-64 builds carry an AVX2+FMA path (function-level target attributes, so the file compiles
-// without -mavx2 and the library still loads on older CPUs) and a portable path that the
-// compiler vectorises for the baseline ISA (SSE2, NEON on aarch64).
+// x86-64 builds carry AVX-512 and AVX2+FMA paths (function-level target attributes, so the file
+// compiles without -mavx2 and the library still loads on older CPUs) and a portable path that
+// the compiler vectorises for the baseline ISA (SSE2, NEON on aarch64).
 #include "condensed_kernel.h"
 
 #include <algorithm>
@@ -24,11 +26,11 @@
 #include <cstring>
 #include <new>
 
-// -DSPARSIFY_PORTABLE_ONLY builds only the portable path (to test it on an x86-64 machine).
-#if (defined(__x86_64__) || defined(_M_X64)) && !defined(SPARSIFY_PORTABLE_ONLY)
+#if defined(__x86_64__) || defined(_M_X64)
 #define SPARSIFY_X86 1
 #include <immintrin.h>
 #define SPARSIFY_AVX2 __attribute__((target("avx2,fma")))
+#define SPARSIFY_AVX512 __attribute__((target("avx512f,avx2,fma")))
 #endif
 
 namespace sparsify {
@@ -41,7 +43,14 @@ constexpr int64_t kLanes = 8;
 // pool enough chunks to balance without making them tiny).
 constexpr int64_t kChunkBytes = 96 * 1024;
 constexpr int64_t kDirectXtBytes = 256 * 1024;
-constexpr int64_t kMaxPairTableBytes = 36 * 1024;
+// Row lanes: vectors per group and window width, AVX-512 and AVX2 (see lane_rows_avx512).
+constexpr int64_t kLaneVectors512 = 4, kLaneWindow512 = 32;
+constexpr int64_t kLaneVectors256 = 2, kLaneWindow256 = 16;
+// AVX2 row lanes need this share of their step slots filled to beat scalar gathers (measured
+// on Zen 4 at batch 1: ahead at 0.58 (34 vs 52 us) and 0.43 (23 vs 28 us), level at ~0.33).
+constexpr double kMinLaneEfficiency = 0.35;
+// Readable zero floats past the end of x on the batch-1 lane path: the widest window.
+constexpr int64_t kXPad = kLaneWindow512;
 constexpr int64_t kMaxTile = 16384 / (kInChunk * 4);  // batch lanes per tile: one xt chunk = 16 KiB
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
@@ -56,11 +65,6 @@ const int32_t* index_data<int32_t>(const Packed& w) { return w.idx32v.data(); }
 inline int64_t column(const Packed& w, int64_t r) { return w.cols.empty() ? r : w.cols[r]; }
 
 inline float bias_at(const Packed& w, int64_t col) { return w.bias.empty() ? 0.0f : w.bias[col]; }
-
-// The 6 ordered pairs (a < b) inside a group of 4 inputs; pair_code(a, b) is their position.
-constexpr int kPairA[6] = {0, 0, 0, 1, 1, 2};
-constexpr int kPairB[6] = {1, 2, 3, 2, 3, 3};
-inline int pair_code(int a, int b) { return a == 0 ? b - 1 : a == 1 ? b + 1 : 5; }
 
 // ---------------------------------------------------------------- portable path
 
@@ -169,66 +173,12 @@ SPARSIFY_AVX2 inline __m256 gather8<int32_t>(const float* x, const int32_t* id) 
   return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
 }
 
-// Rows whose every 8 kept entries fall in a window of 16 inputs (N:M with N/M <= 1/2 along the
-// row, e.g. 2:4): two contiguous loads and two in-register permutes replace eight scalar loads.
-// x must be readable up to base + 16 (Plan pads it).
-SPARSIFY_AVX2 void window_rows_avx2(const Packed& w, const float* x, int64_t r0, int64_t r1,
-                                    float* y) {
-  const int64_t nb = w.kp / kLanes;
-  const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-  int64_t r = r0;
-  for (; r + 2 <= r1; r += 2) {
-    const float* v = w.values.data() + r * w.kp;
-    const int32_t* base = w.win_base.data() + r * nb;
-    const uint32_t* off = w.win_off.data() + r * nb;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      const __m256i o0 = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(off[b])), shifts);
-      const __m256i o1 =
-          _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(off[nb + b])), shifts);
-      const float* p0 = x + base[b];
-      const float* p1 = x + base[nb + b];
-      const __m256 g0 = _mm256_blendv_ps(
-          _mm256_permutevar8x32_ps(_mm256_loadu_ps(p0), o0),
-          _mm256_permutevar8x32_ps(_mm256_loadu_ps(p0 + 8), o0),
-          _mm256_castsi256_ps(_mm256_slli_epi32(o0, 28)));
-      const __m256 g1 = _mm256_blendv_ps(
-          _mm256_permutevar8x32_ps(_mm256_loadu_ps(p1), o1),
-          _mm256_permutevar8x32_ps(_mm256_loadu_ps(p1 + 8), o1),
-          _mm256_castsi256_ps(_mm256_slli_epi32(o1, 28)));
-      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + b * kLanes), g0, a0);
-      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + w.kp + b * kLanes), g1, a1);
-    }
-    const int64_t c0 = column(w, r), c1 = column(w, r + 1);
-    y[c0] = hsum(a0) + bias_at(w, c0);
-    y[c1] = hsum(a1) + bias_at(w, c1);
-  }
-  for (; r < r1; ++r) {
-    const float* v = w.values.data() + r * w.kp;
-    const int32_t* base = w.win_base.data() + r * nb;
-    const uint32_t* off = w.win_off.data() + r * nb;
-    __m256 a0 = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      const __m256i o0 = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(off[b])), shifts);
-      const float* p0 = x + base[b];
-      const __m256 g0 = _mm256_blendv_ps(
-          _mm256_permutevar8x32_ps(_mm256_loadu_ps(p0), o0),
-          _mm256_permutevar8x32_ps(_mm256_loadu_ps(p0 + 8), o0),
-          _mm256_castsi256_ps(_mm256_slli_epi32(o0, 28)));
-      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + b * kLanes), g0, a0);
-    }
-    const int64_t c0 = column(w, r);
-    y[c0] = hsum(a0) + bias_at(w, c0);
-  }
-}
-
 // Rows [r0, r1) (r0 a multiple of kGroupRows) from the grouped layout: four rows at a time, so
 // four gathers are in flight, all read from one stream.
 template <typename Idx>
 SPARSIFY_AVX2 void gather_rows_avx2(const Packed& w, const float* x, int64_t r0, int64_t r1,
                                     float* y) {
   const int64_t nb = w.kp / kLanes;
-  const int tail = static_cast<int>(w.k - (nb - 1) * kLanes);  // entries in the last block, 1..8
   const int64_t stride = w.group_stride;
   for (int64_t r = r0; r < r1; r += kGroupRows) {
     const float* p = w.grouped.data() + (r / kGroupRows) * nb * stride;
@@ -254,63 +204,120 @@ SPARSIFY_AVX2 void gather_rows_avx2(const Packed& w, const float* x, int64_t r0,
   }
 }
 
-// table[g, p] = (x[4g + kPairA[p]], x[4g + kPairB[p]]) for every group g (x read as 0 past in).
-SPARSIFY_AVX2 void build_pair_table(const float* x, int64_t in, int64_t groups, float* table) {
-  int64_t g = 0;
-  for (; g < groups && 4 * g + 4 <= in; ++g) {
-    const __m128 v = _mm_loadu_ps(x + 4 * g);
-    float* t = table + 12 * g;
-    _mm_storeu_ps(t, _mm_shuffle_ps(v, v, _MM_SHUFFLE(2, 0, 1, 0)));      // x0 x1 x0 x2
-    _mm_storeu_ps(t + 4, _mm_shuffle_ps(v, v, _MM_SHUFFLE(2, 1, 3, 0)));  // x0 x3 x1 x2
-    _mm_storeu_ps(t + 8, _mm_shuffle_ps(v, v, _MM_SHUFFLE(3, 2, 3, 1)));  // x1 x3 x2 x3
-  }
-  for (; g < groups; ++g) {
-    float v[4];
-    for (int i = 0; i < 4; ++i) v[i] = 4 * g + i < in ? x[4 * g + i] : 0.0f;
-    for (int q = 0; q < 6; ++q) {
-      table[12 * g + 2 * q] = v[kPairA[q]];
-      table[12 * g + 2 * q + 1] = v[kPairB[q]];
-    }
+// Stores the sums of rows [r, min(r + n, r1)) of the row-lane layout (scattered by column).
+inline void store_lanes(const Packed& w, const float* sums, int64_t n, int64_t r, int64_t r1,
+                        float* y) {
+  for (int64_t q = 0; q < n && r + q < r1; ++q) {
+    const int64_t col = column(w, r + q);
+    y[col] = sums[q] + bias_at(w, col);
   }
 }
 
-// Eight entries as four pairs from the pair table: `t` points at the block's first group (6
-// pairs = 6 doubles per group), `codes` holds the 4 groups' pair codes, one byte each.
-SPARSIFY_AVX2 inline __m256 gather_pairs(const double* t, const uint8_t* codes) {
-  uint32_t c;
-  std::memcpy(&c, codes, 4);
-  const __m128d lo = _mm_loadh_pd(_mm_load_sd(t + (c & 0xff)), t + 6 + ((c >> 8) & 0xff));
-  const __m128d hi = _mm_loadh_pd(_mm_load_sd(t + 12 + ((c >> 16) & 0xff)), t + 18 + (c >> 24));
-  return _mm256_castpd_ps(_mm256_insertf128_pd(_mm256_castpd128_pd256(lo), hi, 1));
+// x[xw[off[l]]] for 8 lanes, from the 16-float window xw0 | xw1 (two permutes and a blend on
+// offset bit 3).
+SPARSIFY_AVX2 inline __m256 window16(__m256 xw0, __m256 xw1, const uint8_t* off) {
+  const __m256i o = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(off)));
+  return _mm256_blendv_ps(_mm256_permutevar8x32_ps(xw0, o), _mm256_permutevar8x32_ps(xw1, o),
+                          _mm256_castsi256_ps(_mm256_slli_epi32(o, 28)));
 }
 
-// Rows [r0, r1) (r0 a multiple of kGroupRows) from the pair layout; `table` from
-// build_pair_table.
-SPARSIFY_AVX2 void pair_rows_avx2(const Packed& w, const float* table, int64_t r0, int64_t r1,
+// x[xw[off[l]]] for 8 lanes whose offsets are all below 8: one permute.
+SPARSIFY_AVX2 inline __m256 window8(__m256 xw0, const uint8_t* off) {
+  const __m256i o = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(off)));
+  return _mm256_permutevar8x32_ps(xw0, o);
+}
+
+// Rows [r0, r1) (r0 a multiple of 8 * NV) from the row-lane layout, NV vectors of 8 rows per
+// group; see lane_rows_avx512. kNarrow: every offset is below 8 (2:4 rows, whose steps each take
+// one entry from the same group of 4 inputs), so one permute per vector instead of two and a
+// blend. x must be readable up to the last base + 16 (Plan pads it).
+template <int NV, bool kNarrow>
+SPARSIFY_AVX2 void lane_rows_avx2(const Packed& w, const float* x, int64_t r0, int64_t r1,
                                   float* y) {
-  const int64_t nb = w.kp / kLanes;
-  const int64_t stride = w.pair_stride;
-  for (int64_t r = r0; r < r1; r += kGroupRows) {
-    const float* p = w.paired.data() + (r / kGroupRows) * nb * stride;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b, p += stride) {
-      _mm_prefetch(reinterpret_cast<const char*>(p + 8 * stride), _MM_HINT_T0);
-      const uint8_t* id = reinterpret_cast<const uint8_t*>(p + kGroupRows * kLanes);
-      const double* t = reinterpret_cast<const double*>(table) + b * 4 * 6;
-      const __m256 g0 = gather_pairs(t, id);
-      const __m256 g1 = gather_pairs(t, id + 4);
-      const __m256 g2 = gather_pairs(t, id + 8);
-      const __m256 g3 = gather_pairs(t, id + 12);
-      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p), g0, a0);
-      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(p + kLanes), g1, a1);
-      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(p + 2 * kLanes), g2, a2);
-      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(p + 3 * kLanes), g3, a3);
+  constexpr int64_t L = 8 * NV;
+  const Lanes& ln = w.lanes;
+  for (int64_t r = r0; r < r1; r += L) {
+    const int64_t s0 = ln.group_start[r / L], steps = ln.group_start[r / L + 1] - s0;
+    const float* v = ln.values.data() + s0 * L;
+    const uint8_t* o = ln.offsets.data() + s0 * L;
+    const int32_t* base = ln.base.data() + s0;
+    __m256 acc[2][NV];  // even and odd steps: two FMA chains per vector
+    for (int q = 0; q < NV; ++q) acc[0][q] = acc[1][q] = _mm256_setzero_ps();
+    const auto step = [&](int64_t t, __m256* a) SPARSIFY_AVX2 {
+      const __m256 xw0 = _mm256_loadu_ps(x + base[t]);
+      const __m256 xw1 = kNarrow ? xw0 : _mm256_loadu_ps(x + base[t] + 8);
+      for (int q = 0; q < NV; ++q) {
+        const uint8_t* off = o + L * t + 8 * q;
+        a[q] = _mm256_fmadd_ps(_mm256_loadu_ps(v + L * t + 8 * q),
+                               kNarrow ? window8(xw0, off) : window16(xw0, xw1, off), a[q]);
+      }
+    };
+    int64_t t = 0;
+    for (; t + 2 <= steps; t += 2) {  // constant accumulator indices keep them in registers
+      step(t, acc[0]);
+      step(t + 1, acc[1]);
     }
-    const float s[kGroupRows] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
-    for (int64_t q = 0; q < kGroupRows && r + q < r1; ++q) {
-      const int64_t col = column(w, r + q);
-      y[col] = s[q] + bias_at(w, col);
+    if (t < steps) step(t, acc[0]);
+    for (int q = 0; q < NV; ++q) {
+      __m256 sum = _mm256_add_ps(acc[0][q], acc[1][q]);
+      const int64_t rq = r + 8 * q;
+      if (w.cols.empty() && rq + 8 <= r1) {  // 8 consecutive outputs
+        if (!w.bias.empty()) sum = _mm256_add_ps(sum, _mm256_loadu_ps(w.bias.data() + rq));
+        _mm256_storeu_ps(y + rq, sum);
+      } else {
+        alignas(32) float sums[8];
+        _mm256_store_ps(sums, sum);
+        store_lanes(w, sums, 8, rq, r1, y);
+      }
+    }
+  }
+}
+
+// Rows [r0, r1) (r0 a multiple of 16 * NV) from the row-lane layout, NV vectors of 16 rows per
+// group. A step loads its 32-input window of x once (two vectors) and, per vector of rows, one
+// two-source permute (vpermt2ps) picks each row's input, multiplied into that row's lane.
+// Sharing the window over NV vectors matters: its loads were the bottleneck (Zen 4, batch 1,
+// 90% sparse 768x3072: 34 us with 16 rows per group, 23 us with 64; scalar gathers 52 us,
+// vgatherdps 92 us, dense 120 us). x must be readable up to the last base + 32 (Plan pads it).
+template <int NV>
+SPARSIFY_AVX512 void lane_rows_avx512(const Packed& w, const float* x, int64_t r0, int64_t r1,
+                                      float* y) {
+  constexpr int64_t L = 16 * NV;
+  const Lanes& ln = w.lanes;
+  for (int64_t r = r0; r < r1; r += L) {
+    const int64_t s0 = ln.group_start[r / L], steps = ln.group_start[r / L + 1] - s0;
+    const float* v = ln.values.data() + s0 * L;
+    const uint8_t* o = ln.offsets.data() + s0 * L;
+    const int32_t* base = ln.base.data() + s0;
+    __m512 acc[2][NV];  // even and odd steps: two FMA chains per vector
+    for (int q = 0; q < NV; ++q) acc[0][q] = acc[1][q] = _mm512_setzero_ps();
+    const auto step = [&](int64_t t, __m512* a) SPARSIFY_AVX512 {
+      const __m512 xw0 = _mm512_loadu_ps(x + base[t]), xw1 = _mm512_loadu_ps(x + base[t] + 16);
+      for (int q = 0; q < NV; ++q) {
+        // The masked form: gcc 12 warns on the plain one's undefined source operand.
+        const __m512i off = _mm512_maskz_cvtepu8_epi32(
+            0xffff, _mm_loadu_si128(reinterpret_cast<const __m128i*>(o + L * t + 16 * q)));
+        a[q] = _mm512_fmadd_ps(_mm512_loadu_ps(v + L * t + 16 * q),
+                               _mm512_permutex2var_ps(xw0, off, xw1), a[q]);
+      }
+    };
+    int64_t t = 0;
+    for (; t + 2 <= steps; t += 2) {  // constant accumulator indices keep them in registers
+      step(t, acc[0]);
+      step(t + 1, acc[1]);
+    }
+    if (t < steps) step(t, acc[0]);
+    for (int q = 0; q < NV; ++q) {
+      __m512 sum = _mm512_add_ps(acc[0][q], acc[1][q]);
+      const int64_t rq = r + 16 * q;
+      if (w.cols.empty() && rq + 16 <= r1) {  // 16 consecutive outputs
+        if (!w.bias.empty()) sum = _mm512_add_ps(sum, _mm512_loadu_ps(w.bias.data() + rq));
+        _mm512_storeu_ps(y + rq, sum);
+      } else {
+        alignas(64) float sums[16];
+        _mm512_store_ps(sums, sum);
+        store_lanes(w, sums, 16, rq, r1, y);
+      }
     }
   }
 }
@@ -486,25 +493,39 @@ SPARSIFY_AVX2 void block_avx2(const Packed& w, int64_t blk, const float* xt, int
   }
 }
 
-bool detect_avx2() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-
 #endif  // SPARSIFY_X86
 
-const bool kAvx2 =
+enum class Isa { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
+constexpr const char* kIsaNames[] = {"portable", "avx2", "avx512"};
+
+Isa detect_isa() {
+  Isa isa = Isa::kPortable;
 #ifdef SPARSIFY_X86
-    detect_avx2();
-#else
-    false;
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    isa = __builtin_cpu_supports("avx512f") ? Isa::kAvx512 : Isa::kAvx2;
+  }
 #endif
+  if (const char* cap = std::getenv("SPARSIFY_CONDENSED_ISA")) {
+    for (int i = 0; i < 3; ++i) {
+      if (std::strcmp(cap, kIsaNames[i]) == 0) isa = std::min(isa, static_cast<Isa>(i));
+    }
+  }
+  return isa;
+}
+
+const Isa kIsa = detect_isa();
+const bool kAvx2 = kIsa >= Isa::kAvx2;
+const bool kAvx512 = kIsa == Isa::kAvx512;
 
 template <typename Idx>
 void gather_rows(const Packed& w, const float* x, int64_t r0, int64_t r1, float* y) {
 #ifdef SPARSIFY_X86
-  if (kAvx2 && w.pairs) return pair_rows_avx2(w, x, r0, r1, y);  // x is the pair table
-  if (kAvx2 && w.window) return window_rows_avx2(w, x, r0, r1, y);
+  if (kAvx512 && w.lanes.lanes > 0) return lane_rows_avx512<kLaneVectors512>(w, x, r0, r1, y);
+  if (kAvx2 && w.lanes.lanes > 0) {
+    return w.lanes.narrow ? lane_rows_avx2<kLaneVectors256, true>(w, x, r0, r1, y)
+                          : lane_rows_avx2<kLaneVectors256, false>(w, x, r0, r1, y);
+  }
   if (kAvx2) return gather_rows_avx2<Idx>(w, x, r0, r1, y);
 #endif
   gather_rows_portable<Idx>(w, x, r0, r1, y);
@@ -608,75 +629,70 @@ void build_grouped(Packed& p, const Idx* idx) {
   }
 }
 
-// Fills the pair layout (see Packed::pairs) when entry pair h of every row lies in input group h.
+// Fills the row-lane layout (see Lanes) with `lanes` rows per group and `window` inputs per step;
+// leaves it empty when fewer than min_efficiency of the step slots would hold an entry.
 template <typename Idx>
-void build_pairs(Packed& p, const Idx* idx) {
-  p.pairs = false;
-  p.paired.clear();
-  // The table (48 B per 4 inputs) should stay near L1: the kernel microbenchmark gained up to
-  // 3072 inputs (36 KiB); at 4096 (48 KiB) ONNX Runtime runs measured no gain over the window
-  // path (noisy), so wider layers keep the window path.
-  if (!kAvx2 || p.k % 2 != 0 || (p.max_index / 4 + 1) * 48 > kMaxPairTableBytes) return;
-  for (int64_t r = 0; r < p.rows; ++r) {
-    for (int64_t j = 0; j < p.k; j += 2) {
-      const int32_t a = idx[r * p.kp + j], b = idx[r * p.kp + j + 1];
-      if (a / 4 != j / 2 || b / 4 != j / 2 || a >= b) return;
+void build_lanes(Packed& p, const Idx* idx, int64_t lanes, int64_t window, double min_efficiency) {
+  Lanes& ln = p.lanes;
+  ln = Lanes{};
+  const int64_t groups = (p.rows + lanes - 1) / lanes;
+  std::vector<int64_t> order(static_cast<size_t>(lanes * p.k));  // each row's entries by index
+  std::vector<int64_t> next(static_cast<size_t>(lanes));
+  ln.group_start.push_back(0);
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t r0 = g * lanes, nr = std::min(lanes, p.rows - r0);
+    for (int64_t q = 0; q < nr; ++q) {
+      const Idx* id = idx + (r0 + q) * p.kp;
+      int64_t* o = order.data() + q * p.k;
+      for (int64_t j = 0; j < p.k; ++j) o[j] = j;
+      std::stable_sort(o, o + p.k, [id](int64_t a, int64_t b) { return id[a] < id[b]; });
+      next[q] = 0;
     }
-  }
-  const int64_t nb = p.kp / kLanes;
-  p.pair_groups = nb * 4;  // padding pairs read the table too (with value 0)
-  const int64_t groups = (p.rows + kGroupRows - 1) / kGroupRows;
-  constexpr int64_t kCodeFloats = kGroupRows * (kLanes / 2) / sizeof(float);
-  p.pair_stride = kGroupRows * kLanes + kCodeFloats;  // 144 B per 32 entries
-  p.paired.assign(static_cast<size_t>(groups * nb * p.pair_stride), 0.0f);
-  for (int64_t r = 0; r < p.rows; ++r) {
-    const int64_t g = r / kGroupRows, q = r % kGroupRows;
-    for (int64_t b = 0; b < nb; ++b) {
-      float* blk = p.paired.data() + (g * nb + b) * p.pair_stride;
-      std::memcpy(blk + q * kLanes, &p.values[r * p.kp + b * kLanes], kLanes * sizeof(float));
-      uint8_t* code = reinterpret_cast<uint8_t*>(blk + kGroupRows * kLanes) + q * (kLanes / 2);
-      for (int64_t h = 0; h < kLanes / 2; ++h) {
-        const int64_t j = b * kLanes + 2 * h;
-        if (j >= p.k) break;  // padding: value 0, code 0
-        code[h] = static_cast<uint8_t>(pair_code(idx[r * p.kp + j] % 4, idx[r * p.kp + j + 1] % 4));
+    for (;;) {
+      int32_t lo = INT32_MAX;
+      for (int64_t q = 0; q < nr; ++q) {
+        if (next[q] < p.k) lo = std::min<int32_t>(lo, idx[(r0 + q) * p.kp + order[q * p.k + next[q]]]);
+      }
+      if (lo == INT32_MAX) break;
+      ln.base.push_back(lo);
+      for (int64_t q = 0; q < lanes; ++q) {
+        float value = 0.0f;
+        uint8_t offset = 0;
+        if (q < nr && next[q] < p.k) {
+          const int64_t e = (r0 + q) * p.kp + order[q * p.k + next[q]];
+          if (idx[e] < lo + window) {
+            value = p.values[e];
+            offset = static_cast<uint8_t>(idx[e] - lo);
+            ++next[q];
+          }
+        }
+        ln.values.push_back(value);
+        ln.offsets.push_back(offset);
       }
     }
+    ln.group_start.push_back(static_cast<int64_t>(ln.base.size()));
   }
-  p.pairs = true;
+  const double slots = static_cast<double>(ln.values.size());
+  if (slots > 0 && static_cast<double>(p.rows * p.k) < min_efficiency * slots) {
+    ln = Lanes{};
+    return;
+  }
+  ln.lanes = lanes;
+  ln.window = window;
+  ln.narrow = std::all_of(ln.offsets.begin(), ln.offsets.end(), [](uint8_t o) { return o < 8; });
 }
 
-// Fills the window layout (see window_rows_avx2) when every block of 8 entries fits in 16 inputs.
+// The layouts the batch-1 and batch 2..16 paths of this CPU read (see the file comment).
 template <typename Idx>
-void build_window(Packed& p, const Idx* idx) {
-  const int64_t nb = p.kp / kLanes;
-  p.window = false;
-  p.win_base.assign(static_cast<size_t>(p.rows * nb), 0);
-  p.win_off.assign(static_cast<size_t>(p.rows * nb), 0);
-  for (int64_t r = 0; r < p.rows; ++r) {
-    for (int64_t b = 0; b < nb; ++b) {
-      const int64_t j0 = b * kLanes, j1 = std::min(p.k, j0 + kLanes);
-      int32_t lo = idx[r * p.kp + j0];
-      for (int64_t j = j0; j < j1; ++j) lo = std::min<int32_t>(lo, idx[r * p.kp + j]);
-      uint32_t packed_off = 0;
-      for (int64_t j = j0; j < j1; ++j) {
-        const int32_t o = idx[r * p.kp + j] - lo;
-        if (o >= 16) {
-          p.win_base.clear();
-          p.win_off.clear();
-          return;
-        }
-        packed_off |= static_cast<uint32_t>(o) << (4 * (j - j0));
-      }
-      p.win_base[r * nb + b] = lo;
-      p.win_off[r * nb + b] = packed_off;
-    }
-  }
-  p.window = true;
+void build_batch1(Packed& p, const Idx* idx) {
+  build_grouped(p, idx);
+  if (kAvx512) return build_lanes(p, idx, 16 * kLaneVectors512, kLaneWindow512, 0.0);
+  if (kAvx2) build_lanes(p, idx, 8 * kLaneVectors256, kLaneWindow256, kMinLaneEfficiency);
 }
 
 }  // namespace
 
-bool uses_avx2() { return kAvx2; }
+const char* isa_name() { return kIsaNames[static_cast<int>(kIsa)]; }
 
 std::string pack(const float* values, const void* indices, bool indices_are_int16, int64_t rows,
                  int64_t k, const float* bias, int64_t bias_len, const int32_t* cols,
@@ -732,14 +748,10 @@ std::string pack(const float* values, const void* indices, bool indices_are_int1
     }
   }
   if (p.idx16) {
-    build_grouped(p, p.idx16v.data());
-    build_pairs(p, p.idx16v.data());
-    if (!p.pairs) build_window(p, p.idx16v.data());
+    build_batch1(p, p.idx16v.data());
     return build_blocked(p, p.idx16v.data(), &p.blocked);
   }
-  build_grouped(p, p.idx32v.data());
-  build_pairs(p, p.idx32v.data());
-  if (!p.pairs) build_window(p, p.idx32v.data());
+  build_batch1(p, p.idx32v.data());
   return build_blocked(p, p.idx32v.data(), &p.blocked);
 }
 
@@ -749,15 +761,9 @@ Plan::Plan(const Packed& w, const float* x, int64_t batch, int64_t in, float* y)
     float* yb = y + b * w.out;
     for (int32_t c : w.empty_cols) yb[c] = bias_at(w, c);
   }
-  if (batch == 1 && w.pairs && kAvx2) {
-#ifdef SPARSIFY_X86
-    xpad_.resize(static_cast<size_t>(w.pair_groups * 12));
-    build_pair_table(x, in, w.pair_groups, xpad_.data());
-    x_ = xpad_.data();
-#endif
-  } else if (batch == 1 && w.window) {
+  if (batch == 1 && w.lanes.lanes > 0) {
     xpad_.assign(x, x + in);
-    xpad_.resize(static_cast<size_t>(in + 16), 0.0f);
+    xpad_.resize(static_cast<size_t>(in + kXPad), 0.0f);
     x_ = xpad_.data();
   }
   if (batch > 1) {
@@ -782,8 +788,10 @@ Plan::Plan(const Packed& w, const float* x, int64_t batch, int64_t in, float* y)
     rows_per_chunk_ = kRowBlock;  // one row block: batch lanes already give it plenty of work
   } else {
     const int64_t row_bytes = w.kp * static_cast<int64_t>(sizeof(float) + (w.idx16 ? 2 : 4));
-    rows_per_chunk_ = std::max<int64_t>(
-        kGroupRows, kChunkBytes / std::max<int64_t>(1, row_bytes) / kGroupRows * kGroupRows);
+    // A multiple of every row group: kGroupRows and the 16 or 64 row lanes.
+    constexpr int64_t kUnit = 16 * kLaneVectors512;
+    rows_per_chunk_ =
+        std::max<int64_t>(kUnit, kChunkBytes / std::max<int64_t>(1, row_bytes) / kUnit * kUnit);
   }
   chunks_ = w.rows == 0 ? 0 : (w.rows + rows_per_chunk_ - 1) / rows_per_chunk_;
 }

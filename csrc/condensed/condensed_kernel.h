@@ -29,6 +29,23 @@ struct Blocked {
   std::vector<uint8_t> offsets;      // [rows * k] index - chunk * kInChunk
 };
 
+// The batch-1 row-lane layout (see lane_rows_avx512 in condensed_kernel.cc): rows in groups of
+// `lanes` (a few SIMD vectors of outputs), walked in steps. A step has a window of `window`
+// consecutive inputs starting at base[step]; every row of the group whose next kept entry (in
+// index order) lies in the window takes it, as its value and its 8-bit offset in the window, and
+// the others idle with value 0. The window starts at the group's smallest next index, so the
+// lagging row always advances. Each output lane is one row: no horizontal sums, and one
+// in-register permute serves `lanes` entries (a scalar gather costs ~3 instructions per entry).
+struct Lanes {
+  int64_t lanes = 0;   // 64 (AVX-512) or 16 (AVX2); 0: layout not built
+  int64_t window = 0;  // 32 or 16 inputs
+  bool narrow = false;  // every offset < 8 (2:4 rows): one 8-float register per window
+  std::vector<int64_t> group_start;  // [groups + 1] first step of each group
+  std::vector<int32_t> base;         // [steps] first input of the step's window
+  std::vector<float> values;         // [steps, lanes]
+  std::vector<uint8_t> offsets;      // [steps, lanes] index - base
+};
+
 constexpr int64_t kRowBlock = 32;
 constexpr int64_t kGroupRows = 4;
 constexpr int64_t kInChunk = 64;
@@ -54,20 +71,7 @@ struct Packed {
   // (four rows' separate value and index streams were 8 streams).
   std::vector<float> grouped;
   int64_t group_stride = 0;  // floats per (group, block of 8)
-  // Batch-1 pair layout, for exact 2:4 rows (entry pair h = entries 2h, 2h + 1 lies in input
-  // group h = inputs 4h..4h + 3, as condense() writes 2:4): a per-call table holds the 6 possible
-  // input pairs of every group, so a pair is one 64-bit load addressed by its 1-byte pattern
-  // code, and a gather of 8 entries is 4 loads. Grouped like `grouped`: per group of kGroupRows
-  // rows and block of 8 entries, the 8 values per row, then the 4 pair codes per row (4.5 B per
-  // entry instead of 6).
-  bool pairs = false;
-  std::vector<float> paired;
-  int64_t pair_stride = 0;  // floats per (group, block of 8)
-  int64_t pair_groups = 0;  // input groups the table covers: kp / 2
-  // Batch-1 window layout, when every 8 consecutive entries of a row span < 16 inputs (2:4):
-  bool window = false;
-  std::vector<int32_t> win_base;  // [rows, kp / 8] smallest index of each block of 8
-  std::vector<uint32_t> win_off;  // [rows, kp / 8] eight 4-bit offsets from that base
+  Lanes lanes;  // batch-1 row-lane layout: AVX-512 always, AVX2 unless rows are very sparse
 };
 
 // Builds the packed form; returns an error message, or "" on success.
@@ -96,15 +100,16 @@ class Plan {
   int64_t in_;
   float* y_;
   float* xt_ = nullptr;  // x transposed to [in, batch_pad] when batch > 1
-  std::vector<float> xpad_;  // batch 1 window path: x with 16 readable floats past its end;
-                             // pair path: the pair table [pair_groups, 6, 2]
+  std::vector<float> xpad_;  // batch-1 lane path: x with kXPad zeros past its end
   int64_t batch_pad_ = 0;
   bool direct_ = false;  // batch 2..16: rows straight from the grouped layout against xt
   int64_t rows_per_chunk_ = 0;
   int64_t chunks_ = 0;
 };
 
-// True when this build runs the AVX2+FMA path on this CPU.
-bool uses_avx2();
+// The instruction set the kernels use on this CPU: "avx512", "avx2" or "portable". The
+// environment variable SPARSIFY_CONDENSED_ISA (same names), read when the library loads, caps it
+// (to compare paths, or to test the narrower ones on a wider CPU).
+const char* isa_name();
 
 }  // namespace sparsify

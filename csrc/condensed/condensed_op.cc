@@ -287,6 +287,12 @@ const OrtCustomOp g_op = make_op();
 
 }  // namespace
 
+// The instruction set the kernels picked on this CPU ("avx512", "avx2" or "portable"), for
+// reports and benchmarks (exporters.condensed.kernel_isa reads it through ctypes).
+extern "C" __attribute__((visibility("default"))) const char* SparsifyCondensedIsa() {
+  return sparsify::isa_name();
+}
+
 // Entry point looked up by SessionOptions.register_custom_ops_library(path).
 // The domain object is created once and intentionally never released: sessions created from any
 // SessionOptions it was added to may outlive every Python reference to those options.
