@@ -37,12 +37,14 @@ namespace sparsify {
 namespace {
 
 constexpr int64_t kLanes = 8;
-// Bytes of xt one batch tile may occupy: half of a typical 512 KiB L2, leaving room for the
-// chunk's values and indices.
 // Bytes of values + indices one row chunk should stream on the batch-1 path (gives the thread
 // pool enough chunks to balance without making them tiny).
 constexpr int64_t kChunkBytes = 96 * 1024;
+// Bytes of xt one direct-path tile may occupy: half of a typical 512 KiB L2, leaving room for
+// the weights.
 constexpr int64_t kDirectXtBytes = 256 * 1024;
+// Grouped weights up to this size take the direct path at any batch, in 16-lane tiles.
+constexpr int64_t kDirectWeightBytes = 256 * 1024;
 // Row lanes: vectors per group and window width, AVX-512 and AVX2 (see lane_rows_avx512).
 constexpr int64_t kLaneVectors512 = 4, kLaneWindow512 = 32;
 constexpr int64_t kLaneVectors256 = 2, kLaneWindow256 = 16;
@@ -216,9 +218,11 @@ inline void store_lanes(const Packed& w, const float* sums, int64_t n, int64_t r
 // x[xw[off[l]]] for 8 lanes, from the 16-float window xw0 | xw1 (two permutes and a blend on
 // offset bit 3).
 SPARSIFY_AVX2 inline __m256 window16(__m256 xw0, __m256 xw1, const uint8_t* off) {
-  const __m256i o = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(off)));
+  // Offsets 8..15 are stored with bit 7 instead of bit 3 (see lane_offset_byte): sign-extended,
+  // that is the sign bit blendv reads, and the permutes read only bits 0..2.
+  const __m256i o = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(off)));
   return _mm256_blendv_ps(_mm256_permutevar8x32_ps(xw0, o), _mm256_permutevar8x32_ps(xw1, o),
-                          _mm256_castsi256_ps(_mm256_slli_epi32(o, 28)));
+                          _mm256_castsi256_ps(o));
 }
 
 // x[xw[off[l]]] for 8 lanes whose offsets are all below 8: one permute.
@@ -631,6 +635,13 @@ void build_grouped(Packed& p, const Idx* idx) {
 
 // Fills the row-lane layout (see Lanes) with `lanes` rows per group and `window` inputs per step;
 // leaves it empty when fewer than min_efficiency of the step slots would hold an entry.
+// The stored form of a window offset: as is in 32-input (AVX-512) windows; in 16-input (AVX2)
+// windows bit 3 moves to bit 7 (see window16).
+inline uint8_t lane_offset_byte(int32_t offset, int64_t window) {
+  if (window == 32) return static_cast<uint8_t>(offset);
+  return static_cast<uint8_t>((offset & 7) | ((offset & 8) << 4));
+}
+
 template <typename Idx>
 void build_lanes(Packed& p, const Idx* idx, int64_t lanes, int64_t window, double min_efficiency) {
   Lanes& ln = p.lanes;
@@ -662,7 +673,7 @@ void build_lanes(Packed& p, const Idx* idx, int64_t lanes, int64_t window, doubl
           const int64_t e = (r0 + q) * p.kp + order[q * p.k + next[q]];
           if (idx[e] < lo + window) {
             value = p.values[e];
-            offset = static_cast<uint8_t>(idx[e] - lo);
+            offset = lane_offset_byte(idx[e] - lo, window);
             ++next[q];
           }
         }
@@ -688,6 +699,13 @@ void build_batch1(Packed& p, const Idx* idx) {
   build_grouped(p, idx);
   if (kAvx512) return build_lanes(p, idx, 16 * kLaneVectors512, kLaneWindow512, 0.0);
   if (kAvx2) build_lanes(p, idx, 8 * kLaneVectors256, kLaneWindow256, kMinLaneEfficiency);
+}
+
+// Every layout this CPU's paths read, from the row-major padded copy.
+template <typename Idx>
+std::string build_layouts(Packed& p, const Idx* idx) {
+  build_batch1(p, idx);
+  return build_blocked(p, idx, &p.blocked);
 }
 
 }  // namespace
@@ -747,12 +765,14 @@ std::string pack(const float* values, const void* indices, bool indices_are_int1
       if (!used[c]) p.empty_cols.push_back(static_cast<int32_t>(c));
     }
   }
-  if (p.idx16) {
-    build_batch1(p, p.idx16v.data());
-    return build_blocked(p, p.idx16v.data(), &p.blocked);
+  const std::string err =
+      p.idx16 ? build_layouts(p, p.idx16v.data()) : build_layouts(p, p.idx32v.data());
+  if (kAvx2) {  // the SIMD paths read only the layouts; the row-major copies were their source
+    std::vector<float>().swap(p.values);
+    std::vector<int16_t>().swap(p.idx16v);
+    std::vector<int32_t>().swap(p.idx32v);
   }
-  build_batch1(p, p.idx32v.data());
-  return build_blocked(p, p.idx32v.data(), &p.blocked);
+  return err;
 }
 
 Plan::Plan(const Packed& w, const float* x, int64_t batch, int64_t in, float* y)
@@ -766,26 +786,36 @@ Plan::Plan(const Packed& w, const float* x, int64_t batch, int64_t in, float* y)
     xpad_.resize(static_cast<size_t>(in + kXPad), 0.0f);
     x_ = xpad_.data();
   }
+  // Direct path: xt within half a typical L2 (so int16 indices: int32 ones mean in > 32767,
+  // whose xt is larger); beyond 16 lanes, only while the weights stay in L2 as well, since
+  // every 16-lane tile of the batch streams them again.
+  const int64_t tile_lanes = std::min(round_up(batch, kLanes), 2 * kLanes);
+  const int64_t grouped_bytes = static_cast<int64_t>(w.grouped.size() * sizeof(float));
+  direct_ = kAvx2 && w.idx16 && batch > 1 &&
+            in * tile_lanes * static_cast<int64_t>(sizeof(float)) <= kDirectXtBytes &&
+            (batch <= 2 * kLanes || grouped_bytes <= kDirectWeightBytes);
   if (batch > 1) {
-    batch_pad_ = round_up(batch, kLanes);
-    const size_t bytes = static_cast<size_t>(in * batch_pad_) * sizeof(float);
+    // The direct path takes the batch in tiles of up to 16 lanes, xt [tiles, in, 8 or 16];
+    // the blocked path one xt [in, batch_pad].
+    batch_pad_ = direct_ ? tile_lanes : round_up(batch, kLanes);
+    tiles_ = direct_ ? (batch + batch_pad_ - 1) / batch_pad_ : 1;
+    const size_t bytes = static_cast<size_t>(tiles_ * in * batch_pad_) * sizeof(float);
     xt_ = static_cast<float*>(::operator new(bytes, std::align_val_t(64)));
+    for (int64_t t = 0; t < tiles_; ++t) {
+      const int64_t b0 = t * batch_pad_, nb = std::min(batch_pad_, batch - b0);
 #ifdef SPARSIFY_X86
-    if (kAvx2) {
-      transpose_avx2(x, batch, in, batch_pad_, xt_);
-    } else {
-      transpose_portable(x, batch, in, batch_pad_, xt_);
-    }
-#else
-    transpose_portable(x, batch, in, batch_pad_, xt_);
+      if (kAvx2) {
+        transpose_avx2(x + b0 * in, nb, in, batch_pad_, xt_ + t * in * batch_pad_);
+        continue;
+      }
 #endif
+      transpose_portable(x + b0 * in, nb, in, batch_pad_, xt_ + t * in * batch_pad_);
+    }
   }
-  // Direct small-batch path: up to 16 lanes, xt within half a typical L2 (so int16 indices:
-  // int32 ones mean in > 32767, whose xt is larger).
-  direct_ = kAvx2 && w.idx16 && batch > 1 && batch_pad_ <= 2 * kLanes &&
-            in * batch_pad_ * static_cast<int64_t>(sizeof(float)) <= kDirectXtBytes;
   if (batch > 1) {
-    rows_per_chunk_ = kRowBlock;  // one row block: batch lanes already give it plenty of work
+    // One row block per chunk (batch lanes already give it plenty of work); with several
+    // direct tiles, one tile of every row per chunk.
+    rows_per_chunk_ = tiles_ > 1 ? std::max<int64_t>(1, w.rows) : kRowBlock;
   } else {
     const int64_t row_bytes = w.kp * static_cast<int64_t>(sizeof(float) + (w.idx16 ? 2 : 4));
     // A multiple of every row group: kGroupRows and the 16 or 64 row lanes.
@@ -793,7 +823,8 @@ Plan::Plan(const Packed& w, const float* x, int64_t batch, int64_t in, float* y)
     rows_per_chunk_ =
         std::max<int64_t>(kUnit, kChunkBytes / std::max<int64_t>(1, row_bytes) / kUnit * kUnit);
   }
-  chunks_ = w.rows == 0 ? 0 : (w.rows + rows_per_chunk_ - 1) / rows_per_chunk_;
+  row_chunks_ = w.rows == 0 ? 0 : (w.rows + rows_per_chunk_ - 1) / rows_per_chunk_;
+  chunks_ = row_chunks_ * tiles_;
 }
 
 Plan::~Plan() {
@@ -801,13 +832,16 @@ Plan::~Plan() {
 }
 
 void Plan::run_chunk(int64_t chunk) const {
-  const int64_t r0 = chunk * rows_per_chunk_;
+  const int64_t tile = chunk / row_chunks_;
+  const int64_t r0 = (chunk % row_chunks_) * rows_per_chunk_;
   const int64_t r1 = std::min(w_.rows, r0 + rows_per_chunk_);
 #ifdef SPARSIFY_X86
   if (direct_) {
-    return batch_pad_ > kLanes
-               ? direct_rows_avx2<int16_t, 2>(w_, xt_, batch_pad_, batch_, r0, r1, y_)
-               : direct_rows_avx2<int16_t, 1>(w_, xt_, batch_pad_, batch_, r0, r1, y_);
+    const int64_t b0 = tile * batch_pad_, nb = std::min(batch_pad_, batch_ - b0);
+    const float* xt = xt_ + tile * in_ * batch_pad_;
+    float* y = y_ + b0 * w_.out;
+    return batch_pad_ > kLanes ? direct_rows_avx2<int16_t, 2>(w_, xt, batch_pad_, nb, r0, r1, y)
+                               : direct_rows_avx2<int16_t, 1>(w_, xt, batch_pad_, nb, r0, r1, y);
   }
 #endif
   if (xt_ != nullptr) return run_blocks(w_, xt_, batch_, batch_pad_, chunk, chunk + 1, y_);

@@ -57,6 +57,7 @@ struct Packed {
   int64_t out = 0;       // output width
   int32_t max_index = -1;
   bool idx16 = false;    // indices stored as int16 (in_features <= 32767), else int32
+  // Row-major padded copy: the source of the layouts below, kept only for the portable path.
   std::vector<float> values;     // [rows, kp]
   std::vector<int16_t> idx16v;   // [rows, kp] when idx16
   std::vector<int32_t> idx32v;   // [rows, kp] otherwise
@@ -99,12 +100,14 @@ class Plan {
   int64_t batch_;
   int64_t in_;
   float* y_;
-  float* xt_ = nullptr;  // x transposed to [in, batch_pad] when batch > 1
+  float* xt_ = nullptr;  // x transposed to [tiles, in, batch_pad] when batch > 1
   std::vector<float> xpad_;  // batch-1 lane path: x with kXPad zeros past its end
   int64_t batch_pad_ = 0;
-  bool direct_ = false;  // batch 2..16: rows straight from the grouped layout against xt
+  bool direct_ = false;  // rows straight from the grouped layout against 8- or 16-lane xt tiles
+  int64_t tiles_ = 1;     // batch tiles of batch_pad lanes (several only on the direct path)
   int64_t rows_per_chunk_ = 0;
-  int64_t chunks_ = 0;
+  int64_t row_chunks_ = 0;
+  int64_t chunks_ = 0;  // row_chunks_ * tiles_, tile-major
 };
 
 // The instruction set the kernels use on this CPU: "avx512", "avx2" or "portable". The
