@@ -13,10 +13,29 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <string>
 #include <vector>
 
 namespace sparsify {
+
+// Allocates on 64-byte boundaries, so a 64-byte vector load of aligned data never straddles two
+// cache lines (a split load costs two load slots; the batch-1 lane path is bound by loads).
+template <typename T>
+struct CacheAligned {
+  using value_type = T;
+  CacheAligned() = default;
+  template <typename U>
+  CacheAligned(const CacheAligned<U>&) {}
+  T* allocate(size_t n) {
+    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64)));
+  }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <typename U>
+  bool operator==(const CacheAligned<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const CacheAligned<U>&) const { return false; }
+};
 
 // The batched path's layout: rows in blocks of kRowBlock, inputs in chunks of kInChunk. For
 // each (row block, input chunk, row) the row's kept entries that fall in the chunk, as values and
@@ -42,8 +61,8 @@ struct Lanes {
   bool narrow = false;  // every offset < 8 (2:4 rows): one 8-float register per window
   std::vector<int64_t> group_start;  // [groups + 1] first step of each group
   std::vector<int32_t> base;         // [steps] first input of the step's window
-  std::vector<float> values;         // [steps, lanes]
-  std::vector<uint8_t> offsets;      // [steps, lanes] index - base
+  std::vector<float, CacheAligned<float>> values;      // [steps, lanes]
+  std::vector<uint8_t, CacheAligned<uint8_t>> offsets;  // [steps, lanes] index - base
 };
 
 constexpr int64_t kRowBlock = 32;
@@ -70,7 +89,7 @@ struct Packed {
   // block of 8 entries the group's 8 values per row, then its 8 indices per row (int16 or int32,
   // as idx16), so the kernel reads one contiguous stream that the hardware prefetcher follows
   // (four rows' separate value and index streams were 8 streams).
-  std::vector<float> grouped;
+  std::vector<float, CacheAligned<float>> grouped;
   int64_t group_stride = 0;  // floats per (group, block of 8)
   Lanes lanes;  // batch-1 row-lane layout: AVX-512 always, AVX2 unless rows are very sparse
 };
