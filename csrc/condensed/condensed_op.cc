@@ -26,8 +26,6 @@ namespace {
 
 constexpr uint32_t kApiVersion = 18;
 constexpr const char* kDomain = "ai.sparsify";
-// Below this many multiply-adds, waking the thread pool costs more than it saves.
-constexpr int64_t kParallelWork = 64 * 1024;
 
 const OrtApi* g_api = nullptr;
 
@@ -215,7 +213,7 @@ OrtStatus* ORT_API_CALL compute(void* op_kernel, OrtKernelContext* ctx) {
   if (batch == 0 || w->out == 0) return nullptr;
   const sparsify::Plan plan(*w, static_cast<const float*>(x.data), batch, in_features,
                             static_cast<float*>(y));
-  if (plan.chunks() > 1 && plan.work() >= kParallelWork) {
+  if (plan.worth_threads()) {
     return g_api->KernelContext_ParallelFor(ctx, run_chunk, static_cast<size_t>(plan.chunks()), 0,
                                             const_cast<sparsify::Plan*>(&plan));
   }
