@@ -241,6 +241,7 @@ def main() -> None:
     )
     parser.add_argument("--batches", default="1,64", help="e.g. 1,64")
     parser.add_argument("--threads", default="1,2", help="intra-op thread counts, e.g. 1,2")
+    parser.add_argument("--no-layers", action="store_true", help="skip the single-layer part")
     parser.add_argument("--no-transformer", action="store_true", help="skip the end-to-end part")
     args = parser.parse_args()
     budget_s, min_reps = (0.15, 10) if args.quick else (0.6, 25)
@@ -254,8 +255,12 @@ def main() -> None:
         f"kernels: {condensed.kernel_isa()}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        layers = bench_layers(
-            Path(tmp), budget_s, min_reps, sizes, sparsities, batches, thread_counts
+        layers = (
+            []
+            if args.no_layers
+            else bench_layers(
+                Path(tmp), budget_s, min_reps, sizes, sparsities, batches, thread_counts
+            )
         )
         e2e = (
             []

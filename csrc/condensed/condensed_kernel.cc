@@ -832,11 +832,11 @@ Plan::~Plan() {
 }
 
 void Plan::run_chunk(int64_t chunk) const {
-  const int64_t tile = chunk / row_chunks_;
   const int64_t r0 = (chunk % row_chunks_) * rows_per_chunk_;
   const int64_t r1 = std::min(w_.rows, r0 + rows_per_chunk_);
 #ifdef SPARSIFY_X86
   if (direct_) {
+    const int64_t tile = chunk / row_chunks_;
     const int64_t b0 = tile * batch_pad_, nb = std::min(batch_pad_, batch_ - b0);
     const float* xt = xt_ + tile * in_ * batch_pad_;
     float* y = y_ + b0 * w_.out;
