@@ -209,7 +209,12 @@ SPARSIFY_AVX2 void gather_rows_avx2(const Packed& w, const float* x, int64_t r0,
 // Stores the sums of rows [r, min(r + n, r1)) of the row-lane layout (scattered by column).
 inline void store_lanes(const Packed& w, const float* sums, int64_t n, int64_t r, int64_t r1,
                         float* y) {
-  for (int64_t q = 0; q < n && r + q < r1; ++q) {
+  n = std::min(n, r1 - r);
+  if (w.cols.empty() && !w.bias.empty()) {  // consecutive columns: a loop the compiler vectorises
+    for (int64_t q = 0; q < n; ++q) y[r + q] = sums[q] + w.bias[r + q];
+    return;
+  }
+  for (int64_t q = 0; q < n; ++q) {
     const int64_t col = column(w, r + q);
     y[col] = sums[q] + bias_at(w, col);
   }
@@ -262,18 +267,9 @@ SPARSIFY_AVX2 void lane_rows_avx2(const Packed& w, const float* x, int64_t r0, i
       step(t + 1, acc[1]);
     }
     if (t < steps) step(t, acc[0]);
-    for (int q = 0; q < NV; ++q) {
-      __m256 sum = _mm256_add_ps(acc[0][q], acc[1][q]);
-      const int64_t rq = r + 8 * q;
-      if (w.cols.empty() && rq + 8 <= r1) {  // 8 consecutive outputs
-        if (!w.bias.empty()) sum = _mm256_add_ps(sum, _mm256_loadu_ps(w.bias.data() + rq));
-        _mm256_storeu_ps(y + rq, sum);
-      } else {
-        alignas(32) float sums[8];
-        _mm256_store_ps(sums, sum);
-        store_lanes(w, sums, 8, rq, r1, y);
-      }
-    }
+    alignas(32) float sums[L];
+    for (int q = 0; q < NV; ++q) _mm256_store_ps(sums + 8 * q, _mm256_add_ps(acc[0][q], acc[1][q]));
+    store_lanes(w, sums, L, r, r1, y);
   }
 }
 
@@ -311,18 +307,9 @@ SPARSIFY_AVX512 void lane_rows_avx512(const Packed& w, const float* x, int64_t r
       step(t + 1, acc[1]);
     }
     if (t < steps) step(t, acc[0]);
-    for (int q = 0; q < NV; ++q) {
-      __m512 sum = _mm512_add_ps(acc[0][q], acc[1][q]);
-      const int64_t rq = r + 16 * q;
-      if (w.cols.empty() && rq + 16 <= r1) {  // 16 consecutive outputs
-        if (!w.bias.empty()) sum = _mm512_add_ps(sum, _mm512_loadu_ps(w.bias.data() + rq));
-        _mm512_storeu_ps(y + rq, sum);
-      } else {
-        alignas(64) float sums[16];
-        _mm512_store_ps(sums, sum);
-        store_lanes(w, sums, 16, rq, r1, y);
-      }
-    }
+    alignas(64) float sums[L];
+    for (int q = 0; q < NV; ++q) _mm512_store_ps(sums + 16 * q, _mm512_add_ps(acc[0][q], acc[1][q]));
+    store_lanes(w, sums, L, r, r1, y);
   }
 }
 
