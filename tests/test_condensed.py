@@ -131,6 +131,7 @@ def kernel_model(
         (50, 30, 7, 5, 1, 3, True, 1),  # 3-D input [b, t, in]
         (33, 40000, 13, 2, 2, 2, True, 2),  # int32 indices
         (1000, 256, 26, 1, 0, 2, True, 2),  # several row chunks on the thread pool
+        (12, 20, 3, 2, 12, 2, True, 1),  # every row ablated: an empty rows input, bias out
     ],
 )
 def test_kernel_matches_numpy(

@@ -703,9 +703,10 @@ std::string pack(const float* values, const void* indices, bool indices_are_int1
                  int64_t k, const float* bias, int64_t bias_len, const int32_t* cols,
                  int64_t cols_len, int64_t out_features, Packed* out) {
   if (rows < 0 || (rows > 0 && k < 1)) return "values must be [rows, k] with k >= 1";
-  if (cols != nullptr && cols_len != rows) return "rows must hold one output column per row";
-  const int64_t width = cols != nullptr ? out_features : rows;
-  if (cols != nullptr && width < rows) {
+  const bool has_cols = cols_len >= 0;  // an empty rows input (every row ablated) counts
+  if (has_cols && cols_len != rows) return "rows must hold one output column per row";
+  const int64_t width = has_cols ? out_features : rows;
+  if (has_cols && width < rows) {
     return "attribute out_features must be at least the number of stored rows";
   }
   if (bias != nullptr && bias_len != width) return "bias must have one value per output column";
@@ -740,7 +741,7 @@ std::string pack(const float* values, const void* indices, bool indices_are_int1
   p.bias.assign(bias, bias == nullptr ? bias : bias + bias_len);
   p.cols.clear();
   p.empty_cols.clear();
-  if (cols != nullptr) {
+  if (has_cols) {
     std::vector<char> used(static_cast<size_t>(width), 0);
     for (int64_t r = 0; r < rows; ++r) {
       if (cols[r] < 0 || cols[r] >= width) return "rows must lie in [0, out_features)";

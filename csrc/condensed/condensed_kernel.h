@@ -94,7 +94,8 @@ struct Packed {
   Lanes lanes;  // batch-1 row-lane layout: AVX-512 always, AVX2 unless rows are very sparse
 };
 
-// Builds the packed form; returns an error message, or "" on success.
+// Builds the packed form; returns an error message, or "" on success. cols_len < 0: no rows
+// input (row r writes column r); otherwise cols [cols_len] maps stored rows to output columns.
 std::string pack(const float* values, const void* indices, bool indices_are_int16,
                  int64_t rows, int64_t k, const float* bias, int64_t bias_len,
                  const int32_t* cols, int64_t cols_len, int64_t out_features, Packed* out);

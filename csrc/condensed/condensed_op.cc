@@ -96,7 +96,7 @@ OrtStatus* pack_inputs(const WeightInputs& in, int64_t out_features, sparsify::P
       in.values.shape[1], in.has_bias ? static_cast<const float*>(in.bias.data) : nullptr,
       in.has_bias ? in.bias.numel() : 0,
       in.has_rows ? static_cast<const int32_t*>(in.rows.data) : nullptr,
-      in.has_rows ? in.rows.numel() : 0, out_features, packed);
+      in.has_rows ? in.rows.numel() : -1, out_features, packed);
   return err.empty() ? nullptr : fail(err);
 }
 
