@@ -9,7 +9,9 @@
 // * batch 2..16 (direct, AVX2): x transposed to xt [in, 8 or 16]; each kept entry is one
 //   broadcast FMA per 8 lanes into register accumulators (direct_rows_avx2); the zero padding of
 //   the last 8-entry block is skipped, and groups of 4 consecutive rows store 4 outputs at once.
-// * larger batches (blocked): x is transposed to xt [in, batch_pad] so each kept index reads one
+//   Larger batches take the same path in tiles of 16 lanes while the weights fit in L2
+//   (kDirectWeightBytes), since every tile streams them again.
+// * larger batches otherwise (blocked): x is transposed to xt [in, batch_pad] so each kept index reads one
 //   contiguous run of batch values (a row costs k broadcast-FMAs per 8 batch lanes). To keep
 //   those reads in L1, a block of kRowBlock rows walks the inputs in chunks of kInChunk: the
 //   chunk's slice of xt (64 inputs x 64 lanes = 16 KiB) is reused by every row of the block,

@@ -84,7 +84,7 @@ struct Packed {
   std::vector<int32_t> cols;     // [rows] output column of each active row; empty: identity
   std::vector<int32_t> empty_cols;  // output columns no active row writes
   Blocked blocked;                    // built by pack() as well
-  // Layout of the AVX2 batch-1 gather and batch 2..16 paths (empty without AVX2): rows in
+  // Layout of the AVX2 batch-1 gather and direct (batched) paths (empty without AVX2): rows in
   // groups of kGroupRows (the last group padded with zero rows), and for each group and each
   // block of 8 entries the group's 8 values per row, then its 8 indices per row (int16 or int32,
   // as idx16), so the kernel reads one contiguous stream that the hardware prefetcher follows
