@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from exporters import runtime
-from exporters.condensed import condense_onnx
+from exporters.condensed import condense_onnx, kernel_isa
 from exporters.latency import LatencySettings, measure_latency
 from exporters.onnx_export import export_onnx, weight_refs
 from exporters.quantize import QuantizeConfig, quantize_model
@@ -393,6 +393,8 @@ def _condensed_artifact(
         "size_bytes": path.stat().st_size,
         "sha256": file_sha256(path),
         "condensed_ops": opts.condensed_ops,
+        # which kernel set produced the latency below (avx512, avx2 or portable)
+        "kernels": kernel_isa() if opts.condensed_ops == "custom" else None,
         "layers_condensed": sum(r.skipped is None for r in results),
         "parity_max_abs": parity,
         "parity_atol": opts.parity_atol,

@@ -1,5 +1,5 @@
 """The CLI end to end: a shipped sample in-process, and a model the project never saw in a
-real subprocess, at 2:4 and 1:4."""
+real subprocess, at 2:4 and 1:4; the condensed export through the CLI with both op sets."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from exporters.condensed import kernel_isa
 from sparsify_cli.app import app
 from tests.conftest import FAST, run_cli
 
@@ -79,3 +80,22 @@ def test_unseen_model_converts_in_a_real_subprocess(unseen_model, tmp_path, nm):
     acc = report["accuracy"]
     assert acc["sparse_onnx"] == acc["sparse"]  # ONNX Runtime agrees with the masked model
     assert acc["dense"] > 0.8
+
+
+@pytest.mark.parametrize("ops", ["custom", "standard"])
+def test_convert_exports_condensed_onnx(tmp_path, ops):
+    """--export condensed: every sparse Linear of the transformer sample becomes a condensed
+    layer, checked against torch and timed beside the dense ONNX in the same report."""
+    out = tmp_path / "out"
+    args = ["convert", "digits_transformer", "--nm", "2:4", "--export", "onnx,condensed"]
+    result = CliRunner().invoke(app, [*args, "--condensed-ops", ops, "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    art = next(a for a in report["artifacts"] if a["format"] == "condensed")
+    assert (out / art["path"]).is_file() and art["condensed_ops"] == ops
+    sparse_layers = [row for row in report["layers"] if row["pattern"]]
+    assert art["layers_condensed"] == len(sparse_layers) == 13
+    assert art["pattern_ok"], art["pattern_checks"]
+    assert art["parity_max_abs"] <= 1e-4
+    assert art["kernels"] == (kernel_isa() if ops == "custom" else None)
+    assert art["latency"][0]["batch"] == 1 and art["latency"][0]["speedup_vs_dense"] > 0
