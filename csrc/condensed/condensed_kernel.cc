@@ -11,8 +11,9 @@
 //   the last 8-entry block is skipped, and groups of 4 consecutive rows store 4 outputs at once.
 //   Larger batches take the same path in tiles of 16 lanes while the weights fit in L2
 //   (kDirectWeightBytes), since every tile streams them again.
-// * larger batches otherwise (blocked): x is transposed to xt [in, batch_pad] so each kept index reads one
-//   contiguous run of batch values (a row costs k broadcast-FMAs per 8 batch lanes). To keep
+// * larger batches otherwise (blocked): x is transposed to xt [in, batch_pad] so each kept
+//   index reads one contiguous run of batch values (a row costs k broadcast-FMAs per 8 batch
+//   lanes). To keep
 //   those reads in L1, a block of kRowBlock rows walks the inputs in chunks of kInChunk: the
 //   chunk's slice of xt (64 inputs x 64 lanes = 16 KiB) is reused by every row of the block,
 //   whose partial sums live in a small accumulator block (8 KiB). The weights come in the
@@ -310,7 +311,9 @@ SPARSIFY_AVX512 void lane_rows_avx512(const Packed& w, const float* x, int64_t r
     }
     if (t < steps) step(t, acc[0]);
     alignas(64) float sums[L];
-    for (int q = 0; q < NV; ++q) _mm512_store_ps(sums + 16 * q, _mm512_add_ps(acc[0][q], acc[1][q]));
+    for (int q = 0; q < NV; ++q) {
+      _mm512_store_ps(sums + 16 * q, _mm512_add_ps(acc[0][q], acc[1][q]));
+    }
     store_lanes(w, sums, L, r, r1, y);
   }
 }
@@ -651,7 +654,9 @@ void build_lanes(Packed& p, const Idx* idx, int64_t lanes, int64_t window, doubl
     for (;;) {
       int32_t lo = INT32_MAX;
       for (int64_t q = 0; q < nr; ++q) {
-        if (next[q] < p.k) lo = std::min<int32_t>(lo, idx[(r0 + q) * p.kp + order[q * p.k + next[q]]]);
+        if (next[q] < p.k) {
+          lo = std::min<int32_t>(lo, idx[(r0 + q) * p.kp + order[q * p.k + next[q]]]);
+        }
       }
       if (lo == INT32_MAX) break;
       ln.base.push_back(lo);
@@ -678,7 +683,6 @@ void build_lanes(Packed& p, const Idx* idx, int64_t lanes, int64_t window, doubl
     return;
   }
   ln.lanes = lanes;
-  ln.window = window;
   ln.narrow = std::all_of(ln.offsets.begin(), ln.offsets.end(), [](uint8_t o) { return o < 8; });
 }
 

@@ -49,15 +49,15 @@ struct Blocked {
 };
 
 // The batch-1 row-lane layout (see lane_rows_avx512 in condensed_kernel.cc): rows in groups of
-// `lanes` (a few SIMD vectors of outputs), walked in steps. A step has a window of `window`
-// consecutive inputs starting at base[step]; every row of the group whose next kept entry (in
-// index order) lies in the window takes it, as its value and its 8-bit offset in the window, and
-// the others idle with value 0. The window starts at the group's smallest next index, so the
-// lagging row always advances. Each output lane is one row: no horizontal sums, and one
-// in-register permute serves `lanes` entries (a scalar gather costs ~3 instructions per entry).
+// `lanes` (a few SIMD vectors of outputs), walked in steps. A step has a window of consecutive
+// inputs (32 with AVX-512, 16 with AVX2) starting at base[step]; every row of the group whose
+// next kept entry (in index order) lies in the window takes it, as its value and its 8-bit
+// offset in the window, and the others idle with value 0. The window starts at the group's
+// smallest next index, so the lagging row always advances. Each output lane is one row: no
+// horizontal sums, and one in-register permute serves a vector of entries (a scalar gather
+// costs ~3 instructions per entry).
 struct Lanes {
-  int64_t lanes = 0;   // 64 (AVX-512) or 16 (AVX2); 0: layout not built
-  int64_t window = 0;  // 32 or 16 inputs
+  int64_t lanes = 0;   // 64 (AVX-512, 32-input windows) or 16 (AVX2, 16); 0: not built
   bool narrow = false;  // every offset < 8 (2:4 rows): one 8-float register per window
   std::vector<int64_t> group_start;  // [groups + 1] first step of each group
   std::vector<int32_t> base;         // [steps] first input of the step's window
