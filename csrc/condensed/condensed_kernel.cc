@@ -805,8 +805,6 @@ Plan::Plan(const Packed& w, const float* x, int64_t batch, int64_t in, float* y)
 #endif
       transpose_portable(x + b0 * in, nb, in, batch_pad_, xt_ + t * in * batch_pad_);
     }
-  }
-  if (batch > 1) {
     // One row block per chunk (batch lanes already give it plenty of work); with several
     // direct tiles, one tile of every row per chunk.
     rows_per_chunk_ = tiles_ > 1 ? std::max<int64_t>(1, w.rows) : kRowBlock;
