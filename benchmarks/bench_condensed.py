@@ -11,7 +11,7 @@ medians and the ratio dense / condensed (> 1 means condensed is faster). The ker
 set (avx512, avx2, portable) is printed first; SPARSIFY_CONDENSED_ISA=avx2 runs the AVX2 paths
 on an AVX-512 machine.
 
-    python benchmarks/bench_condensed.py            # full table (a few minutes)
+    python benchmarks/bench_condensed.py            # full table (about a minute)
     python benchmarks/bench_condensed.py --quick    # fewer repetitions
     python benchmarks/bench_condensed.py --sizes 768x3072 --sparsities 0.9 --batches 1
 """

@@ -125,17 +125,6 @@ void block_portable(const Packed& w, int64_t blk, const float* xt, int64_t ldx, 
 // ---------------------------------------------------------------- AVX2 + FMA path
 #ifdef SPARSIFY_X86
 
-template <typename Idx>
-SPARSIFY_AVX2 inline __m256i load_idx8(const Idx* p);
-template <>
-SPARSIFY_AVX2 inline __m256i load_idx8<int16_t>(const int16_t* p) {
-  return _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-template <>
-SPARSIFY_AVX2 inline __m256i load_idx8<int32_t>(const int32_t* p) {
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-}
-
 SPARSIFY_AVX2 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
