@@ -1,10 +1,11 @@
 """Builds the C++ part of sparsify: the ONNX Runtime custom-op library for condensed layers.
 
 Everything else (metadata, dependencies, packages) lives in pyproject.toml; setuptools merges the
-two. The library is compiled as an extension named ``exporters._condensed_ort`` so that
+two. The library is compiled as an extension named ``sparsify_cli.exporters._condensed_ort`` so that
 ``pip install .`` and ``pip install -e .`` put it next to ``exporters/condensed.py``; it is never
 imported by Python but loaded by ONNX Runtime through ``register_custom_ops_library`` (see
-``exporters.condensed.session_options``). Needs a C++17 compiler (gcc or clang); the ONNX Runtime
+``sparsify_cli.exporters.condensed.session_options``). Needs a C++17 compiler (gcc or clang); the
+ONNX Runtime
 C API header is vendored under ``csrc/condensed/third_party``, so no ONNX Runtime build or
 headers are required.
 """
@@ -16,7 +17,7 @@ CSRC = "csrc/condensed"
 setup(
     ext_modules=[
         Extension(
-            "exporters._condensed_ort",
+            "sparsify_cli.exporters._condensed_ort",
             sources=[f"{CSRC}/condensed_kernel.cc", f"{CSRC}/condensed_op.cc"],
             depends=[
                 f"{CSRC}/condensed_kernel.h",
@@ -34,6 +35,9 @@ setup(
                 "-Wextra",
             ],
             language="c++",
+            # A machine without a C++ compiler still installs: the build is skipped with a
+            # warning, the standard-op condensed form works, and the custom-op form says why not.
+            optional=True,
         )
     ]
 )

@@ -30,12 +30,18 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from exporters import condensed
-from exporters.onnx_export import export_onnx
-from passes.manifest import Manifest, TensorEntry
-from passes.masks import WeightMask, attach_mask, fold, magnitude_nm_mask, manifest_entries
-from passes.pattern import NMPattern
-from samples.models import DigitsTransformer
+from sparsify_cli.exporters import condensed
+from sparsify_cli.exporters.onnx_export import export_onnx
+from sparsify_cli.passes.manifest import Manifest, TensorEntry
+from sparsify_cli.passes.masks import (
+    WeightMask,
+    attach_mask,
+    fold,
+    magnitude_nm_mask,
+    manifest_entries,
+)
+from sparsify_cli.passes.pattern import NMPattern
+from sparsify_cli.samples.models import DigitsTransformer
 
 logger = logging.getLogger(__name__)
 

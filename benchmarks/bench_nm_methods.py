@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from passes import (
+from sparsify_cli.passes import (
     ASPConfig,
     FoldConfig,
     MaxQConfig,
@@ -33,9 +33,9 @@ from passes import (
     run_passes,
     select_layers,
 )
-from passes.training import accuracy, make_loader
-from samples import SAMPLES
-from samples.datasets import digits
+from sparsify_cli.passes.training import accuracy, make_loader
+from sparsify_cli.samples import SAMPLES
+from sparsify_cli.samples.datasets import digits
 
 METHODS = {"magnitude": NMConfig, "asp": ASPConfig, "srste": SRSTEConfig, "maxq": MaxQConfig}
 PATTERNS = ("2:4", "1:4", "1:8")

@@ -16,13 +16,13 @@ import time
 
 import torch
 
-from passes.dst import DSTConfig
-from passes.flops import layer_flops
-from passes.registry import PassContext, run_passes
-from passes.sparse_ift import FAMILIES, SparseIFTConfig, ift_targets
-from passes.training import TrainConfig, accuracy, cross_entropy, fit, make_loader
-from samples import SAMPLES
-from samples.datasets import digits
+from sparsify_cli.passes.dst import DSTConfig
+from sparsify_cli.passes.flops import layer_flops
+from sparsify_cli.passes.registry import PassContext, run_passes
+from sparsify_cli.passes.sparse_ift import FAMILIES, SparseIFTConfig, ift_targets
+from sparsify_cli.passes.training import TrainConfig, accuracy, cross_entropy, fit, make_loader
+from sparsify_cli.samples import SAMPLES
+from sparsify_cli.samples.datasets import digits
 
 EPOCHS = {"digits_cnn": 2, "digits_transformer": 1}
 

@@ -30,11 +30,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from exporters.onnx_export import export_onnx, weight_refs
-from exporters.tensorrt import BuildSettings, merge_layer_rows, require_tensorrt
-from exporters.tensorrt.export import build_pair
-from exporters.tensorrt.runtime import TimingSettings, measure_engines
-from passes import FoldConfig, NMConfig, PassContext, Selection, run_passes, select_layers
+from sparsify_cli.exporters.onnx_export import export_onnx, weight_refs
+from sparsify_cli.exporters.tensorrt import BuildSettings, merge_layer_rows, require_tensorrt
+from sparsify_cli.exporters.tensorrt.export import build_pair
+from sparsify_cli.exporters.tensorrt.runtime import TimingSettings, measure_engines
+from sparsify_cli.passes import (
+    FoldConfig,
+    NMConfig,
+    PassContext,
+    Selection,
+    run_passes,
+    select_layers,
+)
 
 INPUT_SHAPE = (3, 32, 32)
 

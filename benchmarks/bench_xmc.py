@@ -6,8 +6,9 @@ configuration runs in a fresh subprocess and reports its peak RSS (``ru_maxrss``
 configuration's allocations never inflate another's. A dense configuration whose estimated
 footprint exceeds 75% of MemAvailable is not attempted (the machine is shared).
 
-Part ``accuracy``: the synthetic skewed task (passes.xmc_data), P@1/3/5 for a dense classifier,
-fixed fan-in without and with the auxiliary cluster objective, all trained with passes.training.fit.
+Part ``accuracy``: the synthetic skewed task (sparsify_cli.passes.xmc_data), P@1/3/5 for a dense
+classifier, fixed fan-in without and with the auxiliary cluster objective, all trained with
+sparsify_cli.passes.training.fit.
 
     nice -n 19 python benchmarks/bench_xmc.py memory
     nice -n 19 python benchmarks/bench_xmc.py accuracy
@@ -38,8 +39,8 @@ def _available_bytes() -> int:
 
 def _one(kind: str, labels: int, hidden: int, fan_in: int, batch: int, steps: int) -> dict:
     """Runs inside the subprocess: build, warm up one step, time ``steps`` steps."""
-    from passes.fixed_fanin import FixedFanInLinear
-    from passes.xmc_model import bce_loss, multi_hot
+    from sparsify_cli.passes.fixed_fanin import FixedFanInLinear
+    from sparsify_cli.passes.xmc_model import bce_loss, multi_hot
 
     torch.manual_seed(0)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -107,11 +108,11 @@ def memory(hidden: int, fan_in: int, batch: int, steps: int) -> list[dict]:
 
 
 def accuracy(args: argparse.Namespace) -> list[dict]:
-    from passes.fixed_fanin import RewireConfig, SETRewiring
-    from passes.registry import PassContext
-    from passes.training import CallbackList, TrainConfig, fit, make_loader
-    from passes.xmc_data import skewed_xmc
-    from passes.xmc_model import (
+    from sparsify_cli.passes.fixed_fanin import RewireConfig, SETRewiring
+    from sparsify_cli.passes.registry import PassContext
+    from sparsify_cli.passes.training import CallbackList, TrainConfig, fit, make_loader
+    from sparsify_cli.passes.xmc_data import skewed_xmc
+    from sparsify_cli.passes.xmc_model import (
         AuxSchedule,
         XMCObjective,
         build_xmc_model,

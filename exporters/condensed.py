@@ -10,7 +10,7 @@ Rows with no kept weight (ablated neurons) are not stored: they cost no compute 
 Two ONNX forms are written by :func:`condense_onnx`:
 
 * ``ops="custom"``: one ``ai.sparsify::CondensedLinear`` node per layer, run by the C++ kernel in
-  the ``exporters._condensed_ort`` library that ``pip install`` builds. Load it with
+  the ``sparsify_cli.exporters._condensed_ort`` library that ``pip install`` builds. Load it with
   ``ort.InferenceSession(path, condensed.session_options())``. This is the fast form: the
   kernel gathers inputs with SIMD and runs on the session's intra-op threads.
 * ``ops="standard"``: Gather + Mul + ReduceSum, stock ONNX ops for runtimes without the library.
@@ -39,10 +39,10 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from exporters.onnx_export import weight_refs
-from passes.atomic import atomic_path
-from passes.errors import SparsifyError
-from passes.manifest import Manifest, TensorEntry
+from sparsify_cli.exporters.onnx_export import weight_refs
+from sparsify_cli.passes.atomic import atomic_path
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.manifest import Manifest, TensorEntry
 
 logger = logging.getLogger(__name__)
 

@@ -3,8 +3,10 @@
 Works on any ONNX model, not only sparsify's: every weight-bearing node whose weight operand is
 an initializer is listed, in the node's own layout (Conv and Gemm(transB=1) ``[out, in, ...]``,
 MatMul and Gemm(transB=0) ``[in, out]``), and the pattern is read from the stored values along
-that layout's reduction axis with :func:`passes.pattern.weight_pattern`, the same reading the
-torch-side :func:`passes.inspect.inspect_model` does. A file can only say whether a layer's
+that layout's reduction axis with :func:`sparsify_cli.passes.pattern.weight_pattern`, the same
+reading the
+torch-side :func:`sparsify_cli.passes.inspect.inspect_model` does. A file can only say whether a
+layer's
 *shape* allows N:M (conv groups, reduction size); which layers a run chose is in its report.
 """
 
@@ -18,8 +20,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from exporters.onnx_export import WEIGHT_OPS, initializers, module_of
-from passes.pattern import LayerStats, weight_pattern
+from sparsify_cli.exporters.onnx_export import WEIGHT_OPS, initializers, module_of
+from sparsify_cli.passes.pattern import LayerStats, weight_pattern
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,8 +48,8 @@ def _positions(shapes: dict[str, list[int | None]], output: str, op: str) -> int
 
 def _shapes(model: onnx.ModelProto, outputs: list[str]) -> dict[str, list[int | None]]:
     """Shapes of ``outputs``: exact from one batch-1 run in ONNX Runtime when the input shape
-    is static besides the batch axis (as :func:`passes.flops.layer_flops` runs the torch model),
-    else from static shape inference (unknown dims stay ``None``)."""
+    is static besides the batch axis (as :func:`sparsify_cli.passes.flops.layer_flops` runs the
+    torch model), else from static shape inference (unknown dims stay ``None``)."""
     inits = {i.name for i in model.graph.initializer}
     first = next(i for i in model.graph.input if i.name not in inits)
     dims = [
@@ -75,7 +77,7 @@ def inspect_onnx(path: str | os.PathLike[str], m: int = 4) -> list[OnnxLayerInfo
 
     ``m`` is the group size eligibility is judged for (the reduction size must divide by it).
     FLOPs are MACs per sample: output positions (from one batch-1 run) times the nonzero
-    (sparse) or all (dense) weights, as :func:`passes.flops.layer_flops` counts them.
+    (sparse) or all (dense) weights, as :func:`sparsify_cli.passes.flops.layer_flops` counts them.
     """
     model = onnx.load(str(path))
     weights = initializers(model)

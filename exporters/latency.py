@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from exporters import runtime
-from passes.inputs import InputSpec
+from sparsify_cli.exporters import runtime
+from sparsify_cli.passes.inputs import InputSpec
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,8 @@ def measure_latency(
     """Time every artifact at every batch size.
 
     ``input_shape`` is the shape of the single float input without its batch axis, or one
-    :class:`~passes.inputs.InputSpec` per input (integer inputs are fed values from their valid
+    :class:`~sparsify_cli.passes.inputs.InputSpec` per input (integer inputs are fed values from
+    their valid
     range, so token ids stay inside the vocabulary). ``baseline`` names the dense artifact whose
     medians the speedups are relative to.
     """

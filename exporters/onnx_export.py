@@ -21,9 +21,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from passes.atomic import atomic_path
-from passes.errors import SparsifyError
-from passes.inputs import Example, InputSpec, as_inputs
+from sparsify_cli.passes.atomic import atomic_path
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.inputs import Example, InputSpec, as_inputs
 
 log = logging.getLogger(__name__)
 

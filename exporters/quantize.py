@@ -43,10 +43,10 @@ from onnxruntime.quantization import (
     save_tensors_data,
 )
 
-from exporters import runtime
-from exporters.onnx_export import INPUT_NAME, WEIGHT_OPS
-from passes.atomic import atomic_path
-from passes.errors import SparsifyError
+from sparsify_cli.exporters import runtime
+from sparsify_cli.exporters.onnx_export import INPUT_NAME, WEIGHT_OPS
+from sparsify_cli.passes.atomic import atomic_path
+from sparsify_cli.passes.errors import SparsifyError
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from exporters.condensed import DOMAIN, library_path
-from passes.errors import SparsifyError
-from passes.inputs import Arrays, rows
-from passes.inputs import batch_size as inputs_batch
+from sparsify_cli.exporters.condensed import DOMAIN, library_path
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.inputs import Arrays, rows
+from sparsify_cli.passes.inputs import batch_size as inputs_batch
 
 
 def uses_condensed_ops(path: str | os.PathLike[str]) -> bool:

@@ -1,7 +1,8 @@
 """Read an exported artifact back and prove what it claims: the pattern and the numbers.
 
 The pattern check reads each sparsified weight from the file (found through
-:func:`exporters.onnx_export.weight_refs`) and checks it against the manifest's mask in the
+:func:`sparsify_cli.exporters.onnx_export.weight_refs`) and checks it against the manifest's mask
+in the
 node's own layout: every nonzero lies inside the mask, and for N:M patterns no group of M along
 the node's reduction axis holds more than N nonzeros.
 """
@@ -14,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from exporters.onnx_export import WeightRef, initializers, weight_refs
-from passes.manifest import Manifest, TensorEntry
-from passes.pattern import NMPattern, nm_violations
+from sparsify_cli.exporters.onnx_export import WeightRef, initializers, weight_refs
+from sparsify_cli.passes.manifest import Manifest, TensorEntry
+from sparsify_cli.passes.pattern import NMPattern, nm_violations
 
 
 @dataclass(frozen=True)

@@ -4,16 +4,16 @@ Importing this package registers every pass. Nothing here imports ``exporters`` 
 ``sparsify_cli``.
 """
 
-from passes import asp, fold, magnitude, maxq, srste  # noqa: F401  (registration)
-from passes.asp import ASPConfig
-from passes.errors import SparsifyError
-from passes.fold import FoldConfig
-from passes.magnitude import NMConfig
-from passes.maxq import MaxQConfig
-from passes.pattern import NMPattern
-from passes.registry import PassContext, config_from_dict, config_to_dict, run_passes
-from passes.selection import LayerChoice, Selection, select_layers
-from passes.srste import SRSTEConfig
+from sparsify_cli.passes import asp, fold, magnitude, maxq, srste  # noqa: F401  (registration)
+from sparsify_cli.passes.asp import ASPConfig
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.fold import FoldConfig
+from sparsify_cli.passes.magnitude import NMConfig
+from sparsify_cli.passes.maxq import MaxQConfig
+from sparsify_cli.passes.pattern import NMPattern
+from sparsify_cli.passes.registry import PassContext, config_from_dict, config_to_dict, run_passes
+from sparsify_cli.passes.selection import LayerChoice, Selection, select_layers
+from sparsify_cli.passes.srste import SRSTEConfig
 
 __all__ = [
     "ASPConfig",

@@ -9,10 +9,10 @@ from typing import ClassVar
 
 from torch import nn
 
-from passes.finetune import FinetuneConfig, finetune
-from passes.magnitude import NMConfig, ensure_nm, magnitude_nm
-from passes.registry import PassContext, register_pass
-from passes.training import Callbacks
+from sparsify_cli.passes.finetune import FinetuneConfig, finetune
+from sparsify_cli.passes.magnitude import NMConfig, ensure_nm, magnitude_nm
+from sparsify_cli.passes.registry import PassContext, register_pass
+from sparsify_cli.passes.training import Callbacks
 
 
 @dataclass(frozen=True)

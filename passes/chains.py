@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
-from passes.masks import WeightMask, attach_mask, dense_weight, get_mask, is_masked
+from sparsify_cli.passes.masks import WeightMask, attach_mask, dense_weight, get_mask, is_masked
 
 log = logging.getLogger(__name__)
 

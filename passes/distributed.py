@@ -41,7 +41,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from passes.errors import SparsifyError
+from sparsify_cli.passes.errors import SparsifyError
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,10 @@
 """Dynamic sparse training: static masks, SET, RigL and SRigL, plus removing ablated neurons.
 
-Masks are :class:`passes.masks.WeightMask` parametrizations (pattern ``"unstructured"``, or
+Masks are :class:`sparsify_cli.passes.masks.WeightMask` parametrizations (pattern
+``"unstructured"``, or
 ``"fanin"`` for SRigL), so folding and the manifest work unchanged. Training goes through
-:func:`passes.training.fit`; the mask updates are :class:`passes.training.Callbacks`
+:func:`sparsify_cli.passes.training.fit`; the mask updates are
+:class:`sparsify_cli.passes.training.Callbacks`
 (``before_step`` arms gradient capture, ``after_step`` rewires). Nothing patches the optimizer.
 
 Dense gradients (RigL / SRigL regrowth): the training mask is a straight-through
@@ -27,12 +29,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from passes import distributed
-from passes.chains import Chain, hidden_chains, resize_chain
-from passes.errors import SparsifyError
-from passes.masks import WeightMask, attach_mask, dense_weight, get_mask, is_masked
-from passes.registry import PassContext, register_pass
-from passes.training import Callbacks, TrainConfig, cross_entropy, distillation, fit
+from sparsify_cli.passes import distributed
+from sparsify_cli.passes.chains import Chain, hidden_chains, resize_chain
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.masks import WeightMask, attach_mask, dense_weight, get_mask, is_masked
+from sparsify_cli.passes.registry import PassContext, register_pass
+from sparsify_cli.passes.training import Callbacks, TrainConfig, cross_entropy, distillation, fit
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
 """The fine-tuning harness every trained N:M pass (ASP, SR-STE, MaxQ) runs through.
 
 One place decides the objective, checkpoints each epoch, resumes, evaluates and recovers from a
-diverging run, so the methods differ only in their mask (a :class:`~passes.masks.WeightMask`
-subclass) and their :class:`~passes.training.Callbacks`. Training itself is
-:func:`passes.training.fit`.
+diverging run, so the methods differ only in their mask (a
+:class:`~sparsify_cli.passes.masks.WeightMask`
+subclass) and their :class:`~sparsify_cli.passes.training.Callbacks`. Training itself is
+:func:`sparsify_cli.passes.training.fit`.
 
 * Objective: cross-entropy when the training batches carry labels; otherwise (or with
   ``distill=True``) distillation from a frozen copy of the dense input model: KL on softened
@@ -29,13 +30,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from passes import distributed
-from passes.atomic import atomic_path
-from passes.errors import SparsifyError
-from passes.masks import WeightMask, dense_weight, masked_modules
-from passes.pattern import NMPattern
-from passes.registry import PassContext
-from passes.training import (
+from sparsify_cli.passes import distributed
+from sparsify_cli.passes.atomic import atomic_path
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.masks import WeightMask, dense_weight, masked_modules
+from sparsify_cli.passes.pattern import NMPattern
+from sparsify_cli.passes.registry import PassContext
+from sparsify_cli.passes.training import (
     Callbacks,
     History,
     Objective,

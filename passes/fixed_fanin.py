@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from passes.training import Callbacks
+from sparsify_cli.passes.training import Callbacks
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,8 @@ def prune_mask(layer: FixedFanInLinear, cfg: RewireConfig, step: int, total: int
 
 
 class SETRewiring(Callbacks):
-    """:func:`passes.training.fit` callback: SET every ``cfg.interval`` steps until 66%.
+    """:func:`sparsify_cli.passes.training.fit` callback: SET every ``cfg.interval`` steps until
+    66%.
 
     Runs in ``after_step`` so the optimizer state already exists and its moments can be reset
     for the changed slots -- no patching of ``optimizer.step``.

@@ -1,7 +1,7 @@
 """Multiply-accumulate counts per layer: dense MACs and sparse MACs (nonzero weights only).
 
-For a masked layer (a :class:`passes.masks.WeightMask`) the sparse count is the mask's active
-entries: the weights that train and are stored, even where one currently holds an exact zero
+For a masked layer (a :class:`sparsify_cli.passes.masks.WeightMask`) the sparse count is the mask's
+active entries: the weights that train and are stored, even where one currently holds an exact zero
 (a weight regrown at 0 by dynamic sparse training still costs its MAC).
 
 Counted by running the example input once with hooks on Linear and Conv2d, so the spatial size
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from passes.inputs import Example, batch_size, call
-from passes.masks import get_mask, is_masked
+from sparsify_cli.passes.inputs import Example, batch_size, call
+from sparsify_cli.passes.masks import get_mask, is_masked
 
 
 @dataclass(frozen=True)

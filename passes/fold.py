@@ -7,9 +7,9 @@ from typing import ClassVar
 
 from torch import nn
 
-from passes.errors import SparsifyError
-from passes.masks import fold, manifest_entries, masked_modules
-from passes.registry import PassContext, register_pass
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.masks import fold, manifest_entries, masked_modules
+from sparsify_cli.passes.registry import PassContext, register_pass
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from passes.errors import SparsifyError
+from sparsify_cli.passes.errors import SparsifyError
 
 DEFAULT_NAME = "input"
 DTYPES = {

@@ -2,8 +2,8 @@
 
 What a user looks at before converting (which layers can be sparsified, and why not) and after
 (did every target layer come out N:M, with constant fan-in). The pattern is read from the
-weight values along the reduction axis (:func:`passes.pattern.weight_pattern`), never from a
-declaration, so the same analysis of the exported ONNX file must agree with it.
+weight values along the reduction axis (:func:`sparsify_cli.passes.pattern.weight_pattern`), never
+from a declaration, so the same analysis of the exported ONNX file must agree with it.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from passes.flops import layer_flops
-from passes.inputs import Example
-from passes.masks import fold
-from passes.pattern import LayerStats, weight_pattern
-from passes.selection import SPARSIFIABLE, Selection, select_layers
+from sparsify_cli.passes.flops import layer_flops
+from sparsify_cli.passes.inputs import Example
+from sparsify_cli.passes.masks import fold
+from sparsify_cli.passes.pattern import LayerStats, weight_pattern
+from sparsify_cli.passes.selection import SPARSIFIABLE, Selection, select_layers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,10 +33,11 @@ def inspect_model(
 ) -> list[LayerInfo]:
     """One :class:`LayerInfo` per Linear / Conv2d of ``model`` (masks, if any, are folded first).
 
-    Eligibility is :func:`passes.selection.select_layers` for group size ``m``, so inspect says
+    Eligibility is :func:`sparsify_cli.passes.selection.select_layers` for group size ``m``, so
+    inspect says
     exactly what ``convert`` would do with the same ``--nm``, ``--include`` and ``--exclude``.
 
-    >>> from samples.models import DigitsResNet
+    >>> from sparsify_cli.samples.models import DigitsResNet
     >>> rows = inspect_model(DigitsResNet(), torch.zeros(1, 1, 8, 8))
     >>> rows[0].name, rows[0].reason
     ('stem.0', 'in_channels 1 not divisible by 4')

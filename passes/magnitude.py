@@ -8,10 +8,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from passes.errors import SparsifyError
-from passes.masks import WeightMask, attach_mask, dense_weight, magnitude_nm_mask
-from passes.pattern import NMPattern, nm_violations
-from passes.registry import PassContext, register_pass
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.masks import WeightMask, attach_mask, dense_weight, magnitude_nm_mask
+from sparsify_cli.passes.pattern import NMPattern, nm_violations
+from sparsify_cli.passes.registry import PassContext, register_pass
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ the density and the bool mask itself. Stored as one safetensors file: masks as B
 everything else in the JSON header (``__metadata__["sparsify"]``) with the recipe and versions.
 
 This module is the format only (numpy + safetensors); building entries from a model lives in
-:mod:`passes.masks`.
+:mod:`sparsify_cli.passes.masks`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from passes.atomic import atomic_path
-from passes.errors import SparsifyError
+from sparsify_cli.passes.atomic import atomic_path
+from sparsify_cli.passes.errors import SparsifyError
 
 MANIFEST_SCHEMA = 1
 

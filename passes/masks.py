@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from passes.manifest import TensorEntry
-from passes.pattern import NMPattern, fan_in
+from sparsify_cli.passes.manifest import TensorEntry
+from sparsify_cli.passes.pattern import NMPattern, fan_in
 
 
 class WeightMask(nn.Module):

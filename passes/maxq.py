@@ -26,13 +26,25 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from passes.errors import SparsifyError
-from passes.finetune import DecayedMask, FinetuneConfig, SparseDecay, finetune, straight_through
-from passes.magnitude import ensure_nm
-from passes.masks import attach_mask, dense_weight, get_mask, magnitude_nm_mask, masked_modules
-from passes.pattern import NMPattern
-from passes.registry import PassContext, register_pass
-from passes.training import Callbacks
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.finetune import (
+    DecayedMask,
+    FinetuneConfig,
+    SparseDecay,
+    finetune,
+    straight_through,
+)
+from sparsify_cli.passes.magnitude import ensure_nm
+from sparsify_cli.passes.masks import (
+    attach_mask,
+    dense_weight,
+    get_mask,
+    magnitude_nm_mask,
+    masked_modules,
+)
+from sparsify_cli.passes.pattern import NMPattern
+from sparsify_cli.passes.registry import PassContext, register_pass
+from sparsify_cli.passes.training import Callbacks
 
 SCHEDULES = ("linear", "cubic", "cos", "exp")
 EXP_RATE = 0.05
@@ -73,8 +85,8 @@ def preserve_rate(schedule: str, epoch: int, start: int, end: int) -> float:
 
 def dense_groups(weight: torch.Tensor, m: int, rate: float) -> torch.Tensor:
     """Bool ``[groups]``: the ``int(rate * groups)`` N:M groups with the smallest block L1 norm
-    (groups ordered as in :func:`passes.masks.magnitude_nm_mask`: M consecutive input channels at
-    each output and kernel position). Ties go to the earlier group."""
+    (groups ordered as in :func:`sparsify_cli.passes.masks.magnitude_nm_mask`: M consecutive input
+    channels at each output and kernel position). Ties go to the earlier group."""
     l1 = weight.detach().abs().movedim(1, -1).reshape(-1, m).sum(-1)
     keep = int(rate * l1.numel())
     out = torch.zeros_like(l1, dtype=torch.bool)

@@ -1,7 +1,7 @@
 """The N:M sparsity pattern: parsing, the reduction-axis grouping, and validity checks.
 
-This is part of the format layer (with :mod:`passes.manifest`): exporters use it to read the
-pattern back from an artifact, so it holds no algorithm beyond counting.
+This is part of the format layer (with :mod:`sparsify_cli.passes.manifest`): exporters use it to
+read the pattern back from an artifact, so it holds no algorithm beyond counting.
 
 Convention (DESIGN.md): N:M runs along the *reduction* axis. For a torch weight
 ``[out, in, *kernel]`` (Linear ``[out, in]``, Conv2d ``[out, in, kh, kw]``) every group is M
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from passes.errors import SparsifyError
+from sparsify_cli.passes.errors import SparsifyError
 
 _NM_RE = re.compile(r"^\s*(-?\d+)\s*:\s*(-?\d+)\s*$")
 
@@ -145,7 +145,8 @@ def weight_pattern(weight: np.ndarray, in_axis: int = 1, out_axis: int = 0) -> W
 class LayerStats:
     """What one layer's weight holds, read from its values in the layout it is stored in.
 
-    Shared by the torch-model and ONNX-file views (``passes.inspect``, ``exporters.inspect_onnx``)
+    Shared by the torch-model and ONNX-file views (``sparsify_cli.passes.inspect``,
+    ``sparsify_cli.exporters.inspect_onnx``)
     so both report the same fields. ``in_axis`` is the reduction axis of ``shape``; ``reason is
     None`` means the layer is eligible; ``nm`` is the strictest common N:M the zeros satisfy;
     ``flops_*`` are MACs per sample.

@@ -27,8 +27,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from passes.errors import SparsifyError
-from passes.inputs import Example
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.inputs import Example
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ def _no_progress(items: Iterable[Any], description: str, total: int | None = Non
 class PassContext:
     """What a pass may use besides its config: target layers, data, device, seed, progress.
 
-    ``targets`` are the qualified names chosen by :func:`passes.selection.select_layers`;
+    ``targets`` are the qualified names chosen by
+    :func:`sparsify_cli.passes.selection.select_layers`;
     ``train`` / ``eval`` are data loaders when the run has data; ``track`` wraps a long loop in a
     progress display (the CLI passes a rich progress bar, the library default shows nothing);
     ``workdir`` is where resumable passes keep their checkpoints. Passes write ``metrics``

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from passes.inputs import Example, call
+from sparsify_cli.passes.inputs import Example, call
 
 SPARSIFIABLE = (nn.Linear, nn.Conv2d)
 

@@ -1,14 +1,16 @@
 """Sparse-IFT (Thangarasa et al., ICML 2024, arXiv 2303.11525): iso-FLOP sparse layer families.
 
 Each family replaces the target layers of *any* model by a sparse construction whose nonzero
-MACs (``passes.flops.layer_flops``) equal the dense model's, and warm-starts it from the dense
+MACs (``sparsify_cli.passes.flops.layer_flops``) equal the dense model's, and warm-starts it from
+the dense
 weights. For a layer ``D_in -> D_out`` (a conv has ``D_in = k^2 C_in``) at ``P`` positions the
 dense cost is ``P D_in D_out`` (paper, sec. 3.1):
 
 - **wide** (sec. 3.2, eq. 2): widen by ``k_sw``, train at sparsity ``s``. A module swap cannot
   widen the residual stream, so this widens the *private hidden dimension* of every chain
   ``producer -> [BatchNorm] -> act -> consumer`` between two targets
-  (:func:`passes.chains.hidden_chains`: ``conv1 -> bn1 -> relu -> conv2`` inside a residual block,
+  (:func:`sparsify_cli.passes.chains.hidden_chains`: ``conv1 -> bn1 -> relu -> conv2`` inside a
+  residual block,
   ``fc1 -> act -> fc2`` of a transformer MLP); block input / output widths and the classifier do
   not change. A layer widened on both sides costs ``(1-s) k^2 F``, on one side ``(1-s) k F``,
   not at all ``(1-s) F``; ``k`` solves ``(1-s)(A k^2 + B k + C) = A + B + C`` (``A``, ``B``,
@@ -46,13 +48,13 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from passes.chains import hidden_chains, norm_after, resize_chain, set_module
-from passes.dst import unstructured_mask
-from passes.errors import SparsifyError
-from passes.flops import layer_flops
-from passes.masks import WeightMask, attach_mask, masked_modules
-from passes.registry import PassContext, register_pass
-from passes.selection import Selection, select_layers
+from sparsify_cli.passes.chains import hidden_chains, norm_after, resize_chain, set_module
+from sparsify_cli.passes.dst import unstructured_mask
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.flops import layer_flops
+from sparsify_cli.passes.masks import WeightMask, attach_mask, masked_modules
+from sparsify_cli.passes.registry import PassContext, register_pass
+from sparsify_cli.passes.selection import Selection, select_layers
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +276,8 @@ def ift_targets(
 ) -> list[str]:
     """Layers Sparse-IFT transforms: the selected Linear / Conv2d minus the stem.
 
-    The output head is already kept dense by :func:`passes.selection.select_layers`; the stem (the
+    The output head is already kept dense by :func:`sparsify_cli.passes.selection.select_layers`;
+    the stem (the
     first layer the forward pass runs: a conv stem, a patch / token embedding) stays dense too, as
     in the paper, found by execution order rather than by name.
     """

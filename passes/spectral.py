@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from passes.masks import dense_weight, get_mask, masked_modules
+from sparsify_cli.passes.masks import dense_weight, get_mask, masked_modules
 
 
 @dataclass(frozen=True)

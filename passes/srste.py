@@ -16,12 +16,18 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from passes.finetune import DecayedMask, FinetuneConfig, SparseDecay, finetune, straight_through
-from passes.magnitude import ensure_nm
-from passes.masks import attach_mask, dense_weight, magnitude_nm_mask
-from passes.pattern import NMPattern
-from passes.registry import PassContext, register_pass
-from passes.training import Callbacks
+from sparsify_cli.passes.finetune import (
+    DecayedMask,
+    FinetuneConfig,
+    SparseDecay,
+    finetune,
+    straight_through,
+)
+from sparsify_cli.passes.magnitude import ensure_nm
+from sparsify_cli.passes.masks import attach_mask, dense_weight, magnitude_nm_mask
+from sparsify_cli.passes.pattern import NMPattern
+from sparsify_cli.passes.registry import PassContext, register_pass
+from sparsify_cli.passes.training import Callbacks
 
 
 class SRSTEMask(DecayedMask):

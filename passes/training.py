@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from passes import distributed
-from passes.inputs import Arrays, Example, call, rows
-from passes.inputs import batch_size as inputs_batch
-from passes.registry import PassContext
+from sparsify_cli.passes import distributed
+from sparsify_cli.passes.inputs import Arrays, Example, call, rows
+from sparsify_cli.passes.inputs import batch_size as inputs_batch
+from sparsify_cli.passes.registry import PassContext
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def fit(
 
     Under torchrun the training forward goes through DDP (``train`` is then a sharded loader);
     the loss history is the global mean, and the ranks are checked to agree after every epoch
-    (:mod:`passes.distributed`).
+    (:mod:`sparsify_cli.passes.distributed`).
     """
     model.to(ctx.device)
     net = distributed.wrap(model, ctx.device)

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from passes.fixed_fanin import FixedFanInLinear
-from passes.training import Callbacks
+from sparsify_cli.passes.fixed_fanin import FixedFanInLinear
+from sparsify_cli.passes.training import Callbacks
 
 
 class XMCOutput(NamedTuple):
@@ -44,7 +44,7 @@ class XMCModel(nn.Module):
     """``encoder -> [intermediate] -> classifier`` plus an optional meta head on the encoder.
 
     Like torchvision's GoogLeNet auxiliary logits, the meta head only shows in training mode, so
-    :func:`passes.training.predict` and exports see plain ``[B, L]`` logits.
+    :func:`sparsify_cli.passes.training.predict` and exports see plain ``[B, L]`` logits.
     """
 
     def __init__(
@@ -131,7 +131,8 @@ class AuxSchedule:
 
 
 class XMCObjective(Callbacks):
-    """The multi-label objective for :func:`passes.training.fit` (pass it as callback too).
+    """The multi-label objective for :func:`sparsify_cli.passes.training.fit` (pass it as callback
+    too).
 
     ``batch[1]`` holds padded label rows. With ``clusters`` ([L] cluster id per label) and a
     ``schedule`` the auxiliary cluster loss is mixed in; ``before_step`` tracks the step so

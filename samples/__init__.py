@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
-from samples.models import DigitsResNet, DigitsTransformer
+from sparsify_cli.samples.models import DigitsResNet, DigitsTransformer
 
 HERE = Path(__file__).parent
 

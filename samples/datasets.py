@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from passes.inputs import Arrays, batch_size, rows
+from sparsify_cli.passes.inputs import Arrays, batch_size, rows
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.1

@@ -1,4 +1,5 @@
-"""Train the shipped samples reproducibly on offline data: ``python -m samples.train [NAME ...]``.
+"""Train the shipped samples reproducibly on offline data: ``python -m sparsify_cli.samples.train
+[NAME ...]``.
 
 Writes ``samples/NAME.pt`` (the checkpoint ``sparsify convert`` reads) and ``samples/NAME.json``
 (dense test accuracy, epochs, seed). Same seed, same machine -> same checkpoint.
@@ -11,11 +12,11 @@ import json
 
 import torch
 
-from passes.atomic import atomic_path, atomic_write_text
-from passes.registry import PassContext
-from passes.training import TrainConfig, accuracy, cross_entropy, fit, make_loader
-from samples import SAMPLES, Sample
-from samples.datasets import DATASETS
+from sparsify_cli.passes.atomic import atomic_path, atomic_write_text
+from sparsify_cli.passes.registry import PassContext
+from sparsify_cli.passes.training import TrainConfig, accuracy, cross_entropy, fit, make_loader
+from sparsify_cli.samples import SAMPLES, Sample
+from sparsify_cli.samples.datasets import DATASETS
 
 
 def train_sample(sample: Sample, seed: int = 0) -> float:

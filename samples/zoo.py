@@ -7,8 +7,8 @@ squeeze-and-excitation (Hu et al., 2018), MobileNetV2 inverted residuals with de
 N:M pattern along a reduction axis of 1 (or of ``in/groups``) and are reported as skipped;
 the 1x1 convs around them carry most of the MACs and are sparsified.
 
-``samples.zoo:TokenAndFeatures`` takes two inputs (float features and int64 token ids), for
-``--input``. Every factory takes no arguments, as ``--arch`` requires.
+``sparsify_cli.samples.zoo:TokenAndFeatures`` takes two inputs (float features and int64 token
+ids), for ``--input``. Every factory takes no arguments, as ``--arch`` requires.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The ``sparsify`` command line: parse, build options, call the library, render.
 
-No algorithm lives here. Domain errors (:class:`passes.errors.SparsifyError`) become one line on
+No algorithm lives here. Domain errors (:class:`sparsify_cli.passes.errors.SparsifyError`) become
+one line on
 stderr and exit code 1; anything unexpected becomes one line and exit code 3; ``--debug`` shows
 the traceback instead.
 """
@@ -20,8 +21,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from passes import distributed
-from passes.errors import SparsifyError
+from sparsify_cli.passes import distributed
+from sparsify_cli.passes.errors import SparsifyError
 
 # Options shared by several commands, declared once.
 DebugOpt = Annotated[bool, typer.Option(help="Show tracebacks.")]
@@ -406,9 +407,9 @@ def bench(
     """
     import json
 
-    from exporters.latency import LatencySettings
     from sparsify_cli.bench import bench as run_bench
     from sparsify_cli.bench import render_bench
+    from sparsify_cli.exporters.latency import LatencySettings
     from sparsify_cli.loading import parse_input_shape
 
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING)

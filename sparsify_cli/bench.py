@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import onnx
 
-from exporters import runtime
-from exporters.latency import LatencySettings, measure_latency
-from passes.errors import SparsifyError
 from sparsify_cli.data import load_data
+from sparsify_cli.exporters import runtime
+from sparsify_cli.exporters.latency import LatencySettings, measure_latency
 from sparsify_cli.loading import file_sha256
+from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.report import environment, tool_version
 
 BENCH_KIND = "sparsify-bench"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from passes.errors import SparsifyError
-from passes.inputs import DTYPES, INTEGER_DTYPES, InputSpec
-from samples.datasets import DATASETS, Dataset, holdout_split
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.inputs import DTYPES, INTEGER_DTYPES, InputSpec
+from sparsify_cli.samples.datasets import DATASETS, Dataset, holdout_split
 
 
 def _inputs(arr: np.ndarray, name: str, sample_shape: Sequence[int], source: str) -> np.ndarray:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from passes.errors import SparsifyError
+from sparsify_cli.passes.errors import SparsifyError
 
 GATE_EXIT = 4
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from passes.errors import SparsifyError
-from passes.inputs import InputSpec
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.inputs import InputSpec
 
 log = logging.getLogger(__name__)
 

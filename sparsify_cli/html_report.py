@@ -24,8 +24,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from passes.atomic import atomic_write_text  # noqa: E402
 from sparsify_cli.bench import LATENCY_COLUMNS, latency_cells  # noqa: E402
+from sparsify_cli.passes.atomic import atomic_write_text  # noqa: E402
 
 REPORT_HTML = "report.html"
 

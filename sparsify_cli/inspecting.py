@@ -1,6 +1,6 @@
 """``sparsify inspect``: pick the right reader for a path and build the per-layer document.
 
-* an ``.onnx`` file: :func:`exporters.inspect_onnx.inspect_onnx` (any ONNX model);
+* an ``.onnx`` file: :func:`sparsify_cli.exporters.inspect_onnx.inspect_onnx` (any ONNX model);
 * an output folder of ``convert``, or its ``model_sparse.safetensors``: the folded sparse
   model rebuilt with the architecture its manifest's recipe names (``--arch`` overrides), with
   the declared pattern of every manifest entry beside the pattern read from the weights;
@@ -16,12 +16,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from exporters.inspect_onnx import inspect_onnx
-from passes.inspect import inspect_model
-from passes.manifest import Manifest
-from passes.pattern import NMPattern
-from passes.selection import Selection
+from sparsify_cli.exporters.inspect_onnx import inspect_onnx
 from sparsify_cli.loading import load_model
+from sparsify_cli.passes.inspect import inspect_model
+from sparsify_cli.passes.manifest import Manifest
+from sparsify_cli.passes.pattern import NMPattern
+from sparsify_cli.passes.selection import Selection
 
 INSPECT_KIND = "sparsify-inspect"
 INSPECT_SCHEMA = 1
@@ -91,7 +91,7 @@ def add_tensorrt_prediction(doc: dict[str, Any], precision: str = "fp16") -> dic
 
     Shapes are passed as ``[out, in, *kernel]`` whatever layout the file stores them in.
     """
-    from exporters.tensorrt.predict import predict_sparse_benefit
+    from sparsify_cli.exporters.tensorrt.predict import predict_sparse_benefit
 
     rows = [
         {

@@ -13,7 +13,7 @@ Accepted sources, in the order they are tried:
 ``--arch`` is ``MODULE:CALLABLE`` (``torchvision.models:resnet18``) or ``timm:NAME``
 (``timm.create_model(NAME)``). The example is one float tensor of ``--input-shape``, or several
 named inputs from ``--input NAME:SHAPE:DTYPE`` / ``--example-input x.npz``
-(:mod:`passes.inputs`).
+(:mod:`sparsify_cli.passes.inputs`).
 """
 
 from __future__ import annotations
@@ -36,9 +36,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from passes.errors import SparsifyError
-from passes.inputs import Example, InputSpec, call, make_example, parse_input_spec, spec_of
-from samples import SAMPLES, Sample
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.inputs import (
+    Example,
+    InputSpec,
+    call,
+    make_example,
+    parse_input_spec,
+    spec_of,
+)
+from sparsify_cli.samples import SAMPLES, Sample
 
 log = logging.getLogger(__name__)
 

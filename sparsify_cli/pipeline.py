@@ -20,14 +20,18 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from exporters import runtime
-from exporters.condensed import condense_onnx, kernel_isa
-from exporters.latency import LatencySettings, measure_latency
-from exporters.onnx_export import export_onnx, weight_refs
-from exporters.quantize import QuantizeConfig, quantize_model
-from exporters.tensorrt import require_tensorrt
-from exporters.verify import max_abs_diff, verify_pattern
-from passes import (
+from sparsify_cli.data import load_data, load_input_data
+from sparsify_cli.exporters import runtime
+from sparsify_cli.exporters.condensed import condense_onnx, kernel_isa
+from sparsify_cli.exporters.latency import LatencySettings, measure_latency
+from sparsify_cli.exporters.onnx_export import export_onnx, weight_refs
+from sparsify_cli.exporters.quantize import QuantizeConfig, quantize_model
+from sparsify_cli.exporters.tensorrt import require_tensorrt
+from sparsify_cli.exporters.verify import max_abs_diff, verify_pattern
+from sparsify_cli.hf import HF_FOLDER, save_hf_folder
+from sparsify_cli.html_report import write_html
+from sparsify_cli.loading import LoadedModel, file_sha256, load_model
+from sparsify_cli.passes import (
     ASPConfig,
     FoldConfig,
     MaxQConfig,
@@ -40,22 +44,18 @@ from passes import (
     run_passes,
     select_layers,
 )
-from passes.atomic import atomic_path
-from passes.dst import DSTConfig, ShrinkConfig
-from passes.errors import SparsifyError
-from passes.flops import layer_flops
-from passes.inputs import as_arrays, parse_input_spec
-from passes.manifest import Manifest
-from passes.sparse_ift import SparseIFTConfig, ift_targets
-from passes.spectral import layer_gaps
-from passes.training import make_loader, predict
-from samples.datasets import Dataset
-from sparsify_cli.data import load_data, load_input_data
-from sparsify_cli.hf import HF_FOLDER, save_hf_folder
-from sparsify_cli.html_report import write_html
-from sparsify_cli.loading import LoadedModel, file_sha256, load_model
+from sparsify_cli.passes.atomic import atomic_path
+from sparsify_cli.passes.dst import DSTConfig, ShrinkConfig
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.flops import layer_flops
+from sparsify_cli.passes.inputs import as_arrays, parse_input_spec
+from sparsify_cli.passes.manifest import Manifest
+from sparsify_cli.passes.sparse_ift import SparseIFTConfig, ift_targets
+from sparsify_cli.passes.spectral import layer_gaps
+from sparsify_cli.passes.training import make_loader, predict
 from sparsify_cli.recipe import recipe_dict, write_recipe
 from sparsify_cli.report import new_report, tool_version, write_report
+from sparsify_cli.samples.datasets import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -318,8 +318,8 @@ def _tensorrt_artifact(
     """Dense and 2:4 fp16 engines of the sparse ONNX: which layers run sparse, parity, latency."""
     import onnx
 
-    from exporters.tensorrt.export import export_tensorrt
-    from exporters.tensorrt.runtime import TimingSettings
+    from sparsify_cli.exporters.tensorrt.export import export_tensorrt
+    from sparsify_cli.exporters.tensorrt.runtime import TimingSettings
 
     refs = weight_refs(onnx.load(str(sparse_onnx)), [c.name for c in choices])
     artifact = export_tensorrt(

@@ -2,7 +2,7 @@
 
 A recipe says *what* to produce, never *where*: the options of the run (every field of the
 options dataclass except ``out`` and ``force``) and the resolved pass configs
-(:func:`passes.registry.config_to_dict`)::
+(:func:`sparsify_cli.passes.registry.config_to_dict`)::
 
     sparsify_recipe: 1
     options: {source: digits_cnn, nm: '2:4', method: magnitude, seed: 0, ...}
@@ -26,9 +26,9 @@ from typing import Any, TypeVar
 
 import yaml
 
-from passes.atomic import atomic_write_text
-from passes.errors import SparsifyError
-from passes.registry import config_from_dict, config_to_dict
+from sparsify_cli.passes.atomic import atomic_write_text
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.registry import config_from_dict, config_to_dict
 
 RECIPE_VERSION = 1
 NOT_RECORDED = ("out", "force", "resume")

@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from passes.atomic import atomic_write_text
+from sparsify_cli.passes.atomic import atomic_write_text
 
 SCHEMA = 1
 

@@ -57,9 +57,9 @@ def unseen_model(tmp_path_factory) -> Path:
         import mymodels
     finally:
         sys.path.remove(str(folder))
-    from passes.registry import PassContext
-    from passes.training import TrainConfig, cross_entropy, fit, make_loader
-    from samples.datasets import digits
+    from sparsify_cli.passes.registry import PassContext
+    from sparsify_cli.passes.training import TrainConfig, cross_entropy, fit, make_loader
+    from sparsify_cli.samples.datasets import digits
 
     torch.manual_seed(0)
     data = digits()

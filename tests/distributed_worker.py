@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from passes import distributed
-from passes.dst import DSTConfig
-from passes.errors import SparsifyError
-from passes.maxq import MaxQConfig
-from passes.registry import PassContext, run_passes
-from samples import SAMPLES
-from samples.datasets import digits
+from sparsify_cli.passes import distributed
+from sparsify_cli.passes.dst import DSTConfig
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.maxq import MaxQConfig
+from sparsify_cli.passes.registry import PassContext, run_passes
+from sparsify_cli.samples import SAMPLES
+from sparsify_cli.samples.datasets import digits
 
 ROWS = 1024
 """Training rows (a multiple of the global batch, so no rank pads its shard)."""

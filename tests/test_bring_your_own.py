@@ -11,12 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from exporters.latency import LatencySettings, measure_latency
-from exporters.onnx_export import export_onnx, weight_refs
-from passes.errors import SparsifyError
-from passes.inputs import InputSpec, parse_input_spec
 from sparsify_cli.app import app
+from sparsify_cli.exporters.latency import LatencySettings, measure_latency
+from sparsify_cli.exporters.onnx_export import export_onnx, weight_refs
 from sparsify_cli.loading import load_model
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.inputs import InputSpec, parse_input_spec
 from sparsify_cli.pipeline import ConvertOptions, convert
 
 FAST = dict(batch_sizes=(1, 4), bench_seconds=0.05)
@@ -61,7 +61,13 @@ def test_bad_input_specs_are_clear_errors(text: str, message: str) -> None:
 def test_bad_input_spec_on_the_cli_exits_1(tmp_path) -> None:
     result = CliRunner().invoke(
         app,
-        ["convert", "--arch", "samples.zoo:TokenAndFeatures", "--input", "ids:1x8:int9"],
+        [
+            "convert",
+            "--arch",
+            "sparsify_cli.samples.zoo:TokenAndFeatures",
+            "--input",
+            "ids:1x8:int9",
+        ],
     )
     assert result.exit_code == 1
     assert "bad dtype 'int9'" in result.output
@@ -85,7 +91,7 @@ def test_zoo_style_cnns_export_at_2_4(arch: str, tmp_path, caplog) -> None:
     report, out = convert(
         ConvertOptions(
             None,
-            arch=f"samples.zoo:{arch}",
+            arch=f"sparsify_cli.samples.zoo:{arch}",
             input_shape="1,3,32,32",
             out=str(tmp_path / "o"),
             **FAST,
@@ -126,7 +132,7 @@ def test_two_inputs_through_the_cli(tmp_path) -> None:
         [
             "convert",
             "--arch",
-            "samples.zoo:TokenAndFeatures",
+            "sparsify_cli.samples.zoo:TokenAndFeatures",
             "--input",
             "features:1x16:float32",
             "--input",
@@ -161,13 +167,18 @@ def test_example_input_npz(tmp_path) -> None:
     """--example-input: names, dtypes, shapes and the integer range come from the arrays."""
     ids = np.array([[3, 9, 44, 0, 1, 2, 7, 40]])
     np.savez(tmp_path / "x.npz", features=np.ones((1, 16), np.float32), ids=ids)
-    loaded = load_model(None, "samples.zoo:TokenAndFeatures", example_input=str(tmp_path / "x.npz"))
+    loaded = load_model(
+        None, "sparsify_cli.samples.zoo:TokenAndFeatures", example_input=str(tmp_path / "x.npz")
+    )
     assert list(loaded.example) == ["features", "ids"]
     assert torch.equal(loaded.example["ids"], torch.from_numpy(ids))
     assert (loaded.specs[1].low, loaded.specs[1].high) == (0, 45)
     with pytest.raises(SparsifyError, match="both describe the inputs"):
         load_model(
-            None, "samples.zoo:TokenAndFeatures", "1,16", example_input=str(tmp_path / "x.npz")
+            None,
+            "sparsify_cli.samples.zoo:TokenAndFeatures",
+            "1,16",
+            example_input=str(tmp_path / "x.npz"),
         )
 
 
@@ -175,7 +186,7 @@ def test_named_data_must_hold_every_input(tmp_path) -> None:
     np.savez(tmp_path / "d.npz", features=np.zeros((8, 16), np.float32), y=np.zeros(8, int))
     opts = ConvertOptions(
         None,
-        arch="samples.zoo:TokenAndFeatures",
+        arch="sparsify_cli.samples.zoo:TokenAndFeatures",
         inputs=("features:1x16:float32", "ids:1x8:int64:50"),
         data=str(tmp_path / "d.npz"),
         out=str(tmp_path / "o"),
@@ -204,7 +215,7 @@ def test_latency_feeds_token_ids_inside_the_vocabulary(tmp_path) -> None:
 
 def test_nested_sequential_scopes_are_found(tmp_path) -> None:
     """``blocks.0.expand.0.0`` (Sequential in Sequential) owns its folded Conv in the ONNX."""
-    from samples.zoo import TinyMobileNet
+    from sparsify_cli.samples.zoo import TinyMobileNet
 
     model = TinyMobileNet().eval()
     path = tmp_path / "m.onnx"

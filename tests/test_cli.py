@@ -8,8 +8,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from exporters.condensed import kernel_isa
 from sparsify_cli.app import app
+from sparsify_cli.exporters.condensed import kernel_isa
 from tests.conftest import FAST, run_cli
 
 

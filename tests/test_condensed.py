@@ -17,12 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from exporters import condensed
-from exporters.onnx_export import export_onnx
-from passes.errors import SparsifyError
-from passes.manifest import Manifest, TensorEntry
-from passes.masks import WeightMask, attach_mask, fold, manifest_entries
-from samples.models import DigitsTransformer
+from sparsify_cli.exporters import condensed
+from sparsify_cli.exporters.onnx_export import export_onnx
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.manifest import Manifest, TensorEntry
+from sparsify_cli.passes.masks import WeightMask, attach_mask, fold, manifest_entries
+from sparsify_cli.samples.models import DigitsTransformer
 
 ATOL = 1e-4  # fp32 sums reordered by the kernel vs ORT's dense GEMM
 CHECKPOINT = Path(__file__).resolve().parents[1] / "samples" / "digits_transformer.pt"

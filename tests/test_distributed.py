@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from passes.training import accuracy
-from samples.datasets import digits
+from sparsify_cli.passes.training import accuracy
+from sparsify_cli.samples.datasets import digits
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))

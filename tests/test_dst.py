@@ -11,16 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from exporters import runtime
-from exporters.onnx_export import export_onnx, initializers
-from passes.dst import DSTConfig, ShrinkConfig, _Rewirer, init_masks, rewire_fanin
-from passes.fold import FoldConfig
-from passes.masks import dense_weight, get_mask
-from passes.registry import PassContext, run_passes
-from passes.sparse_ift import ift_targets
-from passes.training import accuracy, make_loader
-from samples import SAMPLES
-from samples.datasets import digits
+from sparsify_cli.exporters import runtime
+from sparsify_cli.exporters.onnx_export import export_onnx, initializers
+from sparsify_cli.passes.dst import DSTConfig, ShrinkConfig, _Rewirer, init_masks, rewire_fanin
+from sparsify_cli.passes.fold import FoldConfig
+from sparsify_cli.passes.masks import dense_weight, get_mask
+from sparsify_cli.passes.registry import PassContext, run_passes
+from sparsify_cli.passes.sparse_ift import ift_targets
+from sparsify_cli.passes.training import accuracy, make_loader
+from sparsify_cli.samples import SAMPLES
+from sparsify_cli.samples.datasets import digits
 
 
 def _mlp() -> nn.Module:
@@ -73,7 +73,7 @@ def test_rewire_invariants(method: str, opt: str) -> None:
 
 
 def test_rigl_grows_largest_dense_gradient() -> None:
-    from passes.dst import rewire_unstructured
+    from sparsify_cli.passes.dst import rewire_unstructured
 
     weight = torch.tensor([[3.0, 0.1, 0.0, 0.0], [2.0, 1.0, 0.0, 0.0]])
     mask = weight != 0

@@ -8,12 +8,12 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from exporters import runtime
-from exporters.onnx_export import export_onnx, weight_refs
-from exporters.verify import max_abs_diff, verify_pattern
-from passes import FoldConfig, NMConfig, PassContext, run_passes, select_layers
-from passes.manifest import Manifest
-from samples import SAMPLES
+from sparsify_cli.exporters import runtime
+from sparsify_cli.exporters.onnx_export import export_onnx, weight_refs
+from sparsify_cli.exporters.verify import max_abs_diff, verify_pattern
+from sparsify_cli.passes import FoldConfig, NMConfig, PassContext, run_passes, select_layers
+from sparsify_cli.passes.manifest import Manifest
+from sparsify_cli.samples import SAMPLES
 
 
 def _sparse_sample(name, n, m, tmp_path):

@@ -9,11 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from passes import ASPConfig, MaxQConfig, PassContext, SparsifyError, run_passes
-from passes.training import make_loader
-from samples import SAMPLES
-from samples.datasets import digits
 from sparsify_cli.app import app
+from sparsify_cli.passes import ASPConfig, MaxQConfig, PassContext, SparsifyError, run_passes
+from sparsify_cli.passes.training import make_loader
+from sparsify_cli.samples import SAMPLES
+from sparsify_cli.samples.datasets import digits
 
 TARGETS = ["layer2.conv2", "layer3.conv1", "layer3.conv2"]
 
@@ -129,7 +129,7 @@ def test_cli_maxq_without_data_is_one_clear_error(tmp_path):
             "convert",
             str(ckpt),
             "--arch",
-            "samples.models:DigitsResNet",
+            "sparsify_cli.samples.models:DigitsResNet",
             "--input-shape",
             "1,1,8,8",
             "--method",

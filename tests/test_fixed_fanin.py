@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from passes.fixed_fanin import (
+from sparsify_cli.passes.fixed_fanin import (
     FixedFanInLinear,
     RewireConfig,
     SETRewiring,
@@ -14,10 +14,10 @@ from passes.fixed_fanin import (
     random_indices,
     rewire,
 )
-from passes.registry import PassContext
-from passes.training import CallbackList, TrainConfig, fit, make_loader
-from passes.xmc_data import skewed_xmc
-from passes.xmc_model import (
+from sparsify_cli.passes.registry import PassContext
+from sparsify_cli.passes.training import CallbackList, TrainConfig, fit, make_loader
+from sparsify_cli.passes.xmc_data import skewed_xmc
+from sparsify_cli.passes.xmc_model import (
     AuxSchedule,
     XMCObjective,
     XMCOutput,

@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from passes.errors import SparsifyError
-from passes.pattern import NMPattern
 from sparsify_cli.data import load_data
 from sparsify_cli.loading import parse_input_shape
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.pattern import NMPattern
 from sparsify_cli.pipeline import ConvertOptions, resolve_passes
 from sparsify_cli.recipe import read_recipe
 

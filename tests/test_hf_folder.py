@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from exporters import runtime
-from exporters.verify import max_abs_diff
-from passes.manifest import Manifest
-from passes.pattern import NMPattern, nm_violations
 from sparsify_cli.app import app
+from sparsify_cli.exporters import runtime
+from sparsify_cli.exporters.verify import max_abs_diff
+from sparsify_cli.passes.manifest import Manifest
+from sparsify_cli.passes.pattern import NMPattern, nm_violations
 
 transformers = pytest.importorskip("transformers")
 os.environ["HF_HUB_OFFLINE"] = "1"

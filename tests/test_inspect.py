@@ -9,12 +9,19 @@ import pytest
 import torch
 from report_outputs import cnn_output, invoke
 
-from exporters.inspect_onnx import inspect_onnx
-from exporters.onnx_export import export_onnx, weight_refs
-from passes import FoldConfig, NMConfig, PassContext, Selection, run_passes, select_layers
-from passes.inspect import inspect_model
-from passes.pattern import detect_nm, weight_pattern
-from samples import SAMPLES
+from sparsify_cli.exporters.inspect_onnx import inspect_onnx
+from sparsify_cli.exporters.onnx_export import export_onnx, weight_refs
+from sparsify_cli.passes import (
+    FoldConfig,
+    NMConfig,
+    PassContext,
+    Selection,
+    run_passes,
+    select_layers,
+)
+from sparsify_cli.passes.inspect import inspect_model
+from sparsify_cli.passes.pattern import detect_nm, weight_pattern
+from sparsify_cli.samples import SAMPLES
 
 
 def test_detect_nm_golden():

@@ -6,12 +6,19 @@ import pytest
 import torch
 from torch import nn
 
-from passes import FoldConfig, NMConfig, PassContext, Selection, run_passes, select_layers
-from passes.errors import SparsifyError
-from passes.masks import get_mask, masked_modules
-from passes.pattern import nm_violations
-from passes.registry import config_from_dict, config_to_dict
-from samples import SAMPLES
+from sparsify_cli.passes import (
+    FoldConfig,
+    NMConfig,
+    PassContext,
+    Selection,
+    run_passes,
+    select_layers,
+)
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.masks import get_mask, masked_modules
+from sparsify_cli.passes.pattern import nm_violations
+from sparsify_cli.passes.registry import config_from_dict, config_to_dict
+from sparsify_cli.samples import SAMPLES
 
 
 def _sample(name):

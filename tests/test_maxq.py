@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from passes import FoldConfig, MaxQConfig, NMConfig, NMPattern, PassContext, run_passes
-from passes.masks import fold, get_mask
-from passes.maxq import axis_soft, dense_groups, maxq_soft_mask, preserve_rate
-from passes.pattern import nm_violations
-from passes.training import accuracy, make_loader
-from samples import SAMPLES
-from samples.datasets import digits
+from sparsify_cli.passes import FoldConfig, MaxQConfig, NMConfig, NMPattern, PassContext, run_passes
+from sparsify_cli.passes.masks import fold, get_mask
+from sparsify_cli.passes.maxq import axis_soft, dense_groups, maxq_soft_mask, preserve_rate
+from sparsify_cli.passes.pattern import nm_violations
+from sparsify_cli.passes.training import accuracy, make_loader
+from sparsify_cli.samples import SAMPLES
+from sparsify_cli.samples.datasets import digits
 
 
 def test_linear_schedule_share_of_dense_groups_per_epoch():

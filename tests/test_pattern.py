@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from passes.errors import SparsifyError
-from passes.masks import magnitude_nm_mask
-from passes.pattern import NMPattern, fan_in, nm_violations
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.masks import magnitude_nm_mask
+from sparsify_cli.passes.pattern import NMPattern, fan_in, nm_violations
 
 
 def test_golden_2of4_weights_1_to_8():

@@ -10,8 +10,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from exporters.onnx_export import initializers, weight_refs
-from exporters.quantize import (
+from sparsify_cli.data import load_data
+from sparsify_cli.exporters.onnx_export import initializers, weight_refs
+from sparsify_cli.exporters.quantize import (
     ArrayCalibrationReader,
     QuantizeConfig,
     calibrate,
@@ -19,12 +20,11 @@ from exporters.quantize import (
     quantize_model,
     quantized_nodes,
 )
-from exporters.verify import verify_pattern
-from passes.errors import SparsifyError
-from passes.manifest import Manifest
-from samples.datasets import digits
-from sparsify_cli.data import load_data
+from sparsify_cli.exporters.verify import verify_pattern
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.manifest import Manifest
 from sparsify_cli.pipeline import ConvertOptions, convert
+from sparsify_cli.samples.datasets import digits
 
 
 @pytest.fixture(scope="module")

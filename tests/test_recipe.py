@@ -8,7 +8,7 @@ import pytest
 import yaml
 from report_outputs import FAST, cnn_output, invoke
 
-from passes.errors import SparsifyError
+from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.pipeline import ConvertOptions, resolve_passes
 from sparsify_cli.recipe import read_recipe
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from passes.flops import layer_flops
-from passes.masks import get_mask, masked_modules
-from passes.registry import PassContext, run_passes
-from passes.sparse_ift import SparseIFTConfig, ift_targets, solve_width
-from passes.spectral import graph_gaps, spectral_report
-from samples import SAMPLES
+from sparsify_cli.passes.flops import layer_flops
+from sparsify_cli.passes.masks import get_mask, masked_modules
+from sparsify_cli.passes.registry import PassContext, run_passes
+from sparsify_cli.passes.sparse_ift import SparseIFTConfig, ift_targets, solve_width
+from sparsify_cli.passes.spectral import graph_gaps, spectral_report
+from sparsify_cli.samples import SAMPLES
 
 
 def _load(sample: str) -> tuple[torch.nn.Module, torch.Tensor]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from exporters.tensorrt import (
+from sparsify_cli.exporters.tensorrt import (
     BuildSettings,
     apply_settings,
     latency_stats,
@@ -22,9 +22,9 @@ from exporters.tensorrt import (
     predict_sparse_benefit,
     sparsity_warnings,
 )
-from exporters.tensorrt.sparsity_log import layer_tokens
-from exporters.tensorrt.stats import speedup, throughput
-from passes.errors import SparsifyError
+from sparsify_cli.exporters.tensorrt.sparsity_log import layer_tokens
+from sparsify_cli.exporters.tensorrt.stats import speedup, throughput
+from sparsify_cli.passes.errors import SparsifyError
 
 # ---------------------------------------------------------------- builder settings
 

@@ -286,7 +286,7 @@ const OrtCustomOp g_op = make_op();
 }  // namespace
 
 // The instruction set the kernels picked on this CPU ("avx512", "avx2" or "portable"), for
-// reports and benchmarks (exporters.condensed.kernel_isa reads it through ctypes).
+// reports and benchmarks (sparsify_cli.exporters.condensed.kernel_isa reads it through ctypes).
 extern "C" __attribute__((visibility("default"))) const char* SparsifyCondensedIsa() {
   return sparsify::isa_name();
 }

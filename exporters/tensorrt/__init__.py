@@ -6,13 +6,13 @@ will-it-pay prediction) import nothing from TensorRT and run anywhere. Building 
 :func:`require_tensorrt` has explained anything missing.
 """
 
-from exporters.tensorrt.availability import missing_requirements, require_tensorrt
-from exporters.tensorrt.config import BuildSettings, apply_settings
-from exporters.tensorrt.inspector import EngineLayer, parse_engine_info
-from exporters.tensorrt.layers import TrtLayerRow, merge_layer_rows, sparsity_warnings
-from exporters.tensorrt.predict import predict_sparse_benefit
-from exporters.tensorrt.sparsity_log import SparsityLog, parse_sparsity_log
-from exporters.tensorrt.stats import PARITY_RTOL, LatencyStats, latency_stats, parity
+from sparsify_cli.exporters.tensorrt.availability import missing_requirements, require_tensorrt
+from sparsify_cli.exporters.tensorrt.config import BuildSettings, apply_settings
+from sparsify_cli.exporters.tensorrt.inspector import EngineLayer, parse_engine_info
+from sparsify_cli.exporters.tensorrt.layers import TrtLayerRow, merge_layer_rows, sparsity_warnings
+from sparsify_cli.exporters.tensorrt.predict import predict_sparse_benefit
+from sparsify_cli.exporters.tensorrt.sparsity_log import SparsityLog, parse_sparsity_log
+from sparsify_cli.exporters.tensorrt.stats import PARITY_RTOL, LatencyStats, latency_stats, parity
 
 __all__ = [
     "PARITY_RTOL",

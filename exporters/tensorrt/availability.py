@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 from types import ModuleType
 
-from passes.errors import SparsifyError
+from sparsify_cli.passes.errors import SparsifyError
 
 
 def missing_requirements() -> list[str]:

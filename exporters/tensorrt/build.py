@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exporters.tensorrt.availability import import_tensorrt
-from exporters.tensorrt.config import BuildSettings, apply_settings, save_timing_cache
-from exporters.tensorrt.inspector import EngineLayer, parse_engine_info
-from exporters.tensorrt.sparsity_log import SparsityLog, parse_sparsity_log
-from passes.atomic import atomic_write_bytes, atomic_write_text
-from passes.errors import SparsifyError
+from sparsify_cli.exporters.tensorrt.availability import import_tensorrt
+from sparsify_cli.exporters.tensorrt.config import BuildSettings, apply_settings, save_timing_cache
+from sparsify_cli.exporters.tensorrt.inspector import EngineLayer, parse_engine_info
+from sparsify_cli.exporters.tensorrt.sparsity_log import SparsityLog, parse_sparsity_log
+from sparsify_cli.passes.atomic import atomic_write_bytes, atomic_write_text
+from sparsify_cli.passes.errors import SparsifyError
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from passes.atomic import atomic_write_bytes
-from passes.errors import SparsifyError
+from sparsify_cli.passes.atomic import atomic_write_bytes
+from sparsify_cli.passes.errors import SparsifyError
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,8 @@ class BuildSettings:
     --fp16`` does; ``fp32`` clears TF32 so fp32 parity stays tight. ``sparse_weights`` sets
     ``SPARSE_WEIGHTS``, which lets TensorRT *consider* 2:4 sparse tactics for weights that hold the
     pattern; it still times them against dense ones and keeps the faster (see
-    :mod:`exporters.tensorrt.sparsity_log`). The optimization profile covers the dynamic batch
-    axis from ``min_batch`` to ``max_batch``, tuned for ``opt_batch``.
+    :mod:`sparsify_cli.exporters.tensorrt.sparsity_log`). The optimization profile covers the
+    dynamic batch axis from ``min_batch`` to ``max_batch``, tuned for ``opt_batch``.
     """
 
     precision: str = "fp16"

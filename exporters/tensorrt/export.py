@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from exporters.tensorrt.build import BuiltEngine, build_engine
-from exporters.tensorrt.config import BuildSettings
-from exporters.tensorrt.layers import merge_layer_rows, sparsity_warnings
-from exporters.tensorrt.runtime import EngineRunner, TimingSettings, measure_engines
-from exporters.tensorrt.stats import parity
+from sparsify_cli.exporters.tensorrt.build import BuiltEngine, build_engine
+from sparsify_cli.exporters.tensorrt.config import BuildSettings
+from sparsify_cli.exporters.tensorrt.layers import merge_layer_rows, sparsity_warnings
+from sparsify_cli.exporters.tensorrt.runtime import EngineRunner, TimingSettings, measure_engines
+from sparsify_cli.exporters.tensorrt.stats import parity
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,11 @@ def export_tensorrt(
 ) -> dict[str, Any]:
     """Build, verify and time; return the ``report.json`` artifact entry for the 2:4 engine.
 
-    ``node_map``: module -> ONNX weight node names (:func:`exporters.onnx_export.weight_refs`);
+    ``node_map``: module -> ONNX weight node names
+    (:func:`sparsify_cli.exporters.onnx_export.weight_refs`);
     ``patterns``: masked module -> manifest pattern; ``check_x`` / ``reference``: inputs and the
-    PyTorch outputs the engine must reproduce within :data:`~exporters.tensorrt.stats.PARITY_RTOL`.
+    PyTorch outputs the engine must reproduce within
+    :data:`~sparsify_cli.exporters.tensorrt.stats.PARITY_RTOL`.
     """
     settings = BuildSettings(
         precision=precision,

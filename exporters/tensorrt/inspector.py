@@ -26,8 +26,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from exporters.tensorrt.sparsity_log import layer_tokens
-from passes.errors import SparsifyError
+from sparsify_cli.exporters.tensorrt.sparsity_log import layer_tokens
+from sparsify_cli.passes.errors import SparsifyError
 
 _ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]\x1e\x1f]+)\]")
 

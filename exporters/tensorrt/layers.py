@@ -1,7 +1,8 @@
 """Per-layer truth about 2:4 on TensorRT: masked (manifest) x eligible / picked (build log) x
 precision and tactic (engine inspector), matched through ONNX node names.
 
-The manifest names torch modules; :func:`exporters.onnx_export.weight_refs` maps each module to
+The manifest names torch modules; :func:`sparsify_cli.exporters.onnx_export.weight_refs` maps each
+module to
 the ONNX node holding its weight; TensorRT engine layers name the ONNX nodes they were built from
 (``Metadata``, else the ``" + "``-joined layer name). A layer counts as *running sparse* only when
 TensorRT says it picked a sparse implementation for it; the tactic name (``..._sparse_...``) is
@@ -14,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from exporters.tensorrt.inspector import EngineLayer
-from exporters.tensorrt.sparsity_log import SparsityLog, layer_tokens
+from sparsify_cli.exporters.tensorrt.inspector import EngineLayer
+from sparsify_cli.exporters.tensorrt.sparsity_log import SparsityLog, layer_tokens
 
 
 @dataclass(frozen=True)

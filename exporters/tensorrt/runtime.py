@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from exporters.tensorrt.availability import import_tensorrt
-from exporters.tensorrt.stats import LatencyStats, latency_stats, speedup, throughput
+from sparsify_cli.exporters.tensorrt.availability import import_tensorrt
+from sparsify_cli.exporters.tensorrt.stats import LatencyStats, latency_stats, speedup, throughput
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ Skipped without CUDA + TensorRT (``pytest -m gpu`` on a GPU machine runs them). 
 benchmark's wide CNN (256/512-channel convolutions, 512->1024 GEMM), pruned 2:4 through the
 project's passes; the checks are: TensorRT parses and builds both engines, the sparse engine
 matches PyTorch (fp16) or ONNX Runtime on the same Q/DQ model (int8) within
-:data:`exporters.tensorrt.stats.PARITY_RTOL`, every masked layer is found in the engine, at least
-one masked layer runs a sparse kernel, and the dense/2:4 latency ratio is printed.
+:data:`sparsify_cli.exporters.tensorrt.stats.PARITY_RTOL`, every masked layer is found in the
+engine, at least one masked layer runs a sparse kernel, and the dense/2:4 latency ratio is printed.
 """
 
 from __future__ import annotations
@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from exporters.tensorrt import merge_layer_rows, missing_requirements, parity, sparsity_warnings
+from sparsify_cli.exporters.tensorrt import (
+    merge_layer_rows,
+    missing_requirements,
+    parity,
+    sparsity_warnings,
+)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -32,10 +37,14 @@ def prepared(tmp_path_factory):
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_dense_and_2of4_engines_parity_sparse_picked_and_ratio(prepared, tmp_path, precision):
     from benchmarks.bench_tensorrt import INPUT_SHAPE
-    from exporters import runtime as ort_runtime
-    from exporters.tensorrt import BuildSettings
-    from exporters.tensorrt.export import build_pair
-    from exporters.tensorrt.runtime import EngineRunner, TimingSettings, measure_engines
+    from sparsify_cli.exporters import runtime as ort_runtime
+    from sparsify_cli.exporters.tensorrt import BuildSettings
+    from sparsify_cli.exporters.tensorrt.export import build_pair
+    from sparsify_cli.exporters.tensorrt.runtime import (
+        EngineRunner,
+        TimingSettings,
+        measure_engines,
+    )
 
     onnx_path, qdq_path, node_map, patterns, model = prepared
     source = qdq_path if precision == "int8" else onnx_path
@@ -79,9 +88,9 @@ def test_dense_and_2of4_engines_parity_sparse_picked_and_ratio(prepared, tmp_pat
 
 def test_cuda_graph_timing_runs(prepared, tmp_path):
     from benchmarks.bench_tensorrt import INPUT_SHAPE
-    from exporters.tensorrt import BuildSettings
-    from exporters.tensorrt.build import build_engine
-    from exporters.tensorrt.runtime import TimingSettings, measure_engines
+    from sparsify_cli.exporters.tensorrt import BuildSettings
+    from sparsify_cli.exporters.tensorrt.build import build_engine
+    from sparsify_cli.exporters.tensorrt.runtime import TimingSettings, measure_engines
 
     onnx_path = prepared[0]
     built = build_engine(onnx_path, tmp_path / "g.engine", BuildSettings(max_batch=8, opt_batch=8))
