@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -35,6 +36,22 @@ GateDropOpt = Annotated[
 ThreadsOpt = Annotated[int, typer.Option(help="ONNX Runtime intra-op threads.")]
 BatchSizesOpt = Annotated[str, typer.Option(help="Batch sizes to time.")]
 QuietOpt = Annotated[bool, typer.Option(help="No progress output.")]
+DurationOpt = Annotated[
+    float,
+    typer.Option(
+        "--duration",
+        "--bench-seconds",
+        help="Seconds of timing per artifact and batch, at least; more (up to 4x) until the "
+        "speedups are stable.",
+    ),
+]
+WarmupOpt = Annotated[int, typer.Option(help="Untimed calls per artifact and batch first.")]
+IterationsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Exactly this many timed calls per artifact and batch (replaces --duration)."
+    ),
+]
 TrustOpt = Annotated[
     bool, typer.Option(help="Allow unpickling a whole module (runs code from the file).")
 ]
@@ -45,8 +62,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(width=None if sys.stdout.isatty() else 140)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+
+
+def _width(stream: object) -> int | None:
+    """Rich's own width (the terminal's, or ``COLUMNS``), else 140 for logs and pipes."""
+    tty = getattr(stream, "isatty", lambda: False)()
+    return None if tty or os.environ.get("COLUMNS", "").isdigit() else 140
+
+
+console = Console(width=_width(sys.stdout))
+err_console = Console(stderr=True, width=_width(sys.stderr))
 
 
 @contextlib.contextmanager
@@ -179,9 +204,9 @@ def convert(
     sparsify_head: Annotated[bool, typer.Option(help="Sparsify the output head too.")] = False,
     batch_sizes: BatchSizesOpt = "1,32",
     threads: ThreadsOpt = 1,
-    bench_seconds: Annotated[
-        float, typer.Option(help="Timing budget per artifact and batch.")
-    ] = 1.0,
+    bench_seconds: DurationOpt = 1.0,
+    warmup: WarmupOpt = 10,
+    iterations: IterationsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed for masks and training.")] = 0,
     epochs: Annotated[int, typer.Option(help="Training epochs (asp, srste, maxq, --dst).")] = 8,
     lr: Annotated[float, typer.Option(help="Fine-tuning learning rate (cosine decay).")] = 1e-3,
@@ -279,6 +304,8 @@ def convert(
             batch_sizes=_batches(batch_sizes),
             threads=threads,
             bench_seconds=bench_seconds,
+            bench_warmup=warmup,
+            bench_iterations=iterations,
             seed=seed,
             epochs=epochs,
             lr=lr,
@@ -384,14 +411,22 @@ def bench(
     ] = None,
     batch_sizes: BatchSizesOpt = "1,32",
     threads: ThreadsOpt = 1,
-    bench_seconds: Annotated[
-        float, typer.Option(help="Timing budget per artifact and batch.")
-    ] = 1.0,
+    bench_seconds: DurationOpt = 1.0,
+    warmup: WarmupOpt = 10,
+    iterations: IterationsOpt = None,
     data: Annotated[
         str | None, typer.Option(help="Measure accuracy too on this dataset name or .npz.")
     ] = None,
     input_shape: Annotated[
-        str | None, typer.Option(help="Input shape when the file's is dynamic: 1,3,32,32.")
+        str | None,
+        typer.Option(help="Shape of a model's one input when the file's is dynamic: 1,3,32,32."),
+    ] = None,
+    shapes: Annotated[
+        str | None,
+        typer.Option(
+            help="Dynamic input axes by name, batch first (the batch comes from "
+            "--batch-sizes): input_ids:1x128,attention_mask:1x128."
+        ),
     ] = None,
     min_speedup: MinSpeedupOpt = None,
     gate_max_accuracy_drop: GateDropOpt = None,
@@ -408,18 +443,23 @@ def bench(
     import json
 
     from sparsify_cli.bench import bench as run_bench
-    from sparsify_cli.bench import render_bench
+    from sparsify_cli.bench import parse_shapes, render_bench
     from sparsify_cli.exporters.latency import LatencySettings
     from sparsify_cli.loading import parse_input_shape
 
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING)
     with user_errors(debug):
-        if threads < 1:
-            raise SparsifyError("--threads must be >= 1", found=str(threads))
-        settings = LatencySettings(_batches(batch_sizes), threads, seconds=bench_seconds)
-        shape = parse_input_shape(input_shape)[1:] if input_shape else None
+        if input_shape and shapes:
+            raise SparsifyError(
+                "--input-shape and --shapes both give input shapes",
+                fix="use --shapes NAME:DIMS (--input-shape is for a model with one input)",
+            )
+        settings = LatencySettings(
+            _batches(batch_sizes), threads, warmup, bench_seconds, iterations
+        )
+        dims = parse_shapes(shapes) or ({"": parse_input_shape(input_shape)} if input_shape else {})
         with progress_hooks(quiet or json_out) as hooks:
-            doc = run_bench(paths, settings, baseline, data, shape, hooks.track)
+            doc = run_bench(paths, settings, baseline, data, dims, hooks.track)
         if json_out:
             typer.echo(json.dumps(doc, indent=2))
         else:

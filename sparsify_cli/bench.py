@@ -1,27 +1,33 @@
 """``sparsify bench``: time artifacts in ONNX Runtime beside their dense baseline.
 
-The result is a small versioned JSON document (``kind: "sparsify-bench"``, ``schema: 1``)::
+Every artifact is compared with *its own* dense model: the ``model_dense.onnx`` of the output
+folder it came from, or the one beside a lone ``.onnx`` file (``--baseline`` names one for all).
+Artifacts that share a baseline are timed together in one interleaved run; each group in turn.
 
-    {"kind": "sparsify-bench", "schema": 1, "tool_version": str, "created": str,
+The result is a small versioned JSON document (``kind: "sparsify-bench"``, ``schema: 2``)::
+
+    {"kind": "sparsify-bench", "schema": 2, "tool_version": str, "created": str,
      "environment": {...same as report.json...},
-     "settings": {"batch_sizes": [int], "threads": int, "seconds": float, "warmup": int,
-                  "min_iterations": int, "round_size": int},
-     "input_shape": [int],                 # one sample, without the batch axis
+     "settings": {"batch_sizes": [int], "threads": int, "warmup": int, "seconds": float,
+                  "iterations": int | null, "round_size": int, "min_rounds": int,
+                  "target": float, "max_factor": float, "noisy_width": float},
      "data": str | null,                   # the --data spec accuracy was measured on
-     "baseline": ARTIFACT | null,
-     "artifacts": [ARTIFACT]}
+     "baselines": [ARTIFACT],
+     "artifacts": [ARTIFACT + {"baseline": str | null}]}   # the path of its baseline
     ARTIFACT = {"path": str, "size_bytes": int, "sha256": str, "accuracy": float | null,
+                "inputs": {name: [int]},   # shapes timed, batch axis first (1)
                 "latency": [{"batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput",
-                             "iterations", "speedup_vs_dense"}]}
+                             "iterations", "speedup_vs_dense", "ratio_low", "ratio_high",
+                             "noisy"}]}
 
-``baseline`` and ``artifacts`` have the shape ``report.json`` gives them, so
-:mod:`sparsify_cli.gates` judges both documents alike.
+``artifacts`` have the shape ``report.json`` gives them, so :mod:`sparsify_cli.gates` judges
+both documents alike (each artifact against the baseline it names).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,25 +35,34 @@ from typing import Any
 import numpy as np
 import onnx
 
+from sparsify_cli import tables
 from sparsify_cli.data import load_data
 from sparsify_cli.exporters import runtime
 from sparsify_cli.exporters.latency import LatencySettings, measure_latency
 from sparsify_cli.loading import file_sha256
 from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.inputs import InputSpec
 from sparsify_cli.report import environment, tool_version
 
 BENCH_KIND = "sparsify-bench"
-BENCH_SCHEMA = 1
+BENCH_SCHEMA = 2
 DENSE_NAME = "model_dense.onnx"
 
+Group = tuple[Path | None, list[Path]]
+"""A baseline (or none) and the artifacts timed against it."""
 
-def collect(
-    paths: Sequence[str | Path], baseline: str | Path | None
-) -> tuple[list[Path], Path | None]:
-    """The artifacts to time and the baseline: folders contribute every ``*.onnx`` in them,
-    their ``model_dense.onnx`` being the baseline unless ``baseline`` names one."""
-    artifacts: list[Path] = []
-    found_base = Path(baseline) if baseline else None
+
+def collect(paths: Sequence[str | Path], baseline: str | Path | None) -> list[Group]:
+    """The artifacts to time, grouped by the dense baseline each is compared with.
+
+    A folder contributes every ``*.onnx`` in it, its ``model_dense.onnx`` being their baseline; a
+    lone file is compared with the ``model_dense.onnx`` beside it, if there is one. ``baseline``
+    replaces all of these with one file for every artifact.
+    """
+    explicit = Path(baseline) if baseline else None
+    if explicit is not None and not explicit.is_file():
+        raise SparsifyError(f"baseline not found: {explicit}", expected="an .onnx file")
+    groups: dict[Path | None, list[Path]] = {}
     for item in map(Path, paths):
         if item.is_dir():
             models = sorted(item.glob("*.onnx"))
@@ -56,55 +71,162 @@ def collect(
                     f"no .onnx artifact in folder {item}",
                     expected="an output folder of sparsify convert",
                 )
-            for model in models:
-                if model.name == DENSE_NAME:
-                    found_base = found_base or model
-                else:
-                    artifacts.append(model)
+            dense = item / DENSE_NAME
+            base = explicit or (dense if dense.is_file() else None)
+            groups.setdefault(base, []).extend(m for m in models if m.name != DENSE_NAME)
         elif item.is_file():
-            artifacts.append(item)
+            beside = item.parent / DENSE_NAME
+            base = explicit or (beside if beside.is_file() and beside != item else None)
+            groups.setdefault(base, []).append(item)
         else:
             raise SparsifyError(
                 f"artifact not found: {item}", expected="an output folder or an .onnx file"
             )
-    if found_base is not None and not found_base.is_file():
-        raise SparsifyError(f"baseline not found: {found_base}", expected="an .onnx file")
-    artifacts = [a for a in dict.fromkeys(artifacts) if a != found_base]
-    if not artifacts:
+    bases = {b.resolve() for b in groups if b is not None}
+    out = []
+    for base, items in groups.items():
+        unique = list(dict.fromkeys(i for i in items if i.resolve() not in bases))
+        if unique:
+            out.append((base, unique))
+    if not out:
         raise SparsifyError(
             "nothing to time besides the baseline", fix="pass an output folder or .onnx files"
         )
-    return artifacts, found_base
+    return out
 
 
-def sample_shape(path: Path) -> tuple[int, ...]:
-    """The input shape of one sample (the first input without its batch axis), from the file."""
+ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.BOOL: "bool",
+}
+
+
+def parse_shapes(text: str | None) -> dict[str, tuple[int, ...]]:
+    """``--shapes NAME:DIMS[,NAME:DIMS]`` (DIMS ``x``-separated, batch first) -> name -> dims."""
+    if not text:
+        return {}
+    out = {}
+    for part in text.split(","):
+        name, _, dims = part.strip().rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.split("x"))
+        except ValueError:
+            shape = ()
+        if not name or not shape or any(d < 1 for d in shape):
+            raise SparsifyError(
+                f"cannot read --shapes {text!r}",
+                expected="NAME:DIMS[,NAME:DIMS], dims x-separated with the batch first, "
+                "e.g. input_ids:1x128,attention_mask:1x128",
+                found=repr(part),
+            )
+        out[name] = shape
+    return out
+
+
+def input_specs(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> list[InputSpec]:
+    """The inputs of ``path`` at one sample (batch 1), every dynamic axis besides the batch
+    taken from ``shapes`` (``--shapes``); integer inputs are fed values in ``[0, 2)``."""
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception as err:
         raise SparsifyError(f"cannot read ONNX file {path}", found=type(err).__name__) from err
     inits = {i.name for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in inits]
-    dims = [
-        d.dim_value if d.HasField("dim_value") else None
-        for d in inputs[0].type.tensor_type.shape.dim[1:]
-    ]
-    if any(d is None for d in dims):
+    specs = []
+    real = [i for i in graph.input if i.name not in inits]
+    for value in real:
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        given = shapes.get(value.name, shapes.get("") if len(real) == 1 else None)
+        if given is not None:
+            if len(given) != len(dims) or any(
+                d is not None and g != d for g, d in zip(given[1:], dims[1:], strict=False)
+            ):
+                raise SparsifyError(
+                    f"--shapes {value.name}:{'x'.join(map(str, given))} does not fit {path}",
+                    expected="x".join("?" if d is None else str(d) for d in dims),
+                )
+            dims = [1, *given[1:]]
+        if any(d is None for d in dims[1:]):
+            raise SparsifyError(
+                f"{path} input {value.name!r} has a dynamic axis besides the batch",
+                fix=f"pass --shapes {value.name}:"
+                + "x".join(
+                    "1" if i == 0 else "N" if d is None else str(d) for i, d in enumerate(dims)
+                ),
+            )
+        dtype = ONNX_DTYPES.get(tensor.elem_type)
+        if dtype is None:
+            raise SparsifyError(
+                f"{path} input {value.name!r} has an element type bench cannot feed",
+                found=onnx.TensorProto.DataType.Name(tensor.elem_type),
+            )
+        specs.append(InputSpec(value.name, (1, *dims[1:]), dtype))
+    unknown = set(shapes) - {s.name for s in specs} - {""}
+    if unknown:
         raise SparsifyError(
-            f"{path} has a dynamic input shape besides the batch axis",
-            fix="pass --input-shape for one sample, batch first, e.g. 1,3,32,32",
+            f"--shapes names inputs {path} does not have: {', '.join(sorted(unknown))}",
+            expected=", ".join(s.name for s in specs),
         )
-    return tuple(dims)  # type: ignore[arg-type]
+    return specs
 
 
-def _entry(path: Path, rows: list[Any], accuracy: float | None) -> dict[str, Any]:
+def _entry(path: Path, specs: list[InputSpec], rows: list[Any], accuracy: float | None):
     return {
         "path": str(path),
         "size_bytes": path.stat().st_size,
         "sha256": file_sha256(path),
         "accuracy": accuracy,
+        "inputs": {s.name: list(s.shape) for s in specs},
         "latency": [r.to_dict() for r in rows],
     }
+
+
+def _signature(specs: list[InputSpec]) -> list[tuple[str, tuple[int, ...], str]]:
+    return [(s.name if len(specs) > 1 else "", s.shape, s.dtype) for s in specs]
+
+
+def _time_group(
+    base: Path | None,
+    artifacts: list[Path],
+    settings: LatencySettings,
+    shapes: Mapping[str, tuple[int, ...]],
+    data: str | None,
+    track: Callable[..., Any] | None,
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    models = ([base] if base else []) + artifacts
+    specs = {p: input_specs(p, shapes) for p in models}
+    first = specs[models[0]]
+    odd = [f"{p}: {_signature(s)}" for p, s in specs.items() if _signature(s) != _signature(first)]
+    if odd:
+        raise SparsifyError(
+            f"the artifacts compared with {base or models[0]} take different inputs",
+            expected=f"{_signature(first)} for every one",
+            found="; ".join(odd),
+            fix="bench them separately, or give each its own folder's model_dense.onnx",
+        )
+    names = {str(p): p for p in models}
+    # one input keeps the artifact's own name for it; several are fed by name
+    feed: Any = first if len(first) > 1 else first[0].shape[1:]
+    latency = measure_latency(names, feed, settings, str(base) if base else None, track)
+    accuracy: dict[str, float | None] = dict.fromkeys(names)
+    if data is not None:
+        if len(first) > 1 or first[0].dtype != "float32":
+            raise SparsifyError(
+                "bench --data measures accuracy of models with one float input",
+                found=", ".join(f"{s.name} ({s.dtype})" for s in first),
+            )
+        dataset = load_data(data, first[0].shape[1:])
+        if dataset.y_test is None:
+            raise SparsifyError(f"--data {data} has no labels", expected="arrays y (and y_test)")
+        for name, path in names.items():
+            out = runtime.run(runtime.session(path, settings.threads), dataset.x_test)
+            accuracy[name] = float(np.mean(out.argmax(-1) == dataset.y_test))
+    entries = {p: _entry(p, specs[p], latency[str(p)], accuracy[str(p)]) for p in models}
+    arts = [{**entries[p], "baseline": str(base) if base else None} for p in artifacts]
+    return (entries[base] if base else None), arts
 
 
 def bench(
@@ -112,37 +234,20 @@ def bench(
     settings: LatencySettings,
     baseline: str | Path | None = None,
     data: str | None = None,
-    input_shape: tuple[int, ...] | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
     track: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
-    """Time every artifact of ``paths`` and the baseline in one interleaved run; see the schema.
+    """Time every artifact of ``paths`` against its baseline; see the schema.
 
-    With ``data`` (a dataset name or .npz), top-1 accuracy of every model on its held-out
-    split is measured in ONNX Runtime too.
+    ``shapes`` gives the dynamic axes (besides the batch) of inputs by name (``--shapes``; a
+    model with one input also takes the name ``""``). With ``data`` (a dataset name or .npz),
+    top-1 accuracy of every model on its held-out split is measured in ONNX Runtime too.
     """
-    artifacts, base = collect(paths, baseline)
-    models = ([base] if base else []) + artifacts
-    shapes = {p: input_shape or sample_shape(p) for p in models}
-    shape = shapes[models[0]]
-    odd = [f"{p}: {list(s)}" for p, s in shapes.items() if s != shape]
-    if odd:
-        raise SparsifyError(
-            "the artifacts take different input shapes",
-            expected=f"{list(shape)} for every one",
-            found="; ".join(odd),
-        )
-    names = {str(p): p for p in models}
-    latency = measure_latency(
-        names, shape, settings, baseline=str(base) if base else None, track=track
-    )
-    accuracy: dict[str, float | None] = dict.fromkeys(names)
-    if data is not None:
-        dataset = load_data(data, shape)
-        if dataset.y_test is None:
-            raise SparsifyError(f"--data {data} has no labels", expected="arrays y (and y_test)")
-        for name, path in names.items():
-            out = runtime.run(runtime.session(path, settings.threads), dataset.x_test)
-            accuracy[name] = float(np.mean(out.argmax(-1) == dataset.y_test))
+    baselines, artifacts = [], []
+    for base, items in collect(paths, baseline):
+        base_entry, arts = _time_group(base, items, settings, shapes or {}, data, track)
+        baselines += [base_entry] if base_entry else []
+        artifacts += arts
     return {
         "kind": BENCH_KIND,
         "schema": BENCH_SCHEMA,
@@ -150,10 +255,9 @@ def bench(
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "environment": environment(settings.threads),
         "settings": {**asdict(settings), "batch_sizes": list(settings.batch_sizes)},
-        "input_shape": list(shape),
         "data": data,
-        "baseline": _entry(base, latency[str(base)], accuracy[str(base)]) if base else None,
-        "artifacts": [_entry(p, latency[str(p)], accuracy[str(p)]) for p in artifacts],
+        "baselines": baselines,
+        "artifacts": artifacts,
     }
 
 
@@ -165,41 +269,58 @@ LATENCY_COLUMNS = (
     "p90 ms",
     "p99 ms",
     "samples/s",
+    "calls",
     "vs dense",
 )
 """The latency table's columns, shared by the terminal (bench) and report.html."""
 
+OPTIONAL = ("calls", "p90 ms", "accuracy", "samples/s")
+"""Latency columns a narrow terminal leaves out, first to last (the JSON keeps them)."""
+
 
 def latency_cells(name: str, accuracy: float | None, row: dict[str, Any]) -> list[str]:
     """One latency row formatted for :data:`LATENCY_COLUMNS`."""
-    speed = row.get("speedup_vs_dense")
     return [
         name,
-        "-" if accuracy is None else f"{100 * accuracy:.2f}%",
+        tables.pct(accuracy),
         str(row["batch"]),
-        f"{row['p50_ms']:.3f}",
-        f"{row['p90_ms']:.3f}",
-        f"{row['p99_ms']:.3f}",
-        f"{row['throughput']:,.0f}",
-        "-" if speed is None else f"{speed:.2f}x",
+        tables.ms(row["p50_ms"]),
+        tables.ms(row["p90_ms"]),
+        tables.ms(row["p99_ms"]),
+        tables.count(row["throughput"]),
+        tables.count(row.get("iterations")),
+        tables.speedup(row),
     ]
+
+
+def latency_rows(entries: Sequence[tuple[str, dict[str, Any]]]) -> list[list[str]]:
+    """Cells of every ``(name, artifact entry)``; name and accuracy on an entry's first row."""
+    rows = []
+    for name, art in entries:
+        for i, r in enumerate(art.get("latency") or []):
+            cells = latency_cells(name, art.get("accuracy"), r)
+            rows.append(cells if i == 0 else ["", "", *cells[2:]])
+    return rows
+
+
+def bench_entries(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every baseline followed by the artifacts compared with it (those without one last)."""
+    entries = []
+    for base in doc["baselines"]:
+        entries.append((base["path"] + " (dense)", base))
+        entries += [(a["path"], a) for a in doc["artifacts"] if a["baseline"] == base["path"]]
+    entries += [(a["path"], a) for a in doc["artifacts"] if a["baseline"] is None]
+    return entries
 
 
 def render_bench(doc: dict[str, Any], console: Any) -> None:
-    """Latency (and accuracy, when measured) of every model, the baseline first."""
-    from rich.table import Table
-
+    """Latency (and accuracy, when measured) of every model, each baseline before its own."""
     env = doc["environment"]
-    table = Table(title=f"ONNX Runtime CPU, {env['threads']} thread(s), {env['cpu']}")
-    for col in LATENCY_COLUMNS:
-        table.add_column(col, justify="left" if col == "artifact" else "right")
-    entries = ([(doc["baseline"], " (dense)")] if doc["baseline"] else []) + [
-        (a, "") for a in doc["artifacts"]
-    ]
-    for art, tag in entries:
-        for i, r in enumerate(art["latency"]):
-            cells = latency_cells(art["path"] + tag, art["accuracy"], r)
-            if i:  # name and accuracy only on an artifact's first row
-                cells[:2] = ["", ""]
-            table.add_row(*cells)
-    console.print(table)
+    rows = latency_rows(bench_entries(doc))
+    title = f"ONNX Runtime CPU, {env['threads']} thread(s), {env['cpu']}"
+    grid = tables.table(
+        title, LATENCY_COLUMNS, rows, console.width, names=("artifact",), optional=OPTIONAL
+    )
+    console.print(grid)
+    if any(r.get("noisy") for _, a in bench_entries(doc) for r in a["latency"]):
+        console.print(tables.NOISY_NOTE)

@@ -122,23 +122,16 @@ def _doc(source: str, fmt: str, nm: str, layers: list[dict[str, Any]]) -> dict[s
 
 
 def render_inspect(doc: dict[str, Any], console: Any) -> None:
-    """The per-layer table and the totals line, for the terminal."""
-    from rich.table import Table
+    """The per-layer table and the totals line, for the terminal (fits the console's width)."""
+    from sparsify_cli import tables
 
     declared = any(r.get("declared") for r in doc["layers"])
-    table = Table(title=f"{doc['source']} ({doc['format']}; eligibility at {doc['nm']})")
     cols = ["layer", "op", "shape", "axis", "eligible", "pattern", "density", "fan-in"]
     cols += ["declared"] if declared else []
     cols += ["params", "MACs dense", "MACs sparse"]
     tensorrt = "tensorrt_precision" in doc
     cols += [f"TensorRT 2:4 ({doc['tensorrt_precision']})"] if tensorrt else []
-    for col in cols:
-        table.add_column(
-            col,
-            justify="right"
-            if col in ("density", "params", "fan-in") or col.startswith("MACs")
-            else "left",
-        )
+    rows = []
     for r in doc["layers"]:
         row = [
             r.get("name") or r.get("module") or r.get("node"),
@@ -151,10 +144,13 @@ def render_inspect(doc: dict[str, Any], console: Any) -> None:
             "-" if r["fan_in"] is None else str(r["fan_in"]),
         ]
         row += [r.get("declared") or "-"] if declared else []
-        row += [f"{r['params']:,}", f"{r['flops_dense']:,}", f"{r['flops_sparse']:,}"]
+        row += [tables.count(r[k]) for k in ("params", "flops_dense", "flops_sparse")]
         row += [f"{r['tensorrt_2of4']}: {r['tensorrt_reason']}"] if tensorrt else []
-        table.add_row(*row)
-    console.print(table)
+        rows.append(row)
+    title = f"{doc['source']} ({doc['format']}; eligibility at {doc['nm']})"
+    text = {"op", "shape", "eligible", "pattern", "declared", cols[-1] if tensorrt else "op"}
+    optional = ("axis", "op", "params", "MACs dense", "fan-in", "density")
+    console.print(tables.table(title, cols, rows, console.width, ("layer",), tuple(text), optional))
     t = doc["totals"]
     console.print(
         f"{t['layers']} layers, {t['eligible']} eligible, {t['nm_layers']} hold an N:M pattern; "

@@ -106,6 +106,8 @@ class ConvertOptions:
     batch_sizes: tuple[int, ...] = (1, 32)
     threads: int = 1
     bench_seconds: float = 1.0
+    bench_warmup: int = 10
+    bench_iterations: int | None = None
     seed: int = 0
     trust_checkpoint: bool = False
     force: bool = False
@@ -159,8 +161,16 @@ class ConvertOptions:
             raise SparsifyError("--batch-size must be >= 1", found=str(self.batch_size))
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise SparsifyError("batch sizes must be >= 1", found=str(self.batch_sizes))
-        if self.threads < 1:
-            raise SparsifyError("--threads must be >= 1", found=str(self.threads))
+        self.latency_settings()  # validates the timing options
+
+    def latency_settings(self) -> LatencySettings:
+        return LatencySettings(
+            tuple(self.batch_sizes),
+            self.threads,
+            self.bench_warmup,
+            self.bench_seconds,
+            self.bench_iterations,
+        )
 
     def quantize_config(self) -> QuantizeConfig:
         return QuantizeConfig(
@@ -598,9 +608,6 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
             )
 
         hooks.status("timing dense and sparse in ONNX Runtime")
-        settings = LatencySettings(
-            tuple(opts.batch_sizes), opts.threads, seconds=opts.bench_seconds
-        )
         latency = measure_latency(
             {
                 "dense": dense_onnx,
@@ -609,7 +616,7 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
                 **({"condensed": staging / condensed["path"]} if condensed else {}),
             },
             loaded.specs,
-            settings,
+            opts.latency_settings(),
             baseline="dense",
             track=hooks.track,
         )

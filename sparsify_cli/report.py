@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
+from sparsify_cli import tables
 from sparsify_cli.passes.atomic import atomic_write_text
 
 SCHEMA = 1
@@ -72,87 +72,95 @@ def write_report(path: str | os.PathLike[str], report: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
-
-
 def render(report: dict[str, Any], console: Console) -> None:
-    """Layers, accuracy and artifact latency as rich tables."""
+    """Layers, accuracy and artifact latency as tables that fit the console's width."""
     shown = [r for r in report["layers"] if r["op"] in ("Linear", "Conv2d")]
     hidden = len(report["layers"]) - len(shown)
     title = "Layers" + (
         f" ({hidden} norm/other layers left dense: see report.json)" if hidden else ""
     )
-    layers = Table(title=title, show_lines=False)
-    for col in ("layer", "op", "shape", "pattern", "density", "MACs dense", "MACs sparse", "note"):
-        layers.add_column(col, justify="right" if col.startswith(("MACs", "density")) else "left")
-    for row in shown:
-        layers.add_row(
+    cols = ("layer", "op", "shape", "pattern", "density", "MACs dense", "MACs sparse", "note")
+    rows = [
+        [
             row["name"],
             row["op"],
             "x".join(map(str, row["shape"])),
             row["pattern"] or "dense",
             f"{row['density']:.3f}",
-            f"{row['flops_dense']:,}",
-            f"{row['flops_sparse']:,}",
+            tables.count(row["flops_dense"]),
+            tables.count(row["flops_sparse"]),
             row["skipped"] or "",
+        ]
+        for row in shown
+    ]
+    console.print(
+        tables.table(
+            title,
+            cols,
+            rows,
+            console.width,
+            names=("layer",),
+            left=("op", "shape", "pattern", "note"),
+            optional=("op", "MACs dense", "density"),
         )
-    console.print(layers)
+    )
     acc = report.get("accuracy")
     if acc:
-        table = Table(title=f"Accuracy ({acc['metric']}, {acc['samples']} held-out samples)")
-        for col in ("dense", "sparse (torch)", "sparse (onnx)", "quantized"):
-            table.add_column(col, justify="right")
-        table.add_row(
-            _pct(acc["dense"]),
-            _pct(acc["sparse"]),
-            _pct(acc.get("sparse_onnx")),
-            _pct(acc.get("quantized")),
+        cols = ("dense", "sparse (torch)", "sparse (onnx)", "quantized")
+        values = [acc["dense"], acc["sparse"], acc.get("sparse_onnx"), acc.get("quantized")]
+        keep = [i for i, v in enumerate(values) if v is not None]
+        console.print(
+            tables.table(
+                f"Accuracy ({acc['metric']}, {acc['samples']} held-out samples)",
+                [cols[i] for i in keep],
+                [[tables.pct(values[i]) for i in keep]],
+                console.width,
+            )
         )
-        console.print(table)
-    arts = Table(
-        title=f"Artifacts (ONNX Runtime CPU, {report['environment']['threads']} thread(s))"
-    )
-    for col in (
-        "artifact",
-        "pattern ok",
-        "parity max|Δ|",
-        "batch",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "samples/s",
-        "vs dense",
-        "vs fp32",
-    ):
-        arts.add_column(col, justify="left" if col in ("artifact", "pattern ok") else "right")
+    console.print(artifact_table(report, console.width))
+    if any(r.get("noisy") for _, art in _artifact_entries(report) for r in art.get("latency", [])):
+        console.print(tables.NOISY_NOTE)
+
+
+def _artifact_entries(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    base = report.get("baseline")
+    return ([(base["path"] + " (dense)", base)] if base else []) + [
+        (a["path"], a) for a in report["artifacts"]
+    ]
+
+
+def artifact_table(report: dict[str, Any], width: int) -> Any:
+    """Every artifact's checks and latency; "vs fp32" only when an int8 artifact has it."""
+    fp32 = any("speedup_vs_fp32" in r for a in report["artifacts"] for r in a.get("latency") or [])
+    cols = ["artifact", "pattern ok", "parity max|Δ|", "batch", "p50 ms", "p90 ms", "p99 ms"]
+    cols += ["samples/s", "vs dense"] + (["vs fp32"] if fp32 else [])
     rows = []
-    if report.get("baseline"):
-        rows.append(
-            (report["baseline"]["path"] + " (dense)", "", None, report["baseline"]["latency"])
-        )
-    for art in report["artifacts"]:
-        rows.append(
-            (
-                art["path"],
-                "yes" if art["pattern_ok"] else "NO",
-                art["parity_max_abs"],
-                art["latency"],
-            )
-        )
-    for name, ok, parity, latency in rows:
-        for i, lat in enumerate(latency or [{}]):
-            speed = lat.get("speedup_vs_dense")
-            arts.add_row(
+    for name, art in _artifact_entries(report):
+        checked = "pattern_ok" in art
+        for i, lat in enumerate(art.get("latency") or [{}]):
+            first = i == 0 and checked
+            parity = art.get("parity_max_abs")
+            row = [
                 name if i == 0 else "",
-                ok if i == 0 else "",
-                f"{parity:.2e}" if parity is not None and i == 0 else "",
+                ("yes" if art["pattern_ok"] else "NO") if first else "",
+                f"{parity:.1e}" if first and parity is not None else "",
                 str(lat.get("batch", "-")),
-                f"{lat.get('p50_ms', 0):.3f}",
-                f"{lat.get('p90_ms', 0):.3f}",
-                f"{lat.get('p99_ms', 0):.3f}",
-                f"{lat.get('throughput', 0):,.0f}",
-                "-" if speed is None else f"{speed:.2f}x",
-                f"{lat['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in lat else "",
-            )
-    console.print(arts)
+                tables.ms(lat.get("p50_ms")),
+                tables.ms(lat.get("p90_ms")),
+                tables.ms(lat.get("p99_ms")),
+                tables.count(lat.get("throughput")),
+                tables.speedup(lat),
+            ]
+            if fp32:
+                row.append(f"{lat['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in lat else "")
+            rows.append(row)
+    threads = report["environment"]["threads"]
+    return tables.table(
+        f"Artifacts (ONNX Runtime CPU, {threads} thread(s))",
+        cols,
+        rows,
+        width,
+        names=("artifact",),
+        left=("pattern ok",),
+        optional=("p90 ms", "samples/s", "parity max|Δ|"),
+    )

@@ -16,8 +16,11 @@ ROW_KEYS = {
     "throughput",
     "iterations",
     "speedup_vs_dense",
+    "ratio_low",
+    "ratio_high",
+    "noisy",
 }
-ARTIFACT_KEYS = {"path", "size_bytes", "sha256", "accuracy", "latency"}
+ARTIFACT_KEYS = {"path", "size_bytes", "sha256", "accuracy", "inputs", "latency"}
 
 
 def test_bench_json_schema():
@@ -32,25 +35,27 @@ def test_bench_json_schema():
         "created",
         "environment",
         "settings",
-        "input_shape",
         "data",
-        "baseline",
+        "baselines",
         "artifacts",
     }
-    assert (doc["kind"], doc["schema"]) == ("sparsify-bench", 1)
+    assert (doc["kind"], doc["schema"]) == ("sparsify-bench", 2)
     assert {"cpu", "cores", "threads", "python", "torch", "onnxruntime"} <= set(doc["environment"])
     assert doc["settings"]["batch_sizes"] == [1, 4] and doc["settings"]["threads"] == 1
-    assert doc["input_shape"] == [1, 8, 8] and doc["data"] == "digits"
-    base = doc["baseline"]
+    assert doc["data"] == "digits"
+    (base,) = doc["baselines"]
     assert set(base) == ARTIFACT_KEYS and base["path"].endswith("model_dense.onnx")
     assert [a["path"].rsplit("/", 1)[-1] for a in doc["artifacts"]] == ["model.onnx"]
+    assert doc["artifacts"][0]["baseline"] == base["path"]
     for entry in (base, *doc["artifacts"]):
-        assert set(entry) == ARTIFACT_KEYS and len(entry["sha256"]) == 64
+        assert set(entry) - {"baseline"} == ARTIFACT_KEYS and len(entry["sha256"]) == 64
+        assert entry["inputs"] == {"input": [1, 1, 8, 8]}
         assert [r["batch"] for r in entry["latency"]] == [1, 4]
         for row in entry["latency"]:
             assert set(row) == ROW_KEYS
             assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
-            assert row["speedup_vs_dense"] > 0
+            assert row["speedup_vs_dense"] > 0 and row["iterations"] >= 10
+            assert row["ratio_low"] <= row["ratio_high"] and isinstance(row["noisy"], bool)
     assert all(r["speedup_vs_dense"] == 1.0 for r in base["latency"])
     # accuracy measured in ONNX Runtime equals what convert measured on the same split
     report = json.loads((out / "report.json").read_text())
