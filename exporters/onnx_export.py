@@ -139,7 +139,7 @@ def _scope_candidates(node_name: str) -> set[str]:
     return {".".join(_scope_segments(node_name)), module_of(node_name), _overlap_path(node_name)}
 
 
-def _weight_source(
+def weight_source(
     name: str, inits: set[str], dq_of: dict[str, onnx.NodeProto]
 ) -> tuple[str, onnx.NodeProto | None] | None:
     """The initializer behind a weight input: itself, or the one a DequantizeLinear reads (QDQ)."""
@@ -165,7 +165,7 @@ def weight_refs(model: onnx.ModelProto, modules: list[str]) -> dict[str, list[We
     for node in model.graph.node:
         if node.op_type not in WEIGHT_OPS + INTEGER_WEIGHT_OPS or len(node.input) < 2:
             continue
-        source = _weight_source(node.input[1], inits, dq_of)
+        source = weight_source(node.input[1], inits, dq_of)
         if source is None:
             continue
         init, dq = source

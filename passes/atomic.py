@@ -3,7 +3,8 @@
 Every artifact the project writes goes through :func:`atomic_path`: the writer fills a temporary
 file in the same folder, which is fsynced and renamed over the target only when the writer
 returned without error. A process killed half-way leaves at most a ``.tmp-*`` file, never a
-truncated artifact under the real name.
+truncated artifact under the real name. The file gets the mode any new file gets (``0666``
+less the user's umask), not the ``0600`` of a temporary file.
 """
 
 from __future__ import annotations
@@ -13,6 +14,13 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def user_mode(directory: bool = False) -> int:
+    """The mode a new file (or folder) gets under the current umask: 0644 / 0755 under 022."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
 
 
 @contextlib.contextmanager
@@ -33,6 +41,7 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Iterator[Pa
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, user_mode())
         os.replace(tmp, target)
     finally:
         if tmp.exists():

@@ -154,8 +154,21 @@ def _batches(text: str) -> tuple[int, ...]:
     return values
 
 
+def _version(value: bool) -> None:
+    if value:
+        from sparsify_cli.report import tool_version
+
+        typer.echo(f"sparsify {tool_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_version, help="Print the version."),
+    ] = False,
+) -> None:
     """sparsify: dense PyTorch checkpoint -> verified sparse artifacts."""
 
 
@@ -271,6 +284,10 @@ def convert(
 
     Example: sparsify convert digits_cnn --nm 2:4
     """
+    from sparsify_cli.naming import refuse_existing
+
+    with user_errors(debug):  # an existing --out is refused before torch is even imported
+        refuse_existing(out, force)
     import json
 
     from sparsify_cli.pipeline import ConvertOptions, resolve_passes
@@ -343,10 +360,8 @@ def convert(
             typer.echo(json.dumps(report, indent=2))
         else:
             render(report, console)
-            console.print(
-                f"wrote [bold]{folder}[/] (report.json, report.html, recipe.yaml, model.onnx, "
-                "manifest)"
-            )
+            written = ", ".join(sorted(p.name + "/" * p.is_dir() for p in folder.iterdir()))
+            console.print(f"wrote [bold]{escape(str(folder))}[/]: {escape(written)}")
         _gate(report, min_speedup, gate_max_accuracy_drop)
 
 

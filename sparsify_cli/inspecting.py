@@ -83,7 +83,24 @@ def inspect_path(
         loaded.model, loaded.example, NMPattern.parse(nm).m, selection or Selection()
     )
     layers = [{**r.to_dict(), "declared": declared.get(r.name)} for r in rows]
-    return _doc(source, "torch", nm, layers)
+    doc = _doc(source, "torch", nm, layers)
+    if not declared:  # a dense checkpoint: what --nm would do to each layer
+        add_projection(doc, NMPattern.parse(nm))
+    return doc
+
+
+def add_projection(doc: dict[str, Any], pattern: NMPattern) -> dict[str, Any]:
+    """Add to every layer what ``convert --nm pattern`` would leave (``at_nm``: density and
+    MACs per sample), and the totals of that: eligible layers keep ``N/M`` of their weights and
+    MACs, the others stay as they are."""
+    for r in doc["layers"]:
+        keep = pattern.density if r["eligible"] else 1.0
+        r["at_nm"] = {
+            "density": r["density"] * keep,
+            "flops_sparse": round(r["flops_sparse"] * keep),
+        }
+    doc["totals"]["flops_at_nm"] = sum(r["at_nm"]["flops_sparse"] for r in doc["layers"])
+    return doc
 
 
 def add_tensorrt_prediction(doc: dict[str, Any], precision: str = "fp16") -> dict[str, Any]:
@@ -131,6 +148,9 @@ def render_inspect(doc: dict[str, Any], console: Any) -> None:
     cols += ["params", "MACs dense", "MACs sparse"]
     tensorrt = "tensorrt_precision" in doc
     cols += [f"TensorRT 2:4 ({doc['tensorrt_precision']})"] if tensorrt else []
+    projected = "flops_at_nm" in doc["totals"]
+    at = f"at {doc['nm']}"
+    cols += [f"density {at}", f"MACs {at}"] if projected else []
     rows = []
     for r in doc["layers"]:
         row = [
@@ -146,14 +166,23 @@ def render_inspect(doc: dict[str, Any], console: Any) -> None:
         row += [r.get("declared") or "-"] if declared else []
         row += [tables.count(r[k]) for k in ("params", "flops_dense", "flops_sparse")]
         row += [f"{r['tensorrt_2of4']}: {r['tensorrt_reason']}"] if tensorrt else []
+        if projected:
+            at = r["at_nm"]
+            row += [f"{at['density']:.3f}", tables.count(at["flops_sparse"])]
         rows.append(row)
     title = f"{doc['source']} ({doc['format']}; eligibility at {doc['nm']})"
     text = {"op", "shape", "eligible", "pattern", "declared", cols[-1] if tensorrt else "op"}
-    optional = ("axis", "op", "params", "MACs dense", "fan-in", "density")
+    optional = ("axis", "op", "params", "fan-in", "MACs sparse", "density", "MACs dense")
     console.print(tables.table(title, cols, rows, console.width, ("layer",), tuple(text), optional))
     t = doc["totals"]
     console.print(
         f"{t['layers']} layers, {t['eligible']} eligible, {t['nm_layers']} hold an N:M pattern; "
         f"params {t['nonzero_params']:,} nonzero of {t['params']:,}; "
         f"MACs/sample {t['flops_sparse']:,} sparse of {t['flops_dense']:,}"
+        + (
+            f"; at {doc['nm']}: {t['flops_at_nm']:,} "
+            f"({100 * t['flops_at_nm'] / max(t['flops_dense'], 1):.0f}% of dense)"
+            if "flops_at_nm" in t
+            else ""
+        )
     )

@@ -31,6 +31,7 @@ from sparsify_cli.exporters.verify import max_abs_diff, verify_pattern
 from sparsify_cli.hf import HF_FOLDER, save_hf_folder
 from sparsify_cli.html_report import write_html
 from sparsify_cli.loading import LoadedModel, file_sha256, load_model
+from sparsify_cli.naming import default_out, refuse_existing
 from sparsify_cli.passes import (
     ASPConfig,
     FoldConfig,
@@ -44,7 +45,7 @@ from sparsify_cli.passes import (
     run_passes,
     select_layers,
 )
-from sparsify_cli.passes.atomic import atomic_path
+from sparsify_cli.passes.atomic import atomic_path, user_mode
 from sparsify_cli.passes.dst import DSTConfig, ShrinkConfig
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.flops import layer_flops
@@ -190,11 +191,6 @@ class Hooks:
     status: Callable[[str], None] = field(default=lambda message: None)
 
 
-def default_out(opts: ConvertOptions) -> Path:
-    stem = Path(opts.source).stem if opts.source else (opts.arch or "model").rpartition(":")[2]
-    return Path(f"{stem}_sparse_{opts.nm.replace(':', 'of')}")
-
-
 def _remove_stale_staging(parent: Path, name: str) -> None:
     """Delete staging folders left by runs that were killed (their process no longer exists)."""
     for stale in parent.glob(f".{name}.partial-*"):
@@ -219,18 +215,16 @@ def _prepare_out(out: Path, force: bool) -> Path:
     The staging folder's name carries this process id, so a later run can tell a folder left by
     a killed run (removed) from one that another live run is filling (kept).
     """
-    if out.exists() and not force:
-        raise SparsifyError(
-            f"output folder {out} already exists",
-            fix="choose another --out, or pass --force to replace it",
-        )
+    refuse_existing(out, force)
     if out.exists() and not out.is_dir():
         raise SparsifyError(f"--out {out} is a file, not a folder")
     parent = out.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_staging(parent, out.name)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=parent))
+        os.chmod(staging, user_mode(directory=True))  # published as is: not mkdtemp's 0700
+        return staging
     except OSError as err:
         raise SparsifyError(
             f"cannot write the output folder {out}",
@@ -462,9 +456,8 @@ def _quant_artifact(quant, checks, latency, fp32_latency) -> dict[str, Any]:
 def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any], Path]:
     """Run the whole conversion; returns the report and the output folder."""
     pattern = NMPattern.parse(opts.nm)
+    refuse_existing(opts.out, opts.force)  # fail before any expensive work
     out = Path(opts.out) if opts.out else default_out(opts)
-    if out.exists() and not opts.force:  # fail before any expensive work
-        _prepare_out(out, force=False)
     if "tensorrt" in opts.export:
         require_tensorrt()  # no GPU / no TensorRT: say so now, not after fine-tuning
     hooks.status("loading the checkpoint")

@@ -11,6 +11,8 @@ import subprocess
 import pytest
 from report_outputs import cnn_output, invoke
 
+from sparsify_cli import tables
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -31,7 +33,7 @@ def test_convert_writes_html_with_plots_and_numbers():
     acc = report["accuracy"]
     assert f"{100 * acc['dense']:.2f}%" in page and f"{100 * acc['sparse_onnx']:.2f}%" in page
     art = report["artifacts"][0]["latency"][0]
-    assert f"{art['p50_ms']:.3f}" in page and f"{art['speedup_vs_dense']:.2f}x" in page
+    assert tables.ms(art["p50_ms"]) in page and tables.speedup(art) in page
     assert "layer3.conv2" in page and "output head kept dense" in page
 
 
