@@ -70,7 +70,14 @@ def _shapes(model: onnx.ModelProto, outputs: list[str]) -> dict[str, list[int | 
     dims = [
         d.dim_value if d.HasField("dim_value") else None for d in first.type.tensor_type.shape.dim
     ]
-    outputs = list(dict.fromkeys(outputs))
+    given = {
+        i.name: [
+            d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim
+        ]
+        for i in model.graph.input
+        if i.name not in inits
+    }
+    outputs = [o for o in dict.fromkeys(outputs) if o not in given]
     if dims and all(dims[1:]) and first.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
         probe = onnx.ModelProto()
         probe.CopyFrom(model)
@@ -87,12 +94,13 @@ def _shapes(model: onnx.ModelProto, outputs: list[str]) -> dict[str, list[int | 
             )
             feed = {first.name: np.zeros([1, *dims[1:]], dtype=np.float32)}
             values = sess.run(outputs, feed)
-            return {n: list(a.shape) for n, a in zip(outputs, values, strict=True)}
+            ran = {n: list(a.shape) for n, a in zip(outputs, values, strict=True)}
+            return {**{n: [1, *d[1:]] for n, d in given.items()}, **ran}
         except Exception:  # noqa: BLE001 (no kernel library here: shapes from inference)
             pass
     inferred = onnx.shape_inference.infer_shapes(model)
     values = [*inferred.graph.value_info, *inferred.graph.output]
-    return {
+    return given | {
         v.name: [
             d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim
         ]

@@ -293,14 +293,19 @@ def latency_cells(name: str, accuracy: float | None, row: dict[str, Any]) -> lis
     ]
 
 
-def latency_rows(entries: Sequence[tuple[str, dict[str, Any]]]) -> list[list[str]]:
-    """Cells of every ``(name, artifact entry)``; name and accuracy on an entry's first row."""
+def latency_rows(
+    entries: Sequence[tuple[str, dict[str, Any]]],
+) -> tuple[list[str], list[list[str]]]:
+    """Columns and cells of every ``(name, artifact entry)``: name and accuracy on an entry's
+    first row only; the accuracy column only when some entry has one."""
     rows = []
     for name, art in entries:
         for i, r in enumerate(art.get("latency") or []):
             cells = latency_cells(name, art.get("accuracy"), r)
             rows.append(cells if i == 0 else ["", "", *cells[2:]])
-    return rows
+    if any(art.get("accuracy") is not None for _, art in entries):
+        return list(LATENCY_COLUMNS), rows
+    return [c for c in LATENCY_COLUMNS if c != "accuracy"], [r[:1] + r[2:] for r in rows]
 
 
 def bench_entries(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -316,11 +321,9 @@ def bench_entries(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 def render_bench(doc: dict[str, Any], console: Any) -> None:
     """Latency (and accuracy, when measured) of every model, each baseline before its own."""
     env = doc["environment"]
-    rows = latency_rows(bench_entries(doc))
+    cols, rows = latency_rows(bench_entries(doc))
     title = f"ONNX Runtime CPU, {env['threads']} thread(s), {env['cpu']}"
-    grid = tables.table(
-        title, LATENCY_COLUMNS, rows, console.width, names=("artifact",), optional=OPTIONAL
-    )
+    grid = tables.table(title, cols, rows, console.width, names=("artifact",), optional=OPTIONAL)
     console.print(grid)
     if any(r.get("noisy") for _, a in bench_entries(doc) for r in a["latency"]):
         console.print(tables.NOISY_NOTE)

@@ -24,7 +24,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from sparsify_cli.bench import LATENCY_COLUMNS, latency_cells  # noqa: E402
+from sparsify_cli.bench import latency_rows  # noqa: E402
 from sparsify_cli.passes.atomic import atomic_write_text  # noqa: E402
 
 REPORT_HTML = "report.html"
@@ -186,10 +186,8 @@ def render_html(report: dict[str, Any]) -> str:
             )
         )
     parts.append("<h2>Artifacts</h2>")
-    rows = []
-    for name, accuracy, latency in _series(report):
-        rows += [latency_cells(name, accuracy, r) for r in latency]
-    parts.append(_table(list(LATENCY_COLUMNS), rows))
+    entries = [(name, {"accuracy": acc, "latency": lat}) for name, acc, lat in _series(report)]
+    parts.append(_table(*latency_rows(entries)))
     parts.append(
         _figure(
             accuracy_latency_plot(report),

@@ -53,6 +53,10 @@ def speedup(row: dict[str, Any]) -> str:
     return text + ("*" if row.get("noisy") else "")
 
 
+TEXT_FLOOR = 12
+"""Narrowest a text column (a note, a reason) gets; longer words in it fold."""
+
+
 def table(
     title: str | None,
     columns: Sequence[str],
@@ -64,13 +68,16 @@ def table(
 ) -> Any:
     """A rich table that fits ``width`` columns without cutting a name or a number.
 
-    Names keep their text whole on one line; other cells and headers wrap only at spaces (a
-    number is never broken); when that is wider than ``width``, the ``optional`` columns are
-    left out, in the order given, until it fits (the JSON output keeps everything), and then the
-    outer border goes. ``left`` columns are text, left-aligned; the others are numbers,
-    right-aligned.
+    Names keep their text whole on one line; numbers and headers wrap only at spaces (a number
+    is never broken); text columns (``left``: notes, reasons) wrap anywhere past
+    :data:`TEXT_FLOOR`. When that is wider than ``width``, the ``optional`` columns are left out,
+    in the order given, until it fits (the JSON output keeps everything), then the outer border
+    goes, and as a last resort long names move into a numbered list above the table, whole,
+    with their number in the table. ``left`` and name columns are left-aligned; the others are
+    numbers, right-aligned.
     """
     from rich import box
+    from rich.console import Group
     from rich.table import Table
 
     cols = list(columns)
@@ -80,35 +87,61 @@ def table(
         return max([len(cols[i]), *(len(r[i]) for r in cells)])
 
     def least(i: int) -> int:
-        """Names whole; elsewhere the longest word (cells wrap only at spaces)."""
         if cols[i] in names:
             return natural(i)
         words = [w for text in [cols[i], *(r[i] for r in cells)] for w in text.split()]
-        return max((len(w) for w in words), default=1)
+        longest = max((len(w) for w in words), default=1)
+        return min(longest, max(TEXT_FLOOR, len(cols[i]))) if cols[i] in left else longest
 
     def total(widths: list[int], edge: bool = True) -> int:
         return sum(widths) + 3 * len(widths) + (1 if edge else -3)
 
-    for col in optional:
-        if total([least(i) for i in range(len(cols))]) <= width or col not in cols:
-            continue
-        i = cols.index(col)
-        cols.pop(i)
-        cells = [r[:i] + r[i + 1 :] for r in cells]
+    def floor() -> list[int]:
+        return [least(i) for i in range(len(cols))]
+
+    def drop_optional() -> None:
+        nonlocal cells
+        for col in optional:
+            if total(floor()) <= width or col not in cols:
+                continue
+            i = cols.index(col)
+            cols.pop(i)
+            cells = [r[:i] + r[i + 1 :] for r in cells]
+
+    keep_cols, keep_cells = list(cols), [list(r) for r in cells]
+    drop_optional()
+    legend = []
+    if total(floor(), edge=False) > width:  # names too long for any table: list them apart
+        cols[:], cells = keep_cols, keep_cells
+        for i, col in enumerate(cols):
+            if col not in names:
+                continue
+            for r in cells:
+                if r[i]:
+                    legend.append(f"[{len(legend) + 1}] {r[i]}")
+                    r[i] = f"[{len(legend)}]"
+        drop_optional()
     widths = [natural(i) for i in range(len(cols))]
-    floor = [least(i) for i in range(len(cols))]
-    edge = total(floor) <= width
-    while total(widths, edge) > width and widths != floor:  # shrink the most wrappable first
-        i = max(range(len(cols)), key=lambda j: widths[j] - floor[j])
+    least_widths = floor()
+    edge = total(least_widths) <= width
+    while total(widths, edge) > width and widths != least_widths:  # shrink the most wrappable
+        i = max(range(len(cols)), key=lambda j: widths[j] - least_widths[j])
         widths[i] -= 1
-    grid = Table(title=title, title_justify="left", box=box.HEAVY_HEAD, show_edge=edge)
+    grid = Table(
+        title=title, title_justify="left", box=box.HEAVY_HEAD, show_edge=edge, pad_edge=edge
+    )
     for col, w in zip(cols, widths, strict=True):
         grid.add_column(
             col,
             justify="left" if col in names or col in left else "right",
             width=w,
             no_wrap=col in names,
+            overflow="fold",
         )
     for row in cells:
         grid.add_row(*row)
-    return grid
+    if not legend:
+        return grid
+    from rich.text import Text
+
+    return Group(*(Text(line, no_wrap=True, overflow="ignore") for line in legend), grid)

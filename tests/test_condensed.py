@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsify_cli.exporters import condensed
+from sparsify_cli.exporters.inspect_onnx import inspect_onnx
 from sparsify_cli.exporters.onnx_export import export_onnx
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.manifest import Manifest, TensorEntry
@@ -338,6 +339,22 @@ def test_condense_onnx_matches_dense_with_ablated_rows(tmp_path: Path, ops: str,
         np.broadcast_to(bias[list(entry_for(mask).ablated)], y.shape[:-1] + (5,)),
         atol=0,
     )
+
+
+@pytest.mark.parametrize("ops", ["custom", "standard"])
+def test_inspect_reads_condensed_layers(tmp_path: Path, ops: str) -> None:
+    """inspect expands values + indices back to [out, in]: fan-in, ablated rows, MACs."""
+    rng = np.random.default_rng(7)
+    mask = fan_in_mask(rng, 48, 40, 6, ablated=5)
+    weight = rng.standard_normal(mask.shape).astype(np.float32) * mask
+    dense_linear(weight, rng.standard_normal(48).astype(np.float32), 3, tmp_path / "dense.onnx")
+    manifest = Manifest({"fc.weight": entry_for(mask)})
+    condensed.condense_onnx(tmp_path / "dense.onnx", manifest, tmp_path / "c.onnx", ops=ops)
+    (row,) = inspect_onnx(tmp_path / "c.onnx", m=4)
+    assert (row.module, row.op, row.shape, row.in_axis) == ("fc", "CondensedLinear", (48, 40), 1)
+    assert (row.fan_in, row.ablated, row.nonzero_params) == (6, 5, 43 * 6 + 48)
+    assert row.density == pytest.approx(43 * 6 / (48 * 40))
+    assert row.flops_sparse == 43 * 6 and row.flops_dense == 48 * 40
 
 
 def test_condense_onnx_keeps_varying_fan_in_dense_and_checks_manifest(tmp_path: Path) -> None:

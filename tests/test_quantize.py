@@ -11,6 +11,7 @@ import pytest
 from onnx import numpy_helper
 
 from sparsify_cli.data import load_data
+from sparsify_cli.exporters.inspect_onnx import inspect_onnx
 from sparsify_cli.exporters.onnx_export import initializers, weight_refs
 from sparsify_cli.exporters.quantize import (
     ArrayCalibrationReader,
@@ -147,6 +148,21 @@ def test_dynamic_int8_keeps_pattern(cnn: tuple[dict, Path], tmp_path: Path) -> N
     assert res.sqnr_db > 20 and res.calib_rows == 0
     checks = verify_pattern(dst, Manifest.load(out / "manifest.safetensors"))
     assert all(c.ok for c in checks) and all("Integer" in c.detail for c in checks)
+
+
+def test_inspect_reads_every_int8_layer(cnn: tuple[dict, Path], tmp_path: Path) -> None:
+    """Static (QDQ) and dynamic int8 files list every layer of the fp32 file, pattern intact."""
+    _, out = cnn
+    fp32 = {r.module: r for r in inspect_onnx(out / "model.onnx")}
+    d = digits()
+    dyn = tmp_path / "dyn.onnx"
+    quantize_model(out / "model.onnx", dyn, QuantizeConfig("int8-dynamic"), None, d.x_test, None)
+    for path in (out / "model_int8.onnx", dyn):
+        rows = {r.module: r for r in inspect_onnx(path)}
+        assert set(rows) == set(fp32), path.name
+        for module, row in rows.items():
+            if fp32[module].nm == "2:4":
+                assert row.nm == "2:4" and row.shape == fp32[module].shape, (path.name, module)
 
 
 def test_fp32_weight_refs_unchanged(cnn: tuple[dict, Path]) -> None:
