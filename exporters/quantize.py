@@ -23,9 +23,11 @@ whose int16 pair sums saturate for full-range weights; its docs prescribe 7-bit 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,32 @@ from sparsify_cli.passes.atomic import atomic_path
 from sparsify_cli.passes.errors import SparsifyError
 
 log = logging.getLogger(__name__)
+
+
+class _QuantizerAdvice(logging.Filter):
+    """ONNX Runtime's quantizer logs on the root logger, at WARNING, advice that does not apply
+    here (run its pre-processing: we quantize the exported graph as it is, so the pattern check
+    reads the file it checked), once per call: 22 lines for one sensitivity search, even under
+    ``--quiet``. Those records go to this module's logger at DEBUG instead (``--debug`` shows
+    them); everything else passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        path = record.pathname.replace(os.sep, "/")
+        if "onnxruntime/quantization" not in path:
+            return True
+        log.debug("onnxruntime quantizer: %s", record.getMessage())
+        return False
+
+
+@contextlib.contextmanager
+def _captured_advice() -> Iterator[None]:
+    root, advice = logging.getLogger(), _QuantizerAdvice()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
+
 
 MODES = ("int8", "int8-dynamic")
 CALIB_METHODS = {
@@ -177,7 +205,7 @@ def calibrate(
     options: dict[str, Any] = {"symmetric": True}
     if method != "minmax":
         options["num_bins"] = HISTOGRAM_BINS
-    with tempfile.TemporaryDirectory(prefix="sparsify-calib-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="sparsify-calib-") as tmp, _captured_advice():
         calibrator = create_calibrator(
             Path(src),
             list(WEIGHT_OPS),
@@ -200,7 +228,7 @@ def quantize_int8_static(
     exclude: tuple[str, ...] = (),
 ) -> None:
     """QDQ int8, per-channel symmetric weights, symmetric activations, ranges from ``cache``."""
-    with atomic_path(dst) as tmp:
+    with atomic_path(dst) as tmp, _captured_advice():
         quantize_static(
             str(src),
             str(tmp),
@@ -222,7 +250,7 @@ def quantize_int8_dynamic(
     src: str | os.PathLike[str], dst: str | os.PathLike[str], reduce_range: bool
 ) -> None:
     """Weight-only int8 (activations quantized at run time), symmetric weights: no calibration."""
-    with atomic_path(dst) as tmp:
+    with atomic_path(dst) as tmp, _captured_advice():
         quantize_dynamic(
             str(src),
             str(tmp),

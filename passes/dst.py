@@ -13,9 +13,11 @@ parametrized original stores that dense gradient ``dL/dW`` and returns ``grad * 
 optimizer only ever sees masked gradients. After training the plain :class:`WeightMask` returns.
 
 Schedules (ALGORITHMS.md, "Dynamic sparse training"): an update every ``delta_t`` steps while
-``t < T_end = end_fraction * total_steps``, drop fraction ``f(t) = alpha/2 (1 + cos(pi t/T_end))``
-(RigL, Evci et al. 2020, eq. 1). Grown weights start at 0 and their optimizer state (momentum,
-Adam moments) is reset.
+``t < T_end = end_fraction * total_steps`` (``delta_t=None``, the default, picks ``T_end /``
+:data:`AUTO_UPDATES`: the papers' 100 steps assume ImageNet-length runs, and on a short run such
+as the samples' 8 digits epochs (~210 steps) it left one update), drop fraction
+``f(t) = alpha/2 (1 + cos(pi t/T_end))`` (RigL, Evci et al. 2020, eq. 1). Grown weights start
+at 0 and their optimizer state (momentum, Adam moments) is reset.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class DSTConfig:
     placement: str = "magnitude"
     epochs: int = 10
     lr: float = 1e-3
-    delta_t: int = 100
+    delta_t: int | None = None
     alpha: float = 0.3
     end_fraction: float = 0.75
     gamma_sal: float = 0.3
@@ -79,12 +81,20 @@ class DSTConfig:
                 raise SparsifyError(f"unknown DST {key} {value!r}", expected=f"one of {allowed}")
         if not 0.0 < self.sparsity < 1.0:
             raise SparsifyError("--sparsity must be in (0, 1)", found=str(self.sparsity))
-        if self.delta_t < 1 or not 0 <= self.alpha <= 1 or not 0 < self.end_fraction <= 1:
+        if (
+            (self.delta_t is not None and self.delta_t < 1)
+            or not 0 <= self.alpha <= 1
+            or not 0 < self.end_fraction <= 1
+        ):
             raise SparsifyError(
                 "invalid DST schedule",
                 expected="delta_t >= 1, 0 <= alpha <= 1, 0 < end_fraction <= 1",
                 found=f"delta_t={self.delta_t}, alpha={self.alpha}, end={self.end_fraction}",
             )
+
+
+AUTO_UPDATES = 10
+"""Mask updates a run makes when ``delta_t`` is not given (one every ``T_end / 10`` steps)."""
 
 
 def drop_fraction(step: int, t_end: int, alpha: float) -> float:
@@ -271,6 +281,7 @@ class _Rewirer(Callbacks):
         self.layers = layers
         self.config = config
         self.t_end = max(1, int(config.end_fraction * total_steps))
+        self.delta_t = config.delta_t or max(1, self.t_end // AUTO_UPDATES)
         self.budgets = budgets
         self.last = last
         self.generator = torch.Generator().manual_seed(seed)
@@ -294,7 +305,7 @@ class _Rewirer(Callbacks):
         return (
             self.config.method != "static"
             and step > 0
-            and step % self.config.delta_t == 0
+            and step % self.delta_t == 0
             and step < self.t_end
         )
 
@@ -437,7 +448,11 @@ def dynamic_sparse_training(model: nn.Module, config: DSTConfig, ctx: PassContex
     finally:
         rewirer.close()
     _release(layers)
-    ctx.metrics["dst"] = {"loss": history.loss, "updates": rewirer.updates}
+    ctx.metrics["dst"] = {
+        "loss": history.loss,
+        "updates": rewirer.updates,
+        "delta_t": rewirer.delta_t,
+    }
     return model
 
 

@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -107,34 +107,64 @@ def user_errors(debug: bool) -> Iterator[None]:
 
 @contextlib.contextmanager
 def progress_hooks(quiet: bool) -> Iterator[object]:
-    """Rich progress bars for long loops and a status line for each stage."""
+    """Progress on stderr: one line per finished step with its duration, bars for long loops.
+
+    On a terminal a loop is a live bar; in a log (no TTY: CI, a pipe) each loop prints one line
+    when it ends (an epoch: its steps and time), so a CI log still shows every epoch. Under
+    torchrun only rank 0 reports. ``quiet`` (``--quiet``, ``--json``) prints nothing here.
+    """
+    import time
+
     from sparsify_cli.pipeline import Hooks
 
-    if quiet:
+    if quiet or not distributed.is_main():
         yield Hooks()
         return
+    live = err_console.is_terminal
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
         console=err_console,
         transient=True,
+        disable=not live,
     )
+    step: list[tuple[str, float, Any]] = []
 
     def track(items, description, total=None):
-        task = progress.add_task(description, total=total, info="")
+        task = progress.add_task(description, total=total)
+        start, count = time.perf_counter(), 0
         for item in items:
             yield item
+            count += 1
             progress.advance(task)
         progress.remove_task(task)
+        if not live:
+            err_console.print(
+                f"  {escape(description)}: {count} done in {time.perf_counter() - start:.1f} s",
+                highlight=False,
+            )
+
+    def finish() -> None:
+        if step:
+            message, start, task = step.pop()
+            if task is not None:
+                progress.remove_task(task)
+            took = time.perf_counter() - start
+            err_console.print(f"[dim]- {escape(message)} ({took:.1f} s)[/]", highlight=False)
 
     def status(message: str) -> None:
-        err_console.print(f"[dim]- {message}[/]")
+        finish()
+        # on a terminal the step under way shows as a spinner row until it ends
+        task = progress.add_task(f"[dim]{escape(message)}[/]", total=None) if live else None
+        step.append((message, time.perf_counter(), task))
 
     with progress:
-        yield Hooks(track=track, status=status)
+        try:
+            yield Hooks(track=track, status=status)
+        finally:
+            finish()
 
 
 def _exports(text: str) -> tuple[str, ...]:
@@ -279,6 +309,13 @@ def convert(
         str | None, typer.Option(help="Dynamic sparse training: static, set, rigl, srigl.")
     ] = None,
     mask_init: Annotated[str, typer.Option(help="Layer sparsities: uniform or erk.")] = "uniform",
+    delta_t: Annotated[
+        int | None,
+        typer.Option(
+            "--delta-t",
+            help="--dst set/rigl/srigl: steps between mask updates (default: 10 updates a run).",
+        ),
+    ] = None,
 ) -> None:
     """Sparsify a dense checkpoint, export ONNX, verify it and time it against dense.
 
@@ -344,6 +381,7 @@ def convert(
             sparsity=sparsity,
             dst=dst,
             mask_init=mask_init,
+            delta_t=delta_t,
             inputs=tuple(inputs or ()),
             example_input=example_input,
         )
@@ -353,7 +391,7 @@ def convert(
         else:
             opts = ConvertOptions(**kwargs)
         with progress_hooks(quiet or json_out) as hooks:
-            report, folder = run_convert(opts, hooks)
+            report, folder = run_convert(opts, hooks, gate_max_accuracy_drop is not None)
         if not distributed.is_main():  # torchrun's other ranks: rank 0 prints and writes
             return
         if json_out:

@@ -131,6 +131,7 @@ class ConvertOptions:
     sparsity: float = 0.75
     dst: str | None = None
     mask_init: str = "uniform"
+    delta_t: int | None = None
     inputs: tuple[str, ...] = ()
     example_input: str | None = None
 
@@ -142,6 +143,12 @@ class ConvertOptions:
             SparseIFTConfig(self.ift, self.sparsity)  # validates
         if self.dst is not None:
             DSTConfig(self.dst, self.sparsity, self.mask_init, epochs=self.epochs)
+        if self.delta_t is not None and self.dst in (None, "static"):
+            raise SparsifyError(
+                "--delta-t sets how often dynamic sparse training updates its masks",
+                found=f"--dst {self.dst}" if self.dst else "no --dst",
+                fix="pass --dst set, rigl or srigl, or drop --delta-t",
+            )
         unknown = [e for e in self.export if e not in EXPORTS]
         if unknown or not self.export:
             raise SparsifyError(
@@ -421,7 +428,9 @@ def resolve_passes(opts: ConvertOptions) -> list[Any]:
         configs.append(SparseIFTConfig(opts.ift, opts.sparsity))
     if opts.dst:
         configs += [
-            DSTConfig(opts.dst, opts.sparsity, opts.mask_init, epochs=opts.epochs),
+            DSTConfig(
+                opts.dst, opts.sparsity, opts.mask_init, epochs=opts.epochs, delta_t=opts.delta_t
+            ),
             ShrinkConfig(),
         ]
     return configs + [FoldConfig()]
@@ -453,8 +462,27 @@ def _quant_artifact(quant, checks, latency, fp32_latency) -> dict[str, Any]:
     }
 
 
-def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any], Path]:
-    """Run the whole conversion; returns the report and the output folder."""
+def _what_runs(opts: ConvertOptions, layers: int, pattern: NMPattern) -> str:
+    """The status line of the sparsifying step, naming what really runs."""
+    if opts.ift or opts.dst:
+        steps = [f"Sparse-IFT {opts.ift}"] if opts.ift else []
+        steps += [f"{opts.dst} training for {opts.epochs} epochs"] if opts.dst else []
+        return f"{', then '.join(steps)} at sparsity {opts.sparsity:g}"
+    if opts.method in TRAINED:
+        return (
+            f"fine-tuning {layers} layers at {pattern} with {opts.method} for {opts.epochs} epochs"
+        )
+    return f"sparsifying {layers} layers at {pattern} ({opts.method}, one-shot)"
+
+
+def convert(
+    opts: ConvertOptions, hooks: Hooks = Hooks(), need_labels: bool = False
+) -> tuple[dict[str, Any], Path]:
+    """Run the whole conversion; returns the report and the output folder.
+
+    ``need_labels`` (an accuracy gate follows) refuses a run without labelled held-out data
+    right after loading, before any work whose result the gate could not judge.
+    """
     pattern = NMPattern.parse(opts.nm)
     refuse_existing(opts.out, opts.force)  # fail before any expensive work
     out = Path(opts.out) if opts.out else default_out(opts)
@@ -476,6 +504,11 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
             found=f"inputs {', '.join(loaded.example)}",
         )
     data = _dataset(opts, loaded)
+    if need_labels and (data is None or data.y_test is None):
+        raise SparsifyError(
+            "--gate-max-accuracy-drop needs accuracy, and this run would measure none",
+            fix="pass --data with labelled held-out samples (a dataset name or .npz)",
+        )
     torch.manual_seed(opts.seed)
     model, example = loaded.model, loaded.example
     trains = f"--dst {opts.dst}" if opts.dst else f"--method {opts.method}"
@@ -506,7 +539,7 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
         export_onnx(model, example, dense_onnx, loaded.specs)
         dense_out = predict(model, data.x_test) if data is not None else None
 
-        hooks.status(f"sparsifying {len(targets)} layers at {pattern} ({opts.method})")
+        hooks.status(_what_runs(opts, len(targets), pattern))
         ctx = PassContext(targets=targets, example=example, seed=opts.seed, track=hooks.track)
         configs = resolve_passes(opts)
         sparse_training = bool(opts.ift or opts.dst)

@@ -10,6 +10,11 @@ options dataclass except ``out`` and ``force``) and the resolved pass configs
     - {pass: magnitude, n: 2, m: 4}
     - {pass: fold}
 
+Paths (``source``, ``data``, ``example_input``) are recorded *absolute*, so a recipe replays
+from any folder; names (a sample such as ``digits_cnn``, a dataset such as ``digits``) stay
+names. A relative path in a hand-written recipe is read relative to the current folder, else to
+the recipe's own folder.
+
 Reading is strict: an unknown key anywhere is an error naming it, and a value of the wrong type
 is an error naming the option (YAML reads an unquoted ``2:4`` as the base-60 number 124).
 Options given on the command line override the recipe's; ``passes`` is checked against the
@@ -36,6 +41,9 @@ NOT_RECORDED = ("out", "force", "resume")
 
 Opts = TypeVar("Opts")
 
+PATH_OPTIONS = ("source", "data", "example_input")
+"""Options that may name a file or folder: recorded absolute (see the module docstring)."""
+
 
 def recipe_dict(options: Any, configs: Sequence[Any]) -> dict[str, Any]:
     """The recipe of a run with ``options`` (a dataclass) that ran the pass ``configs``."""
@@ -44,6 +52,10 @@ def recipe_dict(options: Any, configs: Sequence[Any]) -> dict[str, Any]:
         for k, v in dataclasses.asdict(options).items()
         if k not in NOT_RECORDED
     }
+    for key in PATH_OPTIONS:
+        value = recorded.get(key)
+        if isinstance(value, str) and Path(value).exists():
+            recorded[key] = str(Path(value).resolve())
     return {
         "sparsify_recipe": RECIPE_VERSION,
         "options": recorded,
@@ -53,7 +65,11 @@ def recipe_dict(options: Any, configs: Sequence[Any]) -> dict[str, Any]:
 
 def write_recipe(path: str | os.PathLike[str], recipe: Mapping[str, Any]) -> None:
     """Write ``recipe`` as YAML (block style, keys in the order the run resolved them)."""
-    atomic_write_text(path, yaml.safe_dump(dict(recipe), sort_keys=False, default_flow_style=None))
+    header = (
+        "# sparsify recipe: replay with sparsify convert --recipe THIS_FILE; paths are absolute\n"
+    )
+    body = yaml.safe_dump(dict(recipe), sort_keys=False, default_flow_style=None)
+    atomic_write_text(path, header + body)
 
 
 def _coerce(name: str, value: Any, annotation: str, source: str) -> Any:
@@ -143,6 +159,12 @@ def read_recipe(
                 + (" (pass it on the command line)" if key in NOT_RECORDED else ""),
             )
     values = {k: _coerce(k, v, str(fields[k].type), str(path)) for k, v in options.items()}
+    for key in PATH_OPTIONS:  # a relative path: from here, else from the recipe's folder
+        value = values.get(key)
+        if isinstance(value, str) and not Path(value).exists():
+            beside = path.parent / value
+            if beside.exists():
+                values[key] = str(beside.resolve())
     recorded = [config_from_dict(p) for p in passes]
     merged = {**values, **overrides}
     missing = [

@@ -282,3 +282,50 @@ def test_files_get_the_users_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+
+
+# -- progress --------------------------------------------------------------------------------
+
+
+def test_progress_without_a_tty_prints_a_line_per_loop_and_step_durations(monkeypatch):
+    from sparsify_cli import app as app_module
+
+    buf = io.StringIO()
+    monkeypatch.setattr(app_module, "err_console", Console(file=buf, width=100))
+    with app_module.progress_hooks(quiet=False) as hooks:
+        hooks.status("fine-tuning 7 layers at 2:4 with maxq for 2 epochs")
+        for epoch in range(2):
+            assert list(hooks.track(range(26), f"epoch {epoch + 1}/2", 26)) == list(range(26))
+        hooks.status("exporting")
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("  epoch 1/2: 26 done in ") and lines[1].startswith("  epoch 2/2")
+    assert lines[2].startswith("- fine-tuning 7 layers at 2:4 with maxq for 2 epochs (")
+    assert lines[3].startswith("- exporting (") and lines[3].endswith(" s)")
+    quiet = io.StringIO()
+    monkeypatch.setattr(app_module, "err_console", Console(file=quiet, width=100))
+    with app_module.progress_hooks(quiet=True) as hooks:
+        hooks.status("loading")
+        list(hooks.track(range(3), "epoch 1/1", 3))
+    assert quiet.getvalue() == ""
+
+
+def test_status_line_names_what_really_runs():
+    from sparsify_cli.passes.pattern import NMPattern
+    from sparsify_cli.pipeline import ConvertOptions, _what_runs
+
+    nm = NMPattern(2, 4)
+    rigl = ConvertOptions("digits_cnn", dst="rigl", sparsity=0.9, epochs=8)
+    assert _what_runs(rigl, 7, nm) == "rigl training for 8 epochs at sparsity 0.9"
+    wide = ConvertOptions("digits_cnn", ift="wide", dst="set")
+    assert _what_runs(wide, 7, nm).startswith("Sparse-IFT wide, then set training")
+    maxq = ConvertOptions("digits_cnn", method="maxq", epochs=3)
+    assert _what_runs(maxq, 7, nm) == "fine-tuning 7 layers at 2:4 with maxq for 3 epochs"
+    assert "one-shot" in _what_runs(ConvertOptions("digits_cnn"), 7, nm)
+
+
+def test_delta_t_only_with_dynamic_sparse_training():
+    from sparsify_cli.pipeline import ConvertOptions
+
+    with pytest.raises(SparsifyError, match="--delta-t"):
+        ConvertOptions("digits_cnn", delta_t=10)
+    assert ConvertOptions("digits_cnn", dst="rigl", delta_t=10).delta_t == 10
