@@ -1,12 +1,15 @@
 """``report.html``: the human report of a run, one self-contained file readable offline.
 
-Built from ``report.json`` alone (so ``sparsify report OUTDIR`` regenerates it): tables of the
-key numbers and three matplotlib plots embedded as base64 PNG data URIs (no script, stylesheet
-or image is fetched from anywhere):
+Built from ``report.json`` alone (so ``sparsify report OUTDIR`` regenerates it): a headline
+(method, pattern, accuracy dense -> sparse, the best speed-up with its 95% interval, warnings),
+tables of the key numbers (text left-aligned, numbers right-aligned, every value escaped), the
+recipe as YAML, and matplotlib plots embedded as base64 PNG data URIs (no script, stylesheet or
+image is fetched from anywhere):
 
-* accuracy vs median latency, one point per artifact (dense baseline included) and batch size;
-* density per layer, sparsified layers and layers left dense (with the reason) apart;
-* latency percentiles p50 / p90 / p99 per artifact at every timed batch size.
+* accuracy vs median latency, one panel per batch size, one point per artifact (dense included);
+* latency per artifact: p50 beside p99, each bar labelled with its value, one panel per batch;
+* training curves (loss, held-out accuracy per epoch) of the passes that trained;
+* density per layer, sparsified layers and layers left dense (with the reason) apart.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import yaml  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator  # noqa: E402
 
+from sparsify_cli import tables  # noqa: E402
 from sparsify_cli.bench import latency_rows  # noqa: E402
 from sparsify_cli.passes.atomic import atomic_write_text  # noqa: E402
 
@@ -50,29 +55,72 @@ def _series(report: dict[str, Any]) -> list[tuple[str, float | None, list[dict[s
 
 
 def accuracy_latency_plot(report: dict[str, Any]) -> str | None:
-    """Accuracy (%) against p50 latency (ms); ``None`` when the run measured no accuracy."""
+    """Accuracy (%) against p50 latency (ms), one panel per batch size (latencies of different
+    batch sizes are not comparable); ``None`` when the run measured no accuracy."""
     points = [(n, a, rows) for n, a, rows in _series(report) if a is not None and rows]
     if not points:
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    batches = sorted({r["batch"] for _, _, rows in points for r in rows})
+    fig, axes = plt.subplots(
+        1, len(batches), figsize=(4.2 * len(batches) + 1.0, 3.8), squeeze=False
+    )
     markers = "osD^vP*X"
-    for i, (name, acc, rows) in enumerate(points):
-        xs = [r["p50_ms"] for r in rows]
-        ax.plot(xs, [100 * acc] * len(xs), markers[i % len(markers)], label=name, markersize=8)
-        for r in rows:
-            ax.annotate(
-                f"b{r['batch']}",
-                (r["p50_ms"], 100 * acc),
-                textcoords="offset points",
-                xytext=(5, 4),
-                fontsize=8,
-            )
-    ax.set_xscale("log")
-    ax.set_xlabel("p50 latency per batch (ms, log scale)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("Accuracy vs latency (ONNX Runtime)")
+    for ax, batch in zip(axes[0], batches, strict=True):
+        for i, (name, acc, rows) in enumerate(points):
+            row = next((r for r in rows if r["batch"] == batch), None)
+            if row is None:
+                continue
+            ax.plot(row["p50_ms"], 100 * acc, markers[i % len(markers)], label=name, ms=8)
+        ax.set_title(f"batch {batch}")
+        ax.set_xlabel("p50 latency (ms)")
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.1f"))
+        ax.margins(x=0.25, y=0.25)
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("top-1 accuracy (%)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8)
+    fig.suptitle("Accuracy vs latency (ONNX Runtime)")
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return _png(fig)
+
+
+def training_plot(report: dict[str, Any]) -> str | None:
+    """Loss (and held-out accuracy, when evaluated) per epoch of every training pass."""
+    curves = {
+        name: m
+        for name, m in (report.get("training") or {}).items()
+        if isinstance(m, dict) and m.get("loss")
+    }
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    for name, m in curves.items():
+        epochs = range(1, len(m["loss"]) + 1)
+        ax.plot(epochs, m["loss"], "o-", label=f"{name} loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    accs = {
+        n: m["accuracy"]
+        for n, m in curves.items()
+        if any(a is not None for a in m.get("accuracy") or [])
+    }
+    if accs:
+        right = ax.twinx()
+        for name, acc in accs.items():
+            epochs = [i + 1 for i, a in enumerate(acc) if a is not None]
+            right.plot(
+                epochs, [100 * a for a in acc if a is not None], "s--", label=f"{name} top-1"
+            )
+        right.set_ylabel("held-out top-1 (%)")
+        lines = ax.get_legend_handles_labels()
+        more = right.get_legend_handles_labels()
+        ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8)
+    else:
+        ax.legend(fontsize=8)
+    ax.set_title("Training curves")
     return _png(fig)
 
 
@@ -94,100 +142,214 @@ def density_plot(report: dict[str, Any]) -> str | None:
 
 
 def latency_plot(report: dict[str, Any]) -> str | None:
-    """One panel per batch size: p50, p90 and p99 bars for every artifact."""
+    """One panel per batch size: p50 and p99 per artifact as horizontal bars, each labelled
+    with its value, so a small p50 stays legible beside a long p99 tail."""
     series = [(n, rows) for n, _, rows in _series(report) if rows]
     batches = sorted({r["batch"] for _, rows in series for r in rows})
     if not batches:
         return None
-    fig, axes = plt.subplots(
-        1, len(batches), figsize=(3.6 * len(batches) + 1.5, 3.6), squeeze=False
-    )
-    width = 0.8 / 3
-    for ax, batch in zip(axes[0], batches, strict=True):
-        for j, (pct, colour) in enumerate(
-            zip(("p50", "p90", "p99"), ("tab:green", "tab:orange", "tab:red"), strict=True)
-        ):
+    height = 0.9 + 0.55 * len(series)
+    fig, axes = plt.subplots(len(batches), 1, figsize=(7.2, height * len(batches)), squeeze=False)
+    width = 0.38
+    for ax, batch in zip(axes[:, 0], batches, strict=True):
+        for j, (pct, colour) in enumerate((("p50", "tab:green"), ("p99", "tab:red"))):
             values = [
                 next((r[f"{pct}_ms"] for r in rows if r["batch"] == batch), 0.0)
                 for _, rows in series
             ]
-            ax.bar(
-                [i + (j - 1) * width for i in range(len(series))],
-                values,
-                width,
-                color=colour,
-                label=pct,
-            )
-        ax.set_xticks(
-            range(len(series)), [n for n, _ in series], rotation=20, ha="right", fontsize=8
-        )
-        ax.set_title(f"batch {batch}")
-        ax.set_ylabel("latency (ms)")
-        ax.grid(True, axis="y", alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle("Latency percentiles per artifact")
+            ys = [i + (j - 0.5) * width for i in range(len(series))]
+            bars = ax.barh(ys, values, width, color=colour, label=pct)
+            ax.bar_label(bars, [f"{v:.3g} ms" for v in values], padding=3, fontsize=8)
+        ax.set_yticks(range(len(series)), [n for n, _ in series], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(f"batch {batch}", fontsize=10)
+        ax.set_xlabel("latency per call (ms)")
+        ax.margins(x=0.25)
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("Latency: median (p50) and tail (p99) per artifact")
+    fig.tight_layout()
     return _png(fig)
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list[Any]], text: tuple[str, ...] = ()) -> str:
+    """A table whose ``text`` columns (and the first) are left-aligned, numbers right-aligned;
+    every cell escaped."""
+    left = {i for i, h in enumerate(header) if i == 0 or h in text}
+    head = "".join(
+        f"<th{' class=t' if i in left else ''}>{_esc(h)}</th>" for i, h in enumerate(header)
+    )
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+        "<tr>"
+        + "".join(f"<td{' class=t' if i in left else ''}>{_esc(c)}</td>" for i, c in enumerate(row))
+        + "</tr>"
+        for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
-
-
 def _figure(uri: str | None, alt: str, missing: str) -> str:
     if uri is None:
-        return f"<p class='note'>{html.escape(missing)}</p>"
-    return f'<figure><img src="{uri}" alt="{html.escape(alt)}"></figure>'
+        return f"<p class='note'>{_esc(missing)}</p>"
+    return f'<figure><img src="{uri}" alt="{_esc(alt)}"></figure>'
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _what_ran(report: dict[str, Any]) -> tuple[str, str]:
+    """(method, pattern) of the run, from its recipe."""
+    o = (report.get("recipe") or {}).get("options") or {}
+    if o.get("ift") or o.get("dst"):
+        method = " + ".join(
+            p for p in (o.get("ift") and f"Sparse-IFT {o['ift']}", o.get("dst") and o["dst"]) if p
+        )
+        return method, f"sparsity {o.get('sparsity')}"
+    return str(o.get("method", "?")), str(o.get("nm", "?"))
+
+
+def _best_speedup(report: dict[str, Any]) -> str:
+    best = None
+    for art in report.get("artifacts") or []:
+        for r in art.get("latency") or []:
+            if r.get("speedup_vs_dense") is not None and (
+                best is None or r["speedup_vs_dense"] > best[1]["speedup_vs_dense"]
+            ):
+                best = (art["path"], r)
+    if best is None:
+        return "not measured"
+    path, r = best
+    spread = (
+        f" (95% interval {r['ratio_low']:.2f}-{r['ratio_high']:.2f}x)"
+        if r.get("ratio_low") is not None
+        else ""
+    )
+    noisy = ", noisy: rerun with a longer --duration" if r.get("noisy") else ""
+    return f"{r['speedup_vs_dense']:.2f}x{spread}: {path} at batch {r['batch']}{noisy}"
+
+
+def headline(report: dict[str, Any]) -> str:
+    """Method, pattern, accuracy dense -> sparse, the best speed-up with its spread, warnings."""
+    method, pattern = _what_ran(report)
+    items = [("method", method), ("pattern", pattern)]
+    acc = report.get("accuracy")
+    if acc:
+        text = f"dense {tables.pct(acc['dense'])} -> sparse {tables.pct(acc.get('sparse_onnx'))}"
+        if acc.get("quantized") is not None:
+            text += f" -> int8 {tables.pct(acc['quantized'])}"
+        items.append((f"accuracy ({acc['metric']}, {acc['samples']} held-out)", text))
+    items.append(("best speed-up vs dense", _best_speedup(report)))
+    rows = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in items)
+    warnings = "".join(
+        f"<p class='warning'><b>warning:</b> {_esc(w['message'])}"
+        + (f"; try <code>{_esc(w['option'])}</code>" if w.get("option") else "")
+        + "</p>"
+        for w in report.get("warnings") or []
+    )
+    return f"<section class='headline'><dl>{rows}</dl>{warnings}</section>"
+
+
+def _details(art: dict[str, Any]) -> str:
+    """What is particular to an artifact: int8 calibration and exclusions, condensed kernels."""
+    q = art.get("quantization")
+    if q:
+        excluded = q.get("excluded") or []
+        parts = [
+            "static QDQ" if q.get("mode") == "int8" else "dynamic (weights only)",
+            f"SQNR {art['sqnr_db']:.1f} dB" if art.get("sqnr_db") is not None else None,
+            f"{q.get('calib_rows')} calibration rows" if q.get("calib_rows") else None,
+            f"excluded (kept float): {', '.join(excluded)}" if excluded else "no node kept float",
+            "7-bit weights (reduce range)" if q.get("reduce_range") else None,
+        ]
+        return "; ".join(p for p in parts if p)
+    if art.get("format") == "condensed":
+        kernels = f"{art['kernels']} kernels" if art.get("kernels") else "stock ONNX ops"
+        condensed = art.get("layers_condensed")
+        return f"{art.get('condensed_ops')} ops, {kernels}; {condensed} layers condensed"
+    return ""
+
+
+def artifacts_table(report: dict[str, Any]) -> str:
+    """Pattern, parity, size and particulars of every artifact."""
+    rows = []
+    base = report.get("baseline")
+    if base:
+        rows.append(
+            [
+                f"{base['path']} (dense)",
+                base.get("format", "onnx"),
+                "-",
+                "-",
+                _size(base.get("size_bytes")),
+                "dense baseline",
+            ]
+        )
+    for art in report.get("artifacts") or []:
+        parity = art.get("parity_max_abs")
+        atol = art.get("parity_atol")
+        rows.append(
+            [
+                art["path"],
+                art.get("format", "-"),
+                "-" if "pattern_ok" not in art else ("held" if art["pattern_ok"] else "BROKEN"),
+                "-" if parity is None else f"{parity:.1e}" + (f" (<= {atol:g})" if atol else ""),
+                _size(art.get("size_bytes")),
+                _details(art),
+            ]
+        )
+    header = ["artifact", "format", "pattern", "parity max|Δ|", "size", "details"]
+    return _table(header, rows, text=("format", "pattern", "details"))
 
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;
-text-align:right;font-size:13px}th{background:#f3f3f3}td:first-child{text-align:left}
+text-align:right;font-size:13px}th{background:#f3f3f3}td.t,th.t{text-align:left}
+td:first-child{white-space:nowrap}
 img{max-width:100%}.note{color:#666;font-style:italic}pre{background:#f6f6f6;padding:1em;
-overflow:auto;font-size:12px}
+overflow:auto;font-size:12px}.headline{background:#f5f8ff;border:1px solid #cdd9f0;padding:.5em 1em}
+.headline dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em;margin:.3em 0}
+.headline dt{font-weight:bold}.headline dd{margin:0}
+.warning{background:#fff4d6;border-left:4px solid #e0a000;padding:.5em 1em}
 """
 
 
 def render_html(report: dict[str, Any]) -> str:
-    """The whole page for ``report`` (a ``report.json`` document)."""
+    """The whole page for ``report`` (a ``report.json`` document); every value escaped."""
     env = report.get("environment", {})
+    source = _esc(report["input"]["path"])
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>sparsify report: {html.escape(report['input']['path'])}</title>",
+        f"<title>sparsify report: {source}</title>",
         f"<style>{_STYLE}</style></head><body>",
-        f"<h1>sparsify report: {html.escape(report['input']['path'])}</h1>",
-        f"<p>created {html.escape(report.get('created', ''))}, sparsify "
-        f"{html.escape(report.get('tool_version', ''))}; {html.escape(str(env.get('cpu')))}, "
-        f"{env.get('threads')} thread(s), onnxruntime {html.escape(str(env.get('onnxruntime')))}, "
-        f"torch {html.escape(str(env.get('torch')))}</p>",
+        f"<h1>sparsify report: {source}</h1>",
+        f"<p>created {_esc(report.get('created', ''))}, sparsify "
+        f"{_esc(report.get('tool_version', ''))}; {_esc(env.get('cpu'))}, "
+        f"{_esc(env.get('threads'))} thread(s), onnxruntime {_esc(env.get('onnxruntime'))}, "
+        f"torch {_esc(env.get('torch'))}</p>",
+        headline(report),
     ]
     acc = report.get("accuracy")
     if acc:
-        parts.append(f"<h2>Accuracy ({html.escape(acc['metric'])}, {acc['samples']} samples)</h2>")
-        parts.append(
-            _table(
-                ["dense", "sparse (torch)", "sparse (onnx)", "quantized"],
-                [
-                    [
-                        _pct(acc["dense"]),
-                        _pct(acc["sparse"]),
-                        _pct(acc.get("sparse_onnx")),
-                        _pct(acc.get("quantized")),
-                    ]
-                ],
-            )
-        )
+        parts.append(f"<h2>Accuracy ({_esc(acc['metric'])}, {_esc(acc['samples'])} samples)</h2>")
+        values = [acc["dense"], acc["sparse"], acc.get("sparse_onnx"), acc.get("quantized")]
+        cols = ["dense", "sparse (torch)", "sparse (onnx)", "quantized"]
+        keep = [i for i, v in enumerate(values) if v is not None]
+        parts.append(_table([cols[i] for i in keep], [[tables.pct(values[i]) for i in keep]]))
     parts.append("<h2>Artifacts</h2>")
+    parts.append(artifacts_table(report))
+    parts.append("<h2>Latency</h2>")
     entries = [(name, {"accuracy": acc, "latency": lat}) for name, acc, lat in _series(report)]
     parts.append(_table(*latency_rows(entries)))
+    if any(r.get("noisy") for _, e in entries for r in e["latency"]):
+        parts.append(f"<p class='note'>{_esc(tables.NOISY_NOTE)}</p>")
     parts.append(
         _figure(
             accuracy_latency_plot(report),
@@ -196,6 +358,10 @@ def render_html(report: dict[str, Any]) -> str:
         )
     )
     parts.append(_figure(latency_plot(report), "latency percentiles", "No latency measured."))
+    curves = training_plot(report)
+    if curves is not None:
+        parts.append("<h2>Training</h2>")
+        parts.append(_figure(curves, "training curves", ""))
     parts.append("<h2>Layers</h2>")
     parts.append(_figure(density_plot(report), "per-layer density", "No Linear/Conv layers."))
     parts.append(
@@ -215,10 +381,12 @@ def render_html(report: dict[str, Any]) -> str:
                 for r in report.get("layers", [])
                 if r["op"] in ("Linear", "Conv2d")
             ],
+            text=("op", "shape", "pattern", "note"),
         )
     )
     parts.append("<h2>Recipe</h2>")
-    parts.append(f"<pre>{html.escape(json.dumps(report.get('recipe'), indent=2))}</pre>")
+    recipe = yaml.safe_dump(report.get("recipe"), sort_keys=False, default_flow_style=None)
+    parts.append(f"<pre>{_esc(recipe)}</pre>")
     parts.append("</body></html>")
     return "\n".join(parts)
 

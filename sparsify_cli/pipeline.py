@@ -28,6 +28,7 @@ from sparsify_cli.exporters.onnx_export import export_onnx, weight_refs
 from sparsify_cli.exporters.quantize import QuantizeConfig, quantize_model
 from sparsify_cli.exporters.tensorrt import require_tensorrt
 from sparsify_cli.exporters.verify import max_abs_diff, verify_pattern
+from sparsify_cli.findings import artifact_findings
 from sparsify_cli.hf import HF_FOLDER, save_hf_folder
 from sparsify_cli.html_report import write_html
 from sparsify_cli.loading import LoadedModel, file_sha256, load_model
@@ -697,6 +698,7 @@ def convert(
             )
             report["environment"]["tensorrt"] = trt_artifact["tensorrt"]
             report["artifacts"].append(trt_artifact)
+        report["warnings"] = report.get("warnings", []) + artifact_findings(report)
         write_report(staging / "report.json", report)
         write_html(staging, report)
         _publish(staging, out)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from sparsify_cli import tables
 from sparsify_cli.passes.atomic import atomic_write_text
@@ -120,6 +121,9 @@ def render(report: dict[str, Any], console: Console) -> None:
     console.print(artifact_table(report, console.width))
     if any(r.get("noisy") for _, art in _artifact_entries(report) for r in art.get("latency", [])):
         console.print(tables.NOISY_NOTE)
+    for w in report.get("warnings") or []:
+        option = f"; try {w['option']}" if w.get("option") else ""
+        console.print(f"[bold yellow]warning:[/] {escape(w['message'] + option)}", soft_wrap=True)
 
 
 def _artifact_entries(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

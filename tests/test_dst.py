@@ -175,3 +175,19 @@ def test_short_dst_run_learns_from_scratch() -> None:
     model = run_passes(model, [config], ctx)
     assert ctx.metrics["dst"]["updates"] >= 3
     assert accuracy(model, data.x_test, data.y_test) > 0.6  # chance is 0.1
+
+
+def test_default_update_interval_gives_a_short_run_its_updates():
+    """delta_t unset: T_end / 10 steps, so one digits epoch (26 steps) updates ~10 times (at
+    the papers' fixed 100 steps, the samples' default 8 epochs made one update)."""
+    data = digits()
+    spec = SAMPLES["digits_cnn"]
+    torch.manual_seed(0)
+    model = spec.build()
+    example = torch.zeros(spec.input_shape)
+    train = make_loader(data.x_train, data.y_train, 64, True)
+    ctx = PassContext(targets=ift_targets(model, example), train=train)
+    run_passes(model, [DSTConfig("set", 0.75, epochs=1)], ctx)
+    t_end = int(0.75 * len(train))
+    assert ctx.metrics["dst"]["delta_t"] == t_end // 10
+    assert ctx.metrics["dst"]["updates"] == (t_end - 1) // (t_end // 10)

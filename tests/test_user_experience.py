@@ -329,3 +329,66 @@ def test_delta_t_only_with_dynamic_sparse_training():
     with pytest.raises(SparsifyError, match="--delta-t"):
         ConvertOptions("digits_cnn", delta_t=10)
     assert ConvertOptions("digits_cnn", dst="rigl", delta_t=10).delta_t == 10
+
+
+# -- findings (warnings with the option that helps) ------------------------------------------
+
+
+def test_findings_no_op_export_and_slower_than_dense():
+    from sparsify_cli.findings import artifact_findings
+
+    slow = {"batch": 1, "speedup_vs_dense": 0.45, "ratio_low": 0.41, "ratio_high": 0.5}
+    unsure = {"batch": 32, "speedup_vs_dense": 0.9, "ratio_low": 0.7, "ratio_high": 1.1}
+    report = {
+        "recipe": {"options": {}},
+        "artifacts": [
+            {"path": "model.onnx", "format": "onnx", "latency": [unsure]},
+            {"path": "model_int8.onnx", "format": "onnx-int8", "latency": [slow, unsure]},
+            {"path": "model_condensed.onnx", "format": "condensed", "layers_condensed": 0},
+        ],
+    }
+    found = artifact_findings(report, vnni=False)
+    assert [f["kind"] for f in found] == ["slower-than-dense", "no-op-export"]
+    int8, noop = found
+    assert int8["message"].startswith("model_int8.onnx is slower than dense: 0.45x at batch 1")
+    assert "0.41-0.50x" in int8["message"] and "batch 32" not in int8["message"]  # noise: no
+    assert "VNNI" in int8["message"] and "--quantize int8-dynamic" in int8["option"]
+    assert "condensed no layer" in noop["message"] and "--dst srigl" in noop["option"]
+    assert [f["kind"] for f in artifact_findings(report, vnni=True)] == [
+        "slower-than-dense",
+        "no-op-export",
+    ]
+    report["recipe"]["options"]["ift"] = "wide"
+    report["artifacts"][0]["latency"] = [slow]
+    wide = artifact_findings(report, vnni=True)[0]
+    assert "Sparse Wide" in wide["message"] and "--ift wide" in wide["option"]
+
+
+# -- recipes replay from any folder ----------------------------------------------------------
+
+
+def test_recipe_paths_are_absolute_and_relative_ones_read_beside_the_recipe(tmp_path, monkeypatch):
+    import shutil
+
+    from sparsify_cli.pipeline import ConvertOptions, resolve_passes
+    from sparsify_cli.recipe import read_recipe, recipe_dict, write_recipe
+    from sparsify_cli.samples import SAMPLES
+
+    ckpt = tmp_path / "ckpt" / "cnn.pt"
+    ckpt.parent.mkdir()
+    shutil.copy(SAMPLES["digits_cnn"].checkpoint, ckpt)
+    monkeypatch.chdir(tmp_path)
+    opts = ConvertOptions("ckpt/cnn.pt", data="digits")
+    recipe = recipe_dict(opts, resolve_passes(opts))
+    assert recipe["options"]["source"] == str(ckpt) and recipe["options"]["data"] == "digits"
+    write_recipe(tmp_path / "run" / "recipe.yaml", recipe)
+    assert (tmp_path / "run" / "recipe.yaml").read_text().startswith("# sparsify recipe")
+    elsewhere = tmp_path / "a" / "b"  # where ../ckpt does not exist
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    replay = read_recipe(tmp_path / "run" / "recipe.yaml", ConvertOptions, {}, resolve_passes)
+    assert replay.source == str(ckpt)
+    recipe["options"]["source"] = "../ckpt/cnn.pt"  # hand-written: relative to the recipe
+    write_recipe(tmp_path / "run" / "recipe.yaml", recipe)
+    replay = read_recipe(tmp_path / "run" / "recipe.yaml", ConvertOptions, {}, resolve_passes)
+    assert replay.source == str(ckpt)
