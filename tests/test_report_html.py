@@ -35,6 +35,39 @@ def test_convert_writes_html_with_plots_and_numbers():
     art = report["artifacts"][0]["latency"][0]
     assert tables.ms(art["p50_ms"]) in page and tables.speedup(art) in page
     assert "layer3.conv2" in page and "output head kept dense" in page
+    # the headline says what ran and what it gained; the recipe is YAML
+    assert "<section class='headline'>" in page and "<dd>magnitude</dd>" in page
+    assert "<dd>2:4</dd>" in page and "best speed-up vs dense" in page
+    assert "sparsify_recipe: 1" in page and "source: digits_cnn" in page
+    assert "<td class=t>model.onnx</td><td class=t>onnx</td><td class=t>held</td>" in page
+
+
+def test_every_value_is_escaped_and_details_shown():
+    from sparsify_cli.html_report import render_html
+
+    report = json.loads((cnn_output() / "report.json").read_text())
+    report["input"]["path"] = "<script>alert(1)</script>"
+    report["layers"][1]["name"] = "<img src=x onerror=alert(1)>"
+    report["warnings"] = [{"kind": "k", "message": "<b>slow</b>", "option": "--x <y>"}]
+    art = report["artifacts"][0]
+    report["artifacts"].append(
+        {
+            **art,
+            "format": "onnx-int8",
+            "path": "model_int8.onnx",
+            "sqnr_db": 34.6,
+            "quantization": {"mode": "int8", "calib_rows": 256, "excluded": ["/fc/Gemm"]},
+        }
+    )
+    report["artifacts"].append(
+        {**art, "format": "condensed", "path": "c.onnx", "condensed_ops": "custom"}
+        | {"kernels": "avx2", "layers_condensed": 0}
+    )
+    page = render_html(report)
+    assert "<script>" not in page and "<img src=x" not in page and "<b>slow</b>" not in page
+    assert "&lt;script&gt;" in page and "--x &lt;y&gt;" in page
+    assert "SQNR 34.6 dB" in page and "excluded (kept float): /fc/Gemm" in page
+    assert "custom ops, avx2 kernels; 0 layers condensed" in page
 
 
 def test_report_command_regenerates(tmp_path):
@@ -94,3 +127,14 @@ def test_renders_in_headless_chromium(tmp_path):
         timeout=120,
     )
     assert shot.read_bytes().startswith(PNG) and shot.stat().st_size > 20_000
+    # the screenshot shows a page, not a blank or an error: ink in the headline box and below
+    from PIL import Image
+
+    image = Image.open(shot).convert("L")
+    assert image.size == (1100, 2400)
+    for top in (0, 300, 900):
+        band = image.crop((0, top, 1100, top + 300))
+        dark = sum(band.histogram()[:128])
+        assert dark > 500, f"no text or plot near y={top}"
+    keep = tmp_path.parent / "report_html_screenshot.png"  # for a person to look at
+    shot.replace(keep)
