@@ -1,4 +1,4 @@
-"""Per-layer view of a torch model: eligibility, the pattern its zeros hold, FLOPs and params.
+"""Per-layer view of a torch model: eligibility, the pattern its zeros hold, MACs and params.
 
 What a user looks at before converting (which layers can be sparsified, and why not) and after
 (did every target layer come out N:M, with constant fan-in). The pattern is read from the

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -223,8 +224,12 @@ def fit(
     net = distributed.wrap(model, ctx.device)
     optimizer = optimizer or make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr(cfg, len(train)))
-    for _ in range(start_epoch * len(train)):
-        scheduler.step()
+    with warnings.catch_warnings():  # resuming: the schedule catches up before any step,
+        # which torch warns about ("lr_scheduler.step() before optimizer.step()"), rightly so
+        # for a fresh run, not for this fast-forward
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+        for _ in range(start_epoch * len(train)):
+            scheduler.step()
     history = history or History()
     step = start_epoch * len(train)
     for epoch in range(start_epoch, cfg.epochs):

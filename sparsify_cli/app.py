@@ -437,7 +437,7 @@ def inspect(
     ] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Per-layer op, shape, reduction axis, eligibility, N:M pattern, density, FLOPs, params.
+    """Per-layer op, shape, reduction axis, eligibility, N:M pattern, density, MACs, params.
 
     Example: sparsify inspect out/model.onnx
     """
