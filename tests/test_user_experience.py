@@ -392,3 +392,38 @@ def test_recipe_paths_are_absolute_and_relative_ones_read_beside_the_recipe(tmp_
     write_recipe(tmp_path / "run" / "recipe.yaml", recipe)
     replay = read_recipe(tmp_path / "run" / "recipe.yaml", ConvertOptions, {}, resolve_passes)
     assert replay.source == str(ckpt)
+
+
+def test_accuracy_gate_without_labels_is_refused_right_after_loading(tmp_path):
+    result = CliRunner().invoke(
+        app,
+        [
+            "convert",
+            "--arch",
+            "sparsify_cli.samples.models:DigitsResNet",
+            "--input-shape",
+            "1,1,8,8",
+            "--out",
+            str(tmp_path / "out"),
+            "--gate-max-accuracy-drop",
+            "1",
+        ],
+    )
+    assert result.exit_code == 1 and "would measure none" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_op_condensed_export_warns_in_report_and_terminal(tmp_path):
+    """digits_cnn has no Linear layer to condense (its convs are not, its head stays dense)."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app,
+        ["convert", "digits_cnn", "--export", "onnx,condensed", "--out", str(out)]
+        + ["--duration", "0.02", "--batch-sizes", "1", "--quiet"],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    kinds = [w["kind"] for w in report["warnings"]]
+    assert "no-op-export" in kinds
+    assert "warning: --export condensed condensed no layer" in " ".join(result.output.split())
+    assert "condensed no layer" in (out / "report.html").read_text()
