@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 METHODS = ("static", "set", "rigl", "srigl")
 MASK_INITS = ("uniform", "erk")
 PLACEMENTS = ("magnitude", "random")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class DSTConfig:
 
     name: ClassVar[str] = "dst"
     next_passes: ClassVar[tuple[str, ...]] = ("shrink_ablated", "fold")
+    group_size: ClassVar[int] = 1
+    """Unstructured / constant fan-in masks fit any layer width."""
     method: str = "rigl"
     sparsity: float = 0.75
     mask_init: str = "uniform"
@@ -68,17 +71,26 @@ class DSTConfig:
     alpha: float = 0.3
     end_fraction: float = 0.75
     gamma_sal: float = 0.3
+    optimizer: str = "adamw"
+    distill: bool = False
 
     def __post_init__(self) -> None:
         for key, value, allowed in (
             ("method", self.method, METHODS),
             ("mask_init", self.mask_init, MASK_INITS),
             ("placement", self.placement, PLACEMENTS),
+            ("optimizer", self.optimizer, OPTIMIZERS),
         ):
             if value not in allowed:
                 raise SparsifyError(f"unknown DST {key} {value!r}", expected=f"one of {allowed}")
         if not 0.0 < self.sparsity < 1.0:
             raise SparsifyError("--sparsity must be in (0, 1)", found=str(self.sparsity))
+        if not (self.epochs >= 0 and self.lr > 0 and math.isfinite(self.lr)):
+            raise SparsifyError(
+                "invalid DST training settings",
+                expected="--epochs >= 0, --lr > 0 (finite)",
+                found=f"epochs={self.epochs}, lr={self.lr}",
+            )
         if self.delta_t < 1 or not 0 <= self.alpha <= 1 or not 0 < self.end_fraction <= 1:
             raise SparsifyError(
                 "invalid DST schedule",
@@ -411,6 +423,13 @@ def _ensure(model: nn.Module, config: DSTConfig, ctx: PassContext) -> None:
 def dynamic_sparse_training(model: nn.Module, config: DSTConfig, ctx: PassContext) -> nn.Module:
     """Mask the targets, train with the configured rewiring, leave plain masks on the model."""
     targets = list(ctx.targets)
+    labelled = ctx.train is not None and len(next(iter(ctx.train))) > 1
+    teacher = None
+    if config.epochs and (config.distill or not labelled):
+        # the teacher is the model as it arrives (or the dense original the caller kept in
+        # ctx.teacher), copied before any training mask is attached
+        teacher = ctx.teacher if ctx.teacher is not None else copy.deepcopy(model)
+        teacher = teacher.to(ctx.device).eval().requires_grad_(False)
     budgets = init_masks(model, config, targets, ctx.seed)
     modules = dict(model.named_modules())
     layers = {n: modules[n] for n in targets}
@@ -422,13 +441,8 @@ def dynamic_sparse_training(model: nn.Module, config: DSTConfig, ctx: PassContex
             "dynamic sparse training needs training data",
             fix="pass --data (a dataset name or an .npz with x and y)",
         )
-    first = next(iter(ctx.train))
-    if len(first) > 1:
-        objective = cross_entropy()
-    else:
-        teacher = copy.deepcopy(model).eval()
-        objective = distillation(teacher)
-    cfg = TrainConfig(epochs=config.epochs, lr=config.lr)
+    objective = cross_entropy() if teacher is None else distillation(teacher)
+    cfg = TrainConfig(epochs=config.epochs, lr=config.lr, optimizer=config.optimizer)
     rewirer = _Rewirer(
         layers, config, config.epochs * len(ctx.train), budgets, targets[-1], ctx.seed
     )

@@ -87,6 +87,11 @@ class FinetuneConfig:
     def pattern(self) -> NMPattern:
         return NMPattern(self.n, self.m)
 
+    @property
+    def group_size(self) -> int:
+        """A layer is eligible when its reduction size divides by M."""
+        return self.m
+
     def train_config(self, batch_size: int) -> TrainConfig:
         return TrainConfig(
             epochs=self.epochs,

@@ -71,6 +71,8 @@ class SparseIFTConfig:
 
     name: ClassVar[str] = "sparse_ift"
     next_passes: ClassVar[tuple[str, ...]] = ("dst", "fold")
+    group_size: ClassVar[int] = 1
+    """Unstructured masks fit any layer width."""
     family: str = "wide"
     sparsity: float = 0.75
 
