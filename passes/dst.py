@@ -12,6 +12,9 @@ parametrization (value ``W * mask``, gradient passed to *all* of ``W``), and a t
 parametrized original stores that dense gradient ``dL/dW`` and returns ``grad * mask``, so the
 optimizer only ever sees masked gradients. After training the plain :class:`WeightMask` returns.
 
+Every epoch is checkpointed (:class:`~sparsify_cli.passes.checkpoint.EpochCheckpoint`, with the
+rewiring generator and update count), so ``--resume`` continues an interrupted run exactly.
+
 Schedules (ALGORITHMS.md, "Dynamic sparse training"): an update every ``delta_t`` steps while
 ``t < T_end = end_fraction * total_steps``, drop fraction ``f(t) = alpha/2 (1 + cos(pi t/T_end))``
 (RigL, Evci et al. 2020, eq. 1). Grown weights start at 0 and their optimizer state (momentum,
@@ -31,10 +34,18 @@ from torch import nn
 
 from sparsify_cli.passes import distributed
 from sparsify_cli.passes.chains import Chain, hidden_chains, resize_chain
+from sparsify_cli.passes.checkpoint import EpochCheckpoint
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.masks import WeightMask, attach_mask, dense_weight, get_mask, is_masked
 from sparsify_cli.passes.registry import PassContext, register_pass
-from sparsify_cli.passes.training import Callbacks, TrainConfig, cross_entropy, distillation, fit
+from sparsify_cli.passes.training import (
+    Callbacks,
+    TrainConfig,
+    cross_entropy,
+    distillation,
+    fit,
+    make_optimizer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -446,8 +457,23 @@ def dynamic_sparse_training(model: nn.Module, config: DSTConfig, ctx: PassContex
     rewirer = _Rewirer(
         layers, config, config.epochs * len(ctx.train), budgets, targets[-1], ctx.seed
     )
+    optimizer = make_optimizer(model.to(ctx.device), cfg)
+    checkpoint = EpochCheckpoint(ctx, config)
+    history, start, extra = checkpoint.resume(model, optimizer)
+    if start:
+        rewirer.generator.set_state(extra["generator"])
+        rewirer.updates = extra["updates"]
+        log.info("resuming dst from epoch %d (%s)", start, checkpoint.path)
+
+    def on_epoch_end(model: nn.Module, optimizer, scheduler, epoch: int, hist) -> None:
+        state = {"generator": rewirer.generator.get_state(), "updates": rewirer.updates}
+        checkpoint.save(model, optimizer, scheduler, epoch, hist, state)
+
     try:
-        history = fit(model, ctx.train, cfg, ctx, objective, rewirer)
+        history = fit(
+            model, ctx.train, cfg, ctx, objective, rewirer,
+            start_epoch=start, on_epoch_end=on_epoch_end, optimizer=optimizer, history=history,
+        )  # fmt: skip
     finally:
         rewirer.close()
     _release(layers)

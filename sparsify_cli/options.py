@@ -109,6 +109,8 @@ class ConvertOptions:
     mask_init: str = "uniform"
     inputs: tuple[str, ...] = ()
     example_input: str | None = None
+    passes: tuple[Any, ...] = ()
+    """Pass configs a recipe recorded (authoritative); empty: resolved from the options."""
 
     def __post_init__(self) -> None:
         from sparsify_cli.passes.inputs import parse_input_spec
@@ -214,11 +216,6 @@ def _ineffective(opts: ConvertOptions) -> list[tuple[str, str]]:
             f"--method {opts.method} is one-shot (no training); use --method asp, srste, maxq "
             "or --dst",
         ),
-        (
-            ("resume",),
-            opts.dst is not None,
-            "dynamic sparse training does not checkpoint its epochs; run again without --resume",
-        ),
     ]
     found = []
     for names, applies, why in rules:
@@ -245,7 +242,8 @@ def refuse_ineffective(opts: ConvertOptions) -> None:
 
 
 def resolve_passes(opts: ConvertOptions) -> list[Any]:
-    """The pass configs a run with ``opts`` executes (recorded in, and checked by, recipes).
+    """The pass configs a run with ``opts`` executes (recorded in recipes; a recipe's own list,
+    in ``opts.passes``, runs as recorded).
 
     ``--ift`` / ``--dst`` run Sparse-IFT, then dynamic sparse training (with the run's
     ``--epochs``, ``--lr``, ``--optimizer`` and ``--distill``) and the removal of ablated
@@ -255,6 +253,8 @@ def resolve_passes(opts: ConvertOptions) -> list[Any]:
     from sparsify_cli.passes.dst import DSTConfig, ShrinkConfig
     from sparsify_cli.passes.sparse_ift import SparseIFTConfig
 
+    if opts.passes:
+        return list(opts.passes)
     if not opts.sparse_training:
         return [_method_pass(opts), FoldConfig()]
     configs: list[Any] = []

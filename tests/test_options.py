@@ -39,7 +39,6 @@ INEFFECTIVE = [
     (["--dst", "set", "--method", "asp"], "--method"),
     (["--dst", "set", "--nm", "1:4"], "--nm"),
     (["--ift", "wide", "--nm", "1:4"], "--nm"),
-    (["--dst", "set", "--resume"], "--resume"),
 ]
 
 
@@ -183,3 +182,41 @@ def test_dst_set_trains_layers_of_width_6_and_10(tmp_path, monkeypatch):
         r["name"]: r for r in json.loads((tmp_path / "out/report.json").read_text())["layers"]
     }
     assert layers["mid"]["pattern"] == "unstructured" and layers["mid"]["density"] < 1
+
+
+@pytest.mark.parametrize("method", ["set", "rigl"])
+def test_dst_resume_continues_an_interrupted_run_bit_for_bit(method, tmp_path):
+    """Regression: --resume was silently ignored under --dst (no work folder, no checkpoint)."""
+    config = DSTConfig(method, 0.5, epochs=3, delta_t=2)
+
+    def run(workdir, resume=False, stop_at=None):
+        x, loader = _loader(labels=True)
+
+        def track(items, description, total=None):
+            if stop_at and description.startswith(f"epoch {stop_at}/"):
+                raise KeyboardInterrupt
+            yield from items
+
+        torch.manual_seed(0)
+        ctx = PassContext(
+            targets=["2"], example=x[:1], train=loader, workdir=workdir, resume=resume,
+            track=track,
+        )  # fmt: skip
+        model = run_passes(_mlp(), [config], ctx)
+        return model, ctx.metrics["dst"]
+
+    whole, metrics = run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", stop_at=3)
+    assert (tmp_path / "b" / "dst.ckpt").is_file()
+    resumed, again = run(tmp_path / "b", resume=True)
+    assert again == metrics and again["updates"] > 0
+    for (name, a), (_, b) in zip(
+        whole.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    with pytest.raises(SparsifyError, match="other settings"):
+        x, loader = _loader(labels=True)
+        ctx = PassContext(targets=["2"], example=x[:1], train=loader, workdir=tmp_path / "b")
+        ctx.resume = True
+        run_passes(_mlp(), [DSTConfig(method, 0.5, epochs=4, delta_t=2)], ctx)
