@@ -43,6 +43,7 @@ from sparsify_cli.passes.inputs import as_arrays
 from sparsify_cli.passes.manifest import Manifest
 from sparsify_cli.passes.sparse_ift import ift_targets
 from sparsify_cli.passes.spectral import layer_gaps
+from sparsify_cli.passes.trace import ModelTrace, trace_model
 from sparsify_cli.passes.training import make_loader, predict
 from sparsify_cli.recipe import recipe_dict, write_recipe
 from sparsify_cli.report import new_report, tool_version, write_report
@@ -205,6 +206,8 @@ class Run:
     manifest: Manifest | None = None
     recipe: dict[str, Any] | None = None
     sparse_out: np.ndarray | None = None
+    trace: ModelTrace | None = None
+    """One traced forward of the model (again after Sparse-IFT changed its structure)."""
 
     @property
     def labels(self) -> np.ndarray | None:
@@ -252,7 +255,8 @@ def _load(run: Run) -> None:
     run.configs = resolve_passes(opts)
     group = group_size(run.configs)
     run.selection = Selection(opts.include, opts.exclude, opts.sparsify_head, head=loaded.head)
-    run.choices = select_layers(loaded.model, group, loaded.example, run.selection)
+    run.trace = trace_model(loaded.model, loaded.example)  # the one forward of the dense model
+    run.choices = select_layers(loaded.model, group, loaded.example, run.selection, run.trace)
     if not any(c.selected for c in run.choices):
         what = f"at {opts.pattern}" if group > 1 else "with this run's passes"
         raise SparsifyError(
@@ -271,7 +275,7 @@ def _training_context(run: Run) -> PassContext:
         targets=targets, example=loaded.example, seed=opts.seed, track=run.hooks.track
     )
     if opts.sparse_training:
-        ctx.targets = ift_targets(loaded.model, loaded.example, run.selection)
+        ctx.targets = ift_targets(loaded.model, loaded.example, run.selection, run.trace)
     if opts.trains:
         ctx.device = _device(opts.device)
         loader = distributed.sharded_loader if distributed.is_distributed() else make_loader
@@ -304,7 +308,8 @@ def _sparsify(run: Run) -> bool:
     if distributed.handoff():  # rank 0 alone writes the artifacts; this rank is done
         return False
     if run.opts.sparse_training:  # the report lists the transformed model's layers
-        run.choices = select_layers(loaded.model, 1, loaded.example, run.selection)
+        run.trace = trace_model(loaded.model, loaded.example)
+        run.choices = select_layers(loaded.model, 1, loaded.example, run.selection, run.trace)
     return True
 
 
@@ -385,7 +390,7 @@ def _report(run: Run, built: dict[str, Artifact], dense_latency: list[Any]) -> d
     report = new_report(run.loaded.source, run.loaded.sha256, asdict(opts), opts.threads)
     report["recipe"] = run.recipe
     report["training"] = run.ctx.metrics
-    flops = layer_flops(model, example)
+    flops = layer_flops(model, example, run.trace)
     report["layers"] = _layer_rows(run.choices, run.manifest.entries, flops, model)
     labels = run.labels
     quantized = built.get(opts.quantize) if opts.quantize else None
