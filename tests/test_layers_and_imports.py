@@ -203,3 +203,19 @@ def test_installed_wheel_runs_convert_and_import_passes_fails(wheel, tmp_path):
     out = _run(code, cwd=work, **env)
     assert f"FROM {target}" in out.stdout, out.stdout + out.stderr
     assert (work / "o" / "report.json").is_file(), out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def test_a_users_samples_and_passes_modules_do_not_shadow_ours(tmp_path):
+    """Regression: a ``samples`` package or ``passes.py`` in the working folder replaced ours
+    under ``python -m sparsify_cli`` (the README's torchrun form), breaking every run."""
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "__init__.py").write_text("raise RuntimeError('user samples ran')\n")
+    for name in ("passes", "exporters"):
+        (tmp_path / f"{name}.py").write_text(f"raise RuntimeError('user {name} ran')\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "sparsify_cli", "convert", "digits_cnn", "--out", "o",
+         "--bench-seconds", "0.05", "--batch-sizes", "1", "--quiet"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "user" not in out.stderr and (tmp_path / "o" / "report.json").is_file()
