@@ -179,6 +179,7 @@ def test_the_wheel_installs_one_import_root(wheel):
     assert any(n.startswith("sparsify_cli/samples/") and n.endswith(".pt") for n in names)
 
 
+@pytest.mark.slow  # a pip install and a whole convert from the install; run with -m slow
 def test_installed_wheel_runs_convert_and_import_passes_fails(wheel, tmp_path):
     """``pip install`` of the wheel (into a folder, dependencies from this environment): from a
     neutral folder ``import passes`` fails, and ``sparsify convert`` works from the install."""
