@@ -178,6 +178,7 @@ for _mode in QUANT_FILES:
             lambda stage: float("inf"),  # judged by SQNR and accuracy, not elementwise
             _build_quantized(_mode),
             fp32_reference="onnx",
+            single_input=True,
         )
     )
 register_exporter(
@@ -188,5 +189,6 @@ register_exporter(
         build_tensorrt,
         ort_timed=False,
         check=_tensorrt_check,
+        single_input=True,
     )
 )

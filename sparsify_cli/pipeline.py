@@ -238,11 +238,12 @@ def _load(run: Run) -> None:
         opts.example_input,
     )
     if not isinstance(loaded.example, torch.Tensor):
-        single = [n for n in opts.formats() if n != "onnx" and n != "condensed"]
+        single = [n for n in opts.formats() if EXPORTERS[n].single_input]
         if single:
             raise SparsifyError(
-                "--quantize and --export tensorrt take models with one float input",
+                f"{', '.join(single)} take models with one float input",
                 found=f"inputs {', '.join(loaded.example)}",
+                fix="leave them out of --export / --quantize",
             )
     run.loaded, run.data = loaded, _dataset(opts, loaded)
     torch.manual_seed(opts.seed)
