@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sparsify_cli.exporters import runtime
+from sparsify_cli.exporters.artifact import LatencyRow
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.inputs import InputSpec
 
@@ -69,24 +70,6 @@ class LatencySettings:
             raise SparsifyError("--threads must be >= 1", found=str(self.threads))
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise SparsifyError("batch sizes must be >= 1", found=str(self.batch_sizes))
-
-
-@dataclass(frozen=True)
-class LatencyRow:
-    batch: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    throughput: float
-    iterations: int
-    speedup_vs_dense: float | None = None
-    ratio_low: float | None = None
-    ratio_high: float | None = None
-    noisy: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _row(batch: int, times: list[float]) -> LatencyRow:

@@ -22,8 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sparsify_cli.passes import distributed
-from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.errors import PeerFailed, SparsifyError
 
 # Options shared by several commands, declared once.
 DebugOpt = Annotated[bool, typer.Option(help="Show tracebacks.")]
@@ -45,11 +44,14 @@ DurationOpt = Annotated[
         "speedups are stable.",
     ),
 ]
-WarmupOpt = Annotated[int, typer.Option(help="Untimed calls per artifact and batch first.")]
+WarmupOpt = Annotated[
+    int, typer.Option("--warmup", help="Untimed calls per artifact and batch first.")
+]
 IterationsOpt = Annotated[
     int | None,
     typer.Option(
-        help="Exactly this many timed calls per artifact and batch (replaces --duration)."
+        "--iterations",
+        help="Exactly this many timed calls per artifact and batch (replaces --duration).",
     ),
 ]
 TrustOpt = Annotated[
@@ -81,7 +83,7 @@ def user_errors(debug: bool) -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except distributed.PeerFailed:  # another rank failed and printed why
+    except PeerFailed:  # another rank failed and printed why
         raise typer.Exit(1) from None
     except SparsifyError as err:
         if debug:
@@ -115,6 +117,7 @@ def progress_hooks(quiet: bool) -> Iterator[object]:
     """
     import time
 
+    from sparsify_cli.passes import distributed
     from sparsify_cli.pipeline import Hooks
 
     if quiet or not distributed.is_main():
@@ -248,8 +251,8 @@ def convert(
     batch_sizes: BatchSizesOpt = "1,32",
     threads: ThreadsOpt = 1,
     bench_seconds: DurationOpt = 1.0,
-    warmup: WarmupOpt = 10,
-    iterations: IterationsOpt = None,
+    bench_warmup: WarmupOpt = 10,
+    bench_iterations: IterationsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed for masks and training.")] = 0,
     epochs: Annotated[int, typer.Option(help="Training epochs (asp, srste, maxq, --dst).")] = 8,
     lr: Annotated[float, typer.Option(help="Fine-tuning learning rate (cosine decay).")] = 1e-3,
@@ -327,9 +330,9 @@ def convert(
         refuse_existing(out, force)
     import json
 
-    from sparsify_cli.pipeline import ConvertOptions, resolve_passes
+    from sparsify_cli.options import options_from_cli
+    from sparsify_cli.passes import distributed
     from sparsify_cli.pipeline import convert as run_convert
-    from sparsify_cli.recipe import read_recipe
     from sparsify_cli.report import render
 
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING)
@@ -344,7 +347,7 @@ def convert(
                 "no checkpoint given",
                 fix="pass a checkpoint, --arch (random init) or --recipe FILE",
             )
-        kwargs = dict(
+        params = dict(
             source=checkpoint,
             nm=nm,
             arch=arch,
@@ -358,8 +361,8 @@ def convert(
             batch_sizes=_batches(batch_sizes),
             threads=threads,
             bench_seconds=bench_seconds,
-            bench_warmup=warmup,
-            bench_iterations=iterations,
+            bench_warmup=bench_warmup,
+            bench_iterations=bench_iterations,
             seed=seed,
             epochs=epochs,
             lr=lr,
@@ -385,11 +388,7 @@ def convert(
             inputs=tuple(inputs or ()),
             example_input=example_input,
         )
-        if recipe is not None:
-            overrides = {k: v for k, v in kwargs.items() if k in given}
-            opts = read_recipe(recipe, ConvertOptions, overrides, resolve_passes)
-        else:
-            opts = ConvertOptions(**kwargs)
+        opts = options_from_cli(params, given, recipe)
         with progress_hooks(quiet or json_out) as hooks:
             report, folder = run_convert(opts, hooks, gate_max_accuracy_drop is not None)
         if not distributed.is_main():  # torchrun's other ranks: rank 0 prints and writes
@@ -444,9 +443,12 @@ def inspect(
     import json
 
     from sparsify_cli.inspecting import add_tensorrt_prediction, inspect_path, render_inspect
+    from sparsify_cli.options import TENSORRT_PRECISIONS, check_choice
 
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING)
     with user_errors(debug):
+        if tensorrt is not None:
+            check_choice("--tensorrt", tensorrt, TENSORRT_PRECISIONS)
         doc = inspect_path(source, nm, arch, input_shape, None, trust_checkpoint)
         if tensorrt is not None:
             add_tensorrt_prediction(doc, tensorrt)

@@ -38,8 +38,9 @@ import onnx
 from sparsify_cli import tables
 from sparsify_cli.data import load_data
 from sparsify_cli.exporters import runtime
+from sparsify_cli.exporters.artifact import Artifact, LatencyRow
 from sparsify_cli.exporters.latency import LatencySettings, measure_latency
-from sparsify_cli.loading import file_sha256
+from sparsify_cli.passes.atomic import file_sha256
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.inputs import InputSpec
 from sparsify_cli.report import environment, tool_version
@@ -278,52 +279,52 @@ OPTIONAL = ("calls", "p90 ms", "accuracy", "samples/s")
 """Latency columns a narrow terminal leaves out, first to last (the JSON keeps them)."""
 
 
-def latency_cells(name: str, accuracy: float | None, row: dict[str, Any]) -> list[str]:
+def latency_cells(name: str, accuracy: float | None, row: LatencyRow) -> list[str]:
     """One latency row formatted for :data:`LATENCY_COLUMNS`."""
     return [
         name,
         tables.pct(accuracy),
-        str(row["batch"]),
-        tables.ms(row["p50_ms"]),
-        tables.ms(row["p90_ms"]),
-        tables.ms(row["p99_ms"]),
-        tables.count(row["throughput"]),
-        tables.count(row.get("iterations")),
+        str(row.batch),
+        tables.ms(row.p50_ms),
+        tables.ms(row.p90_ms),
+        tables.ms(row.p99_ms),
+        tables.count(row.throughput),
+        tables.count(row.iterations),
         tables.speedup(row),
     ]
 
 
-def latency_rows(
-    entries: Sequence[tuple[str, dict[str, Any]]],
-) -> tuple[list[str], list[list[str]]]:
+def latency_rows(entries: Sequence[tuple[str, Artifact]]) -> tuple[list[str], list[list[str]]]:
     """Columns and cells of every ``(name, artifact entry)``: name and accuracy on an entry's
     first row only; the accuracy column only when some entry has one."""
     rows = []
     for name, art in entries:
-        for i, r in enumerate(art.get("latency") or []):
-            cells = latency_cells(name, art.get("accuracy"), r)
+        for i, r in enumerate(art.latency):
+            cells = latency_cells(name, art.accuracy, r)
             rows.append(cells if i == 0 else ["", "", *cells[2:]])
-    if any(art.get("accuracy") is not None for _, art in entries):
+    if any(art.accuracy is not None for _, art in entries):
         return list(LATENCY_COLUMNS), rows
     return [c for c in LATENCY_COLUMNS if c != "accuracy"], [r[:1] + r[2:] for r in rows]
 
 
-def bench_entries(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def bench_entries(doc: dict[str, Any]) -> list[tuple[str, Artifact]]:
     """Every baseline followed by the artifacts compared with it (those without one last)."""
+    bases = [Artifact.from_dict(b) for b in doc["baselines"]]
+    arts = [Artifact.from_dict(a) for a in doc["artifacts"]]
     entries = []
-    for base in doc["baselines"]:
-        entries.append((base["path"] + " (dense)", base))
-        entries += [(a["path"], a) for a in doc["artifacts"] if a["baseline"] == base["path"]]
-    entries += [(a["path"], a) for a in doc["artifacts"] if a["baseline"] is None]
-    return entries
+    for base in bases:
+        entries.append((base.path + " (dense)", base))
+        entries += [(a.path, a) for a in arts if a.extras.get("baseline") == base.path]
+    return entries + [(a.path, a) for a in arts if a.extras.get("baseline") is None]
 
 
 def render_bench(doc: dict[str, Any], console: Any) -> None:
     """Latency (and accuracy, when measured) of every model, each baseline before its own."""
     env = doc["environment"]
-    cols, rows = latency_rows(bench_entries(doc))
+    entries = bench_entries(doc)
+    cols, rows = latency_rows(entries)
     title = f"ONNX Runtime CPU, {env['threads']} thread(s), {env['cpu']}"
     grid = tables.table(title, cols, rows, console.width, names=("artifact",), optional=OPTIONAL)
     console.print(grid)
-    if any(r.get("noisy") for _, a in bench_entries(doc) for r in a["latency"]):
+    if any(r.noisy for _, a in entries for r in a.latency):
         console.print(tables.NOISY_NOTE)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sparsify_cli.exporters.artifact import Artifact, LatencyRow, parse_artifacts
 from sparsify_cli.passes.errors import SparsifyError
 
 GATE_EXIT = 4
@@ -36,40 +37,44 @@ def check_gates(
     Raises :class:`SparsifyError` when a gate cannot be judged (no timing, or no accuracy).
     """
     failures = []
-    artifacts = doc.get("artifacts") or []
+    base, artifacts = parse_artifacts(doc)
     if min_speedup is not None:
         for art in artifacts:
-            rows = art.get("latency") or []
-            if not rows or any(r.get("speedup_vs_dense") is None for r in rows):
+            if not art.latency or any(r.speedup_vs_dense is None for r in art.latency):
                 raise SparsifyError(
-                    f"--min-speedup cannot be checked for {art['path']}: no dense baseline timing",
+                    f"--min-speedup cannot be checked for {art.path}: no dense baseline timing",
                     fix="time the dense baseline in the same run (--baseline FILE for bench)",
                 )
             failures += [
-                f"{art['path']}: {miss}" for row in rows if (miss := speed_miss(row, min_speedup))
+                f"{art.path}: {miss}"
+                for row in art.latency
+                if (miss := speed_miss(row, min_speedup))
             ]
     if max_accuracy_drop is not None:
-        denses = [(_baseline_of(doc, a) or {}).get("accuracy") for a in artifacts]
-        if any(d is None for d in denses) or any(a.get("accuracy") is None for a in artifacts):
+        owners = [_baseline_of(doc, base, a) for a in artifacts]
+        denses = [b.accuracy if b is not None else None for b in owners]
+        unmeasured = [a.path for a in artifacts if a.accuracy is None]
+        if any(d is None for d in denses) or unmeasured:
             raise SparsifyError(
-                "--gate-max-accuracy-drop needs accuracy, and this run measured none",
+                "--gate-max-accuracy-drop needs accuracy, and this run measured none"
+                + (f" for {', '.join(unmeasured)}" if unmeasured else ""),
                 fix="pass --data with labelled held-out samples (a dataset name or .npz)",
             )
         for art, dense in zip(artifacts, denses, strict=True):
-            drop = 100 * (dense - art["accuracy"])
+            drop = 100 * (dense - art.accuracy)
             if drop > max_accuracy_drop:
                 failures.append(
-                    f"{art['path']}: accuracy {100 * art['accuracy']:.2f}% is {drop:.2f} points "
+                    f"{art.path}: accuracy {100 * art.accuracy:.2f}% is {drop:.2f} points "
                     f"below dense {100 * dense:.2f}%, over --gate-max-accuracy-drop "
                     f"{max_accuracy_drop:g} (by {drop - max_accuracy_drop:.2f} points)"
                 )
     return failures
 
 
-def speed_miss(row: dict[str, Any], bar: float) -> str | None:
+def speed_miss(row: LatencyRow, bar: float) -> str | None:
     """Why one latency row misses ``--min-speedup bar`` (``None`` when it clears it)."""
-    speed, low, high = row["speedup_vs_dense"], row.get("ratio_low"), row.get("ratio_high")
-    where = f"at batch {row['batch']}"
+    speed, low, high = row.speedup_vs_dense, row.ratio_low, row.ratio_high
+    where = f"at batch {row.batch}"
     if low is None or high is None:  # a figure without an interval is judged as it is
         if speed >= bar:
             return None
@@ -91,8 +96,9 @@ def speed_miss(row: dict[str, Any], bar: float) -> str | None:
     )
 
 
-def _baseline_of(doc: dict[str, Any], art: dict[str, Any]) -> dict[str, Any] | None:
+def _baseline_of(doc: dict[str, Any], base: Artifact | None, art: Artifact) -> Artifact | None:
     """The dense entry ``art`` is compared with: its own (bench) or the document's one."""
-    if "baseline" in art:
-        return next((b for b in doc.get("baselines", []) if b["path"] == art["baseline"]), None)
-    return doc.get("baseline")
+    if "baseline" in art.extras:
+        own = [Artifact.from_dict(b) for b in doc.get("baselines") or []]
+        return next((b for b in own if b.path == art.extras["baseline"]), None)
+    return base

@@ -30,6 +30,7 @@ from matplotlib.ticker import FormatStrFormatter, MaxNLocator  # noqa: E402
 
 from sparsify_cli import tables  # noqa: E402
 from sparsify_cli.bench import latency_rows  # noqa: E402
+from sparsify_cli.exporters.artifact import Artifact, LatencyRow, parse_artifacts  # noqa: E402
 from sparsify_cli.passes.atomic import atomic_write_text  # noqa: E402
 
 REPORT_HTML = "report.html"
@@ -43,15 +44,11 @@ def _png(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _series(report: dict[str, Any]) -> list[tuple[str, float | None, list[dict[str, Any]]]]:
+def _series(report: dict[str, Any]) -> list[tuple[str, float | None, list[LatencyRow]]]:
     """``(name, accuracy, latency rows)`` of the dense baseline and every artifact."""
-    out = []
-    base = report.get("baseline")
-    if base:
-        out.append((f"{base['path']} (dense)", base.get("accuracy"), base.get("latency") or []))
-    for art in report.get("artifacts", []):
-        out.append((art["path"], art.get("accuracy"), art.get("latency") or []))
-    return out
+    base, artifacts = parse_artifacts(report)
+    out = [(f"{base.path} (dense)", base.accuracy, base.latency)] if base else []
+    return out + [(art.path, art.accuracy, art.latency) for art in artifacts]
 
 
 def accuracy_latency_plot(report: dict[str, Any]) -> str | None:
@@ -60,17 +57,17 @@ def accuracy_latency_plot(report: dict[str, Any]) -> str | None:
     points = [(n, a, rows) for n, a, rows in _series(report) if a is not None and rows]
     if not points:
         return None
-    batches = sorted({r["batch"] for _, _, rows in points for r in rows})
+    batches = sorted({r.batch for _, _, rows in points for r in rows})
     fig, axes = plt.subplots(
         1, len(batches), figsize=(4.2 * len(batches) + 1.0, 3.8), squeeze=False
     )
     markers = "osD^vP*X"
     for ax, batch in zip(axes[0], batches, strict=True):
         for i, (name, acc, rows) in enumerate(points):
-            row = next((r for r in rows if r["batch"] == batch), None)
+            row = next((r for r in rows if r.batch == batch), None)
             if row is None:
                 continue
-            ax.plot(row["p50_ms"], 100 * acc, markers[i % len(markers)], label=name, ms=8)
+            ax.plot(row.p50_ms, 100 * acc, markers[i % len(markers)], label=name, ms=8)
         ax.set_title(f"batch {batch}")
         ax.set_xlabel("p50 latency (ms)")
         ax.xaxis.set_major_locator(MaxNLocator(4))
@@ -145,7 +142,7 @@ def latency_plot(report: dict[str, Any]) -> str | None:
     """One panel per batch size: p50 and p99 per artifact as horizontal bars, each labelled
     with its value, so a small p50 stays legible beside a long p99 tail."""
     series = [(n, rows) for n, _, rows in _series(report) if rows]
-    batches = sorted({r["batch"] for _, rows in series for r in rows})
+    batches = sorted({r.batch for _, rows in series for r in rows})
     if not batches:
         return None
     height = 0.9 + 0.55 * len(series)
@@ -154,7 +151,7 @@ def latency_plot(report: dict[str, Any]) -> str | None:
     for ax, batch in zip(axes[:, 0], batches, strict=True):
         for j, (pct, colour) in enumerate((("p50", "tab:green"), ("p99", "tab:red"))):
             values = [
-                next((r[f"{pct}_ms"] for r in rows if r["batch"] == batch), 0.0)
+                next((getattr(r, f"{pct}_ms") for r in rows if r.batch == batch), 0.0)
                 for _, rows in series
             ]
             ys = [i + (j - 0.5) * width for i in range(len(series))]
@@ -215,24 +212,18 @@ def _what_ran(report: dict[str, Any]) -> tuple[str, str]:
     return str(o.get("method", "?")), str(o.get("nm", "?"))
 
 
-def _best_speedup(report: dict[str, Any]) -> str:
-    best = None
-    for art in report.get("artifacts") or []:
-        for r in art.get("latency") or []:
-            if r.get("speedup_vs_dense") is not None and (
-                best is None or r["speedup_vs_dense"] > best[1]["speedup_vs_dense"]
-            ):
-                best = (art["path"], r)
-    if best is None:
+def _best_speedup(artifacts: list[Artifact]) -> str:
+    rows = [(a.path, r) for a in artifacts for r in a.latency if r.speedup_vs_dense is not None]
+    if not rows:
         return "not measured"
-    path, r = best
+    path, r = max(rows, key=lambda pr: pr[1].speedup_vs_dense)
     spread = (
-        f" (95% interval {r['ratio_low']:.2f}-{r['ratio_high']:.2f}x)"
-        if r.get("ratio_low") is not None
+        f" (95% interval {r.ratio_low:.2f}-{r.ratio_high:.2f}x)"
+        if r.ratio_low is not None and r.ratio_high is not None
         else ""
     )
-    noisy = ", noisy: rerun with a longer --duration" if r.get("noisy") else ""
-    return f"{r['speedup_vs_dense']:.2f}x{spread}: {path} at batch {r['batch']}{noisy}"
+    noisy = ", noisy: rerun with a longer --duration" if r.noisy else ""
+    return f"{r.speedup_vs_dense:.2f}x{spread}: {path} at batch {r.batch}{noisy}"
 
 
 def headline(report: dict[str, Any]) -> str:
@@ -245,7 +236,7 @@ def headline(report: dict[str, Any]) -> str:
         if acc.get("quantized") is not None:
             text += f" -> int8 {tables.pct(acc['quantized'])}"
         items.append((f"accuracy ({acc['metric']}, {acc['samples']} held-out)", text))
-    items.append(("best speed-up vs dense", _best_speedup(report)))
+    items.append(("best speed-up vs dense", _best_speedup(parse_artifacts(report)[1])))
     rows = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in items)
     warnings = "".join(
         f"<p class='warning'><b>warning:</b> {_esc(w['message'])}"
@@ -256,51 +247,43 @@ def headline(report: dict[str, Any]) -> str:
     return f"<section class='headline'><dl>{rows}</dl>{warnings}</section>"
 
 
-def _details(art: dict[str, Any]) -> str:
+def _details(art: Artifact) -> str:
     """What is particular to an artifact: int8 calibration and exclusions, condensed kernels."""
-    q = art.get("quantization")
+    x = art.extras
+    q = x.get("quantization")
     if q:
         excluded = q.get("excluded") or []
         parts = [
             "static QDQ" if q.get("mode") == "int8" else "dynamic (weights only)",
-            f"SQNR {art['sqnr_db']:.1f} dB" if art.get("sqnr_db") is not None else None,
+            f"SQNR {x['sqnr_db']:.1f} dB" if x.get("sqnr_db") is not None else None,
             f"{q.get('calib_rows')} calibration rows" if q.get("calib_rows") else None,
             f"excluded (kept float): {', '.join(excluded)}" if excluded else "no node kept float",
             "7-bit weights (reduce range)" if q.get("reduce_range") else None,
         ]
         return "; ".join(p for p in parts if p)
-    if art.get("format") == "condensed":
-        kernels = f"{art['kernels']} kernels" if art.get("kernels") else "stock ONNX ops"
-        condensed = art.get("layers_condensed")
-        return f"{art.get('condensed_ops')} ops, {kernels}; {condensed} layers condensed"
+    if art.format == "condensed":
+        kernels = f"{x['kernels']} kernels" if x.get("kernels") else "stock ONNX ops"
+        condensed = x.get("layers_condensed")
+        return f"{x.get('condensed_ops')} ops, {kernels}; {condensed} layers condensed"
     return ""
 
 
 def artifacts_table(report: dict[str, Any]) -> str:
     """Pattern, parity, size and particulars of every artifact."""
+    base, artifacts = parse_artifacts(report)
     rows = []
-    base = report.get("baseline")
     if base:
+        size = _size(base.size_bytes)
+        rows.append([f"{base.path} (dense)", base.format, "-", "-", size, "dense baseline"])
+    for art in artifacts:
+        p = art.parity
         rows.append(
             [
-                f"{base['path']} (dense)",
-                base.get("format", "onnx"),
-                "-",
-                "-",
-                _size(base.get("size_bytes")),
-                "dense baseline",
-            ]
-        )
-    for art in report.get("artifacts") or []:
-        parity = art.get("parity_max_abs")
-        atol = art.get("parity_atol")
-        rows.append(
-            [
-                art["path"],
-                art.get("format", "-"),
-                "-" if "pattern_ok" not in art else ("held" if art["pattern_ok"] else "BROKEN"),
-                "-" if parity is None else f"{parity:.1e}" + (f" (<= {atol:g})" if atol else ""),
-                _size(art.get("size_bytes")),
+                art.path,
+                art.format,
+                "held" if art.pattern_holds else "BROKEN",
+                "-" if p is None else f"{p.value:.1e} (<= {p.tolerance:g})",
+                _size(art.size_bytes),
                 _details(art),
             ]
         )
@@ -346,9 +329,10 @@ def render_html(report: dict[str, Any]) -> str:
     parts.append("<h2>Artifacts</h2>")
     parts.append(artifacts_table(report))
     parts.append("<h2>Latency</h2>")
-    entries = [(name, {"accuracy": acc, "latency": lat}) for name, acc, lat in _series(report)]
+    base, artifacts = parse_artifacts(report)
+    entries = ([(f"{base.path} (dense)", base)] if base else []) + [(a.path, a) for a in artifacts]
     parts.append(_table(*latency_rows(entries)))
-    if any(r.get("noisy") for _, e in entries for r in e["latency"]):
+    if any(r.noisy for _, a in entries for r in a.latency):
         parts.append(f"<p class='note'>{_esc(tables.NOISY_NOTE)}</p>")
     parts.append(
         _figure(

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from sparsify_cli import tables
+from sparsify_cli.exporters.artifact import Artifact, parse_artifacts
 from sparsify_cli.passes.atomic import atomic_write_text
 
 SCHEMA = 1
@@ -118,45 +119,45 @@ def render(report: dict[str, Any], console: Console) -> None:
                 console.width,
             )
         )
-    console.print(artifact_table(report, console.width))
-    if any(r.get("noisy") for _, art in _artifact_entries(report) for r in art.get("latency", [])):
+    entries = _artifact_entries(report)
+    console.print(artifact_table(report, entries, console.width))
+    if any(r.noisy for _, art in entries for r in art.latency):
         console.print(tables.NOISY_NOTE)
     for w in report.get("warnings") or []:
         option = f"; try {w['option']}" if w.get("option") else ""
         console.print(f"[bold yellow]warning:[/] {escape(w['message'] + option)}", soft_wrap=True)
 
 
-def _artifact_entries(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    base = report.get("baseline")
-    return ([(base["path"] + " (dense)", base)] if base else []) + [
-        (a["path"], a) for a in report["artifacts"]
-    ]
+def _artifact_entries(report: dict[str, Any]) -> list[tuple[str, Artifact]]:
+    base, artifacts = parse_artifacts(report)
+    return ([(base.path + " (dense)", base)] if base else []) + [(a.path, a) for a in artifacts]
 
 
-def artifact_table(report: dict[str, Any], width: int) -> Any:
+def artifact_table(report: dict[str, Any], entries: list[tuple[str, Artifact]], width: int) -> Any:
     """Every artifact's checks and latency; "vs fp32" only when an int8 artifact has it."""
-    fp32 = any("speedup_vs_fp32" in r for a in report["artifacts"] for r in a.get("latency") or [])
+    fp32 = any("speedup_vs_fp32" in r.extras for _, a in entries for r in a.latency)
     cols = ["artifact", "pattern ok", "parity max|Δ|", "batch", "p50 ms", "p90 ms", "p99 ms"]
     cols += ["samples/s", "vs dense"] + (["vs fp32"] if fp32 else [])
     rows = []
-    for name, art in _artifact_entries(report):
-        checked = "pattern_ok" in art
-        for i, lat in enumerate(art.get("latency") or [{}]):
+    for i_entry, (name, art) in enumerate(entries):
+        checked = not (i_entry == 0 and report.get("baseline"))  # the baseline has no checks
+        parity = art.parity.value if art.parity else None
+        for i, lat in enumerate(art.latency or [None]):
             first = i == 0 and checked
-            parity = art.get("parity_max_abs")
             row = [
                 name if i == 0 else "",
-                ("yes" if art["pattern_ok"] else "NO") if first else "",
+                ("yes" if art.pattern_holds else "NO") if first else "",
                 f"{parity:.1e}" if first and parity is not None else "",
-                str(lat.get("batch", "-")),
-                tables.ms(lat.get("p50_ms")),
-                tables.ms(lat.get("p90_ms")),
-                tables.ms(lat.get("p99_ms")),
-                tables.count(lat.get("throughput")),
-                tables.speedup(lat),
+                str(lat.batch) if lat else "-",
+                tables.ms(lat.p50_ms if lat else None),
+                tables.ms(lat.p90_ms if lat else None),
+                tables.ms(lat.p99_ms if lat else None),
+                tables.count(lat.throughput if lat else None),
+                tables.speedup(lat) if lat else "-",
             ]
             if fp32:
-                row.append(f"{lat['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in lat else "")
+                value = lat.extras.get("speedup_vs_fp32") if lat else None
+                row.append("" if value is None else f"{value:.2f}x")
             rows.append(row)
     threads = report["environment"]["threads"]
     return tables.table(

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sparsify_cli.exporters.artifact import LatencyRow
+
 NOISY_NOTE = (
     "* noisy: the 95% interval is wider than ±5% of the figure; rerun with a longer --duration, "
     "or on a quieter machine"
@@ -39,18 +41,18 @@ def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def speedup(row: dict[str, Any]) -> str:
+def speedup(row: LatencyRow) -> str:
     """``1.02x ±3%`` (the 95% interval's larger half-width), ``*`` appended when the figure is
     noisy (:data:`NOISY_NOTE` explains the mark under the table)."""
-    speed = row.get("speedup_vs_dense")
+    speed = row.speedup_vs_dense
     if speed is None:
         return "-"
     text = f"{speed:.2f}x"
-    low, high = row.get("ratio_low"), row.get("ratio_high")
+    low, high = row.ratio_low, row.ratio_high
     if low is not None and high is not None and (low, high) != (1.0, 1.0):
         half = max(speed - low, high - speed) / speed
         text += f" ±{100 * half:.0f}%"
-    return text + ("*" if row.get("noisy") else "")
+    return text + ("*" if row.noisy else "")
 
 
 TEXT_FLOOR = 12

@@ -310,17 +310,18 @@ def test_progress_without_a_tty_prints_a_line_per_loop_and_step_durations(monkey
 
 
 def test_status_line_names_what_really_runs():
-    from sparsify_cli.passes.pattern import NMPattern
     from sparsify_cli.pipeline import ConvertOptions, _what_runs
 
-    nm = NMPattern(2, 4)
-    rigl = ConvertOptions("digits_cnn", dst="rigl", sparsity=0.9, epochs=8)
-    assert _what_runs(rigl, 7, nm) == "rigl training for 8 epochs at sparsity 0.9"
-    wide = ConvertOptions("digits_cnn", ift="wide", dst="set")
-    assert _what_runs(wide, 7, nm).startswith("Sparse-IFT wide, then set training")
-    maxq = ConvertOptions("digits_cnn", method="maxq", epochs=3)
-    assert _what_runs(maxq, 7, nm) == "fine-tuning 7 layers at 2:4 with maxq for 3 epochs"
-    assert "one-shot" in _what_runs(ConvertOptions("digits_cnn"), 7, nm)
+    def line(**kw):
+        run = SimpleNamespace(opts=ConvertOptions("digits_cnn", **kw))
+        run.choices = [SimpleNamespace(selected=True)] * 7 + [SimpleNamespace(selected=False)]
+        return _what_runs(run)
+
+    assert line(dst="rigl", sparsity=0.9, epochs=8) == "rigl training for 8 epochs at sparsity 0.9"
+    assert line(ift="wide", dst="set").startswith("Sparse-IFT wide, then set training")
+    maxq = line(method="maxq", epochs=3)
+    assert maxq == "fine-tuning 7 layers at 2:4 with maxq for 3 epochs"
+    assert "one-shot" in line()
 
 
 def test_delta_t_only_with_dynamic_sparse_training():
