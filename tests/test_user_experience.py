@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from sparsify_cli.app import app
 from sparsify_cli.bench import bench, collect
+from sparsify_cli.exporters.artifact import LatencyRow
 from sparsify_cli.exporters.latency import LatencySettings, measure_latency, ratio_interval
 from sparsify_cli.gates import check_gates, speed_miss
 from sparsify_cli.naming import default_out, run_name
@@ -94,7 +95,7 @@ def test_timing_options_are_validated():
 
 
 def row(speed, low=None, high=None, batch=1):
-    return {"batch": batch, "speedup_vs_dense": speed, "ratio_low": low, "ratio_high": high}
+    return LatencyRow(batch, 1.0, 1.0, 1.0, 1.0, 1.0, 10, speed, low, high)
 
 
 def test_min_speedup_fails_an_interval_that_straddles_the_bar():
@@ -105,7 +106,7 @@ def test_min_speedup_fails_an_interval_that_straddles_the_bar():
     assert "cannot be told" in straddles and "straddles" in straddles
     assert "--duration" in straddles
     assert speed_miss(row(1.25), 1.2) is None  # no interval (older reports): the point decides
-    doc = {"artifacts": [{"path": "m.onnx", "latency": [row(1.25, 1.1, 1.4)]}]}
+    doc = {"artifacts": [{"path": "m.onnx", "latency": [row(1.25, 1.1, 1.4).to_dict()]}]}
     (failure,) = check_gates(doc, min_speedup=1.2)
     assert failure.startswith("m.onnx: speedup 1.25x at batch 1 cannot be told")
 
