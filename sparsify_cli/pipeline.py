@@ -383,6 +383,9 @@ def _condensed_artifact(
             "pattern": entries[r.module].pattern,
             "ok": r.skipped is not None or r.fan_in == entries[r.module].fan_in,
             "detail": r.skipped or f"k={r.fan_in} over {r.active_rows}/{r.out_features} rows",
+            # which kernel runs the layer (CondensedLinear / CondensedConv / stock ops / dense)
+            "kernel": r.kernel,
+            "fused": list(r.fused),
         }
         for r in results
     ]
