@@ -1,19 +1,22 @@
-// See condensed_conv.h. One loop nest serves every ISA and shape:
+// See condensed_conv.h. A call is split into chunks of (image, band of output rows): each
+// chunk copies the input rows its band reads into a band buffer of stride-phase planes (sized to
+// stay in L2), then for every stored row (output channel) and every tile of up to 8 SIMD vectors
+// of output positions accumulates, in registers, one broadcast-FMA run per kept weight, and
+// writes bias + activation into the valid columns of y.
 //
-//   for each band of output rows (kBandFloats of the q grid, whole rows):
-//     for each stored row r (output channel):
-//       for each tile of the band (up to 8 SIMD vectors of output positions, in registers):
-//         for each kept weight j of r: acc[t] += values[r, j] * plane[offset[r, j] + q0 + t*V]
-//       bias, ReLU, and the valid columns of each output row go to y
-//
-// A band's slice of the planes (a few rows of every input channel) stays in L2 while every
-// output channel walks it, and each kept weight costs one broadcast plus one load-FMA per vector
-// of outputs. Tiles of fewer than 6 vectors (small feature maps: a 4x4 output is 3 AVX2 vectors)
-// split the kept weights over 2 or 4 accumulator sets so the FMA latency chains stay short.
+// Aligned planes: an unaligned vector load that straddles two cache lines costs two loads, and
+// the loop is bound by loads (one per FMA); measured on an AVX-512 Xeon, 64->64 3x3 at 56x56,
+// 2:4: 25 GMAC/s with arbitrary offsets, 42 with every load on a 64-byte boundary. So when the
+// padded row width rounds up to a multiple of the vector width with little waste (<= 25%), the
+// plane rows are padded to it, and each column shift of the kernel (0, 1, 2 for a 3x3) gets its
+// own copy of the plane shifted by that many floats: every kept weight then reads vectors on
+// vector boundaries. Otherwise (small maps, e.g. 8x8 with pads: 10 -> 16 would waste 60%) the
+// rows stay compact and the shift goes into the offset.
 #include "condensed_conv.h"
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 
 #include "condensed_kernel.h"
 
@@ -27,9 +30,14 @@
 namespace sparsify {
 namespace {
 
-// Floats of the output grid per band: with a 3x3 kernel a band reads about band + 2 plane rows
-// of every input channel, which should stay in L2 while all output channels walk it.
-constexpr int64_t kBandFloats = 64;
+// Register tiles per pass over a row's kept weights (the pass's outputs go through scratch).
+constexpr int64_t kBandTiles = 4;
+// Bytes of one chunk's band buffer (the planes of every input channel for a band of output
+// rows): small enough to stay in L2 while every output channel walks it.
+#ifndef KBB
+#define KBB (256 * 1024)
+#endif
+constexpr int64_t kBandBytes = KBB;
 // The q grid and planes are padded to this many floats (the widest vector), so the offsets do
 // not depend on the ISA.
 constexpr int64_t kGridAlign = 16;
@@ -41,6 +49,8 @@ int level() {
   static const int value = isa_level();
   return value;
 }
+
+int64_t vector_floats() { return level() == 2 ? 16 : 8; }
 
 // ---------------------------------------------------------------- portable path
 
@@ -157,11 +167,19 @@ SPARSIFY_AVX512 void tiles_avx512(const float* v, const int32_t* off, int64_t k,
 }
 #endif  // SPARSIFY_X86
 
-int64_t vector_floats() { return level() == 2 ? 16 : 8; }
-
 inline int64_t column(const ConvPacked& w, int64_t r) { return w.cols.empty() ? r : w.cols[r]; }
 
 inline float activate(const ConvPacked& w, float v) { return w.g.relu && v < 0.0f ? 0.0f : v; }
+
+// The n kept weights of one row over nv vectors of output positions: out = sum of their runs.
+void tiles(const float* v, const int32_t* off, int64_t n, const float* x, int64_t nv,
+           int64_t vec, float* out) {
+#ifdef SPARSIFY_X86
+  if (level() == 2) return tiles_avx512(v, off, n, x, nv, out);
+  if (level() == 1) return tiles_avx2(v, off, n, x, nv, out);
+#endif
+  tiles_portable(v, off, n, x, nv * vec, out);
+}
 
 }  // namespace
 
@@ -175,26 +193,45 @@ std::string conv_output_size(const ConvGeometry& g, int64_t h, int64_t w, int64_
   return "";
 }
 
-std::shared_ptr<const ConvOffsets> ConvPacked::offsets_for(int64_t h, int64_t w) const {
+std::shared_ptr<const ConvOffsets> ConvPacked::offsets_for(int64_t h, int64_t w,
+                                                           int64_t channels) const {
   {
     std::lock_guard<std::mutex> lock(mutex);
-    if (cached && cached->h == h && cached->w == w) return cached;
+    if (cached && cached->h == h && cached->w == w && cached->channels == channels) return cached;
   }
   auto o = std::make_shared<ConvOffsets>();
   o->h = h;
   o->w = w;
+  o->channels = channels;
   conv_output_size(g, h, w, &o->out_h, &o->out_w);  // checked by the caller
-  const int64_t wp = w + g.pl + g.pr;
-  o->wq = (wp + g.sw - 1) / g.sw;
-  const int64_t max_shift = ((g.kh - 1) * g.dh / g.sh) * o->wq + (g.kw - 1) * g.dw / g.sw;
-  o->plane = round_up(round_up(o->out_h * o->wq, kGridAlign) + max_shift, kGridAlign);
-  o->planes = (static_cast<int64_t>(max_channel) + 1) * g.sh * g.sw;
+  const int64_t vec = vector_floats();
+  const int64_t wq = (w + g.pl + g.pr + g.sw - 1) / g.sw;
+  const int64_t max_qh = (g.kh - 1) * g.dh / g.sh, max_qw = (g.kw - 1) * g.dw / g.sw;
+  o->aligned = true;
+  o->wq = wq;
+  if (max_qh > 0) {
+    const int64_t padded = round_up(wq, vec);
+    o->aligned = padded * 4 <= wq * 5;
+    if (o->aligned) o->wq = padded;
+  }
+  o->copies = o->aligned ? max_qw + 1 : 1;
+  const int64_t row_bytes =
+      channels * g.sh * g.sw * o->copies * o->wq * static_cast<int64_t>(sizeof(float));
+  o->band_rows = std::clamp<int64_t>(kBandBytes / std::max<int64_t>(1, row_bytes) - max_qh, 1,
+                                     std::max<int64_t>(1, o->out_h));
+  o->bands = (o->out_h + o->band_rows - 1) / o->band_rows;
+  // Tiles read up to a vector past the band's last position (compact rows) plus the largest
+  // shift; the slack keeps those reads inside the plane.
+  o->plane_rows = o->band_rows + max_qh;
+  o->plane = round_up(o->plane_rows * o->wq + (o->aligned ? 0 : max_qw) + vec, kGridAlign);
+  o->buffer = channels * g.sh * g.sw * o->copies * o->plane;
   o->offsets.resize(static_cast<size_t>(rows * k));
   for (int64_t e = 0; e < rows * k; ++e) {
-    const int64_t a = ky[e] % g.sh, b = kx[e] % g.sw;
-    const int64_t plane = (channel[e] * g.sh + a) * g.sw + b;
-    o->offsets[e] =
-        static_cast<int32_t>(plane * o->plane + (ky[e] / g.sh) * o->wq + kx[e] / g.sw);
+    const int64_t a = ky[e] % g.sh, b = kx[e] % g.sw, qh = ky[e] / g.sh, qw = kx[e] / g.sw;
+    const int64_t phase = (channel[e] * g.sh + a) * g.sw + b;
+    const int64_t off = o->aligned ? (phase * o->copies + qw) * o->plane + qh * o->wq
+                                   : phase * o->plane + qh * o->wq + qw;
+    o->offsets[e] = static_cast<int32_t>(off);
   }
   std::lock_guard<std::mutex> lock(mutex);
   cached = o;
@@ -260,117 +297,113 @@ std::string pack_conv(const ConvGeometry& g, const float* values, const void* in
 ConvPlan::ConvPlan(const ConvPacked& w, const float* x, int64_t batch, int64_t channels,
                    int64_t h, int64_t wd, float* y)
     : w_(w), x_(x), batch_(batch), channels_(channels), h_(h), wd_(wd), y_(y) {
-  off_ = w.offsets_for(h, wd);
+  off_ = w.offsets_for(h, wd, channels);
   vec_ = vector_floats();
-  q_pad_ = round_up(off_->out_h * off_->wq, kGridAlign);
-  // Planes of every input channel (the kernel reads only those up to max_channel).
-  buffer_ = channels * w.g.sh * w.g.sw * off_->plane;
   work_ = batch * w.rows * w.k * off_->out_h * off_->out_w;
-  if (batch == 1) {
-    planes_.resize(static_cast<size_t>(buffer_));
-    fill_planes(x, planes_.data());
-    rows_per_chunk_ = std::max<int64_t>(1, (w.rows + 31) / 32);
-    row_chunks_ = (w.rows + rows_per_chunk_ - 1) / rows_per_chunk_;
-    chunks_ = row_chunks_;
-    const int64_t hw = off_->out_h * off_->out_w;
-    for (int32_t c : w.empty_cols) {
-      const float b = activate(w, w.bias.empty() ? 0.0f : w.bias[c]);
-      std::fill(y + c * hw, y + (c + 1) * hw, b);
-    }
-  } else {
-    chunks_ = batch;
-  }
+  // Enough chunks for a thread pool: bands of every image, and, when those are few, ranges of
+  // rows as well (each chunk then copies its band again, a small cost next to the work).
+  const int64_t bands = batch * off_->bands;
+  row_chunks_ = bands >= 8 || work_ < 1000 * 1000 ? 1 : std::min<int64_t>(w.rows, 8 / bands);
+  row_chunks_ = std::max<int64_t>(1, row_chunks_);
+  rows_per_chunk_ = (w.rows + row_chunks_ - 1) / std::max<int64_t>(1, row_chunks_);
+  chunks_ = bands * row_chunks_;
 }
 
-void ConvPlan::fill_planes(const float* x, float* planes) const {
+// Phase-plane rows [i0, i0 + plane_rows) of every (channel, phase) of image x, and their
+// shifted copies, into buf.
+void ConvPlan::fill_band(const float* x, int64_t i0, float* buf) const {
   const ConvGeometry& g = w_.g;
-  const int64_t wq = off_->wq, plane = off_->plane;
-  const int64_t plane_rows = (plane + wq - 1) / wq;
+  const int64_t wq = off_->wq, plane = off_->plane, copies = off_->copies;
+  const int64_t rows = off_->plane_rows;
   for (int64_t c = 0; c < channels_; ++c) {
     const float* xc = x + c * h_ * wd_;
     for (int64_t a = 0; a < g.sh; ++a) {
       for (int64_t b = 0; b < g.sw; ++b) {
-        float* dst = planes + ((c * g.sh + a) * g.sw + b) * plane;
-        // Columns j of the plane row read x column sw * j + b - pl: the valid j range.
-        const int64_t j0 = std::max<int64_t>(0, (g.pl - b + g.sw - 1) / g.sw);
-        const int64_t j1 = std::min<int64_t>(wq, (wd_ - 1 + g.pl - b) / g.sw + 1);
-        for (int64_t i = 0; i < plane_rows; ++i) {
+        float* dst = buf + ((c * g.sh + a) * g.sw + b) * copies * plane;
+        // Plane column j reads x column sw * j + b - pl: the valid j range.
+        const int64_t j0 = std::min(wq, std::max<int64_t>(0, (g.pl - b + g.sw - 1) / g.sw));
+        const int64_t j1 = std::clamp<int64_t>((wd_ - 1 + g.pl - b) / g.sw + 1, j0, wq);
+        for (int64_t i = 0; i < rows; ++i) {
           float* row = dst + i * wq;
-          const int64_t n = std::min(wq, plane - i * wq);
-          const int64_t r = g.sh * i + a - g.pt;
-          if (r < 0 || r >= h_ || j1 <= j0) {
-            std::fill(row, row + n, 0.0f);
+          const int64_t r = g.sh * (i0 + i) + a - g.pt;
+          if (r < 0 || r >= h_ || wd_ - 1 + g.pl - b < 0) {
+            std::fill(row, row + wq, 0.0f);
             continue;
           }
           const float* src = xc + r * wd_;
-          const int64_t lo = std::min(j0, n), hi = std::min(j1, n);
-          std::fill(row, row + lo, 0.0f);
+          std::fill(row, row + j0, 0.0f);
           if (g.sw == 1) {
-            std::memcpy(row + lo, src + lo + b - g.pl, static_cast<size_t>(hi - lo) * sizeof(float));
+            std::memcpy(row + j0, src + j0 + b - g.pl, static_cast<size_t>(j1 - j0) * sizeof(float));
           } else {
-            for (int64_t j = lo; j < hi; ++j) row[j] = src[g.sw * j + b - g.pl];
+            for (int64_t j = j0; j < j1; ++j) row[j] = src[g.sw * j + b - g.pl];
           }
-          std::fill(row + hi, row + n, 0.0f);
+          std::fill(row + j1, row + wq, 0.0f);
+        }
+        std::fill(dst + rows * wq, dst + plane, 0.0f);
+        for (int64_t s = 1; s < copies; ++s) {  // copy s: the plane shifted left by s floats
+          float* cp = dst + s * plane;
+          std::memcpy(cp, dst + s, static_cast<size_t>(plane - s) * sizeof(float));
+          std::fill(cp + plane - s, cp + plane, 0.0f);
         }
       }
     }
   }
 }
 
-void ConvPlan::run_rows(const float* planes, int64_t r0, int64_t r1, float* y) const {
-  const int64_t wq = off_->wq, out_h = off_->out_h, out_w = off_->out_w;
-  const int64_t hw = out_h * out_w;
-  const int64_t band_rows = std::max<int64_t>(1, kBandFloats / wq);
-  std::vector<float> scratch(static_cast<size_t>(round_up(band_rows * wq, vec_)));
-  const int32_t* offsets = off_->offsets.data();
-  for (int64_t oh0 = 0; oh0 < out_h; oh0 += band_rows) {
-    const int64_t nrows = std::min(band_rows, out_h - oh0);
-    const int64_t nv = (nrows * wq + vec_ - 1) / vec_;
-    const float* xb = planes + oh0 * wq;
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* v = w_.values.data() + r * w_.k;
-      const int32_t* off = offsets + r * w_.k;
-#ifdef SPARSIFY_X86
-      if (level() == 2) {
-        tiles_avx512(v, off, w_.k, xb, nv, scratch.data());
-      } else if (level() == 1) {
-        tiles_avx2(v, off, w_.k, xb, nv, scratch.data());
-      } else {
-        tiles_portable(v, off, w_.k, xb, nv * vec_, scratch.data());
-      }
-#else
-      tiles_portable(v, off, w_.k, xb, nv * vec_, scratch.data());
-#endif
-      const int64_t col = column(w_, r);
-      const float bias = w_.bias.empty() ? 0.0f : w_.bias[col];
-      float* yc = y + col * hw + oh0 * out_w;
-      for (int64_t i = 0; i < nrows; ++i) {
-        const float* s = scratch.data() + i * wq;
-        float* d = yc + i * out_w;
-        if (w_.g.relu) {
-          for (int64_t j = 0; j < out_w; ++j) d[j] = std::max(s[j] + bias, 0.0f);
-        } else {
-          for (int64_t j = 0; j < out_w; ++j) d[j] = s[j] + bias;
-        }
-      }
+// Grid positions [q0, q1) of the band starting at output row oh0, from buf (buf[0] is q0), to
+// the output channel of stored row r: bias, activation, and only the valid columns of each row.
+void ConvPlan::store_grid(const float* buf, int64_t oh0, int64_t q0, int64_t q1, int64_t r,
+                          float* y) const {
+  const int64_t wq = off_->wq, out_w = off_->out_w;
+  const int64_t col = column(w_, r);
+  const float bias = w_.bias.empty() ? 0.0f : w_.bias[col];
+  float* yc = y + (col * off_->out_h + oh0) * out_w;
+  for (int64_t q = q0; q < q1;) {
+    const int64_t oh = q / wq, ow = q % wq;
+    const int64_t row_end = std::min(q1, (oh + 1) * wq);
+    const int64_t n = std::max<int64_t>(0, std::min(out_w, ow + row_end - q) - ow);
+    const float* s = buf + (q - q0);
+    float* d = yc + oh * out_w + ow;
+    if (w_.g.relu) {
+      for (int64_t j = 0; j < n; ++j) d[j] = std::max(s[j] + bias, 0.0f);
+    } else {
+      for (int64_t j = 0; j < n; ++j) d[j] = s[j] + bias;
     }
+    q = row_end;
   }
 }
 
 void ConvPlan::run_chunk(int64_t chunk) const {
-  if (batch_ == 1) {
-    const int64_t r0 = chunk * rows_per_chunk_;
-    return run_rows(planes_.data(), r0, std::min(w_.rows, r0 + rows_per_chunk_), y_);
-  }
+  const int64_t part = chunk % row_chunks_, band = chunk / row_chunks_;
+  const int64_t image = band / off_->bands, oh0 = (band % off_->bands) * off_->band_rows;
+  const int64_t band_h = std::min(off_->band_rows, off_->out_h - oh0);
+  const int64_t r0 = part * rows_per_chunk_, r1 = std::min(w_.rows, r0 + rows_per_chunk_);
   const int64_t hw = off_->out_h * off_->out_w;
-  float* y = y_ + chunk * w_.out * hw;
-  for (int32_t c : w_.empty_cols) {
-    const float b = activate(w_, w_.bias.empty() ? 0.0f : w_.bias[c]);
-    std::fill(y + c * hw, y + (c + 1) * hw, b);
+  float* y = y_ + image * w_.out * hw;
+  if (part == 0) {  // channels no stored row writes hold act(bias)
+    for (int32_t c : w_.empty_cols) {
+      const float b = activate(w_, w_.bias.empty() ? 0.0f : w_.bias[c]);
+      std::fill(y + c * hw + oh0 * off_->out_w, y + c * hw + (oh0 + band_h) * off_->out_w, b);
+    }
   }
-  std::unique_ptr<float[]> planes(new float[static_cast<size_t>(buffer_)]);
-  fill_planes(x_ + chunk * channels_ * h_ * wd_, planes.get());
-  run_rows(planes.get(), 0, w_.rows, y);
+  if (r0 >= r1) return;
+  float* planes =
+      static_cast<float*>(::operator new(static_cast<size_t>(off_->buffer) * sizeof(float),
+                                         std::align_val_t(64)));
+  fill_band(x_ + image * channels_ * h_ * wd_, oh0, planes);
+  const int64_t grid = band_h * off_->wq;
+  const int64_t tile = kBandTiles * kMaxTileVectors * vec_;
+  std::vector<float> scratch(static_cast<size_t>(tile));
+  const int32_t* offsets = off_->offsets.data();
+  for (int64_t q0 = 0; q0 < grid; q0 += tile) {
+    const int64_t nv = (std::min(tile, grid - q0) + vec_ - 1) / vec_;
+    for (int64_t r = r0; r < r1; ++r) {
+      tiles(w_.values.data() + r * w_.k, offsets + r * w_.k, w_.k, planes + q0, nv, vec_,
+            scratch.data());
+      store_grid(scratch.data(), oh0, q0, std::min(grid, q0 + nv * vec_), r, y);
+    }
+  }
+  ::operator delete(planes, std::align_val_t(64));
 }
 
 }  // namespace sparsify

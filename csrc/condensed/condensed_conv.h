@@ -32,13 +32,19 @@ struct ConvGeometry {
   bool relu = false;                  // fused activation
 };
 
-// Per-input-size layout of the kept weights: each one's offset into the plane buffer.
+// Per-input-size layout: the band buffer's shape and each kept weight's offset into it.
 struct ConvOffsets {
-  int64_t h = -1, w = -1;        // input size it was built for
-  int64_t wq = 0, plane = 0;     // plane row width, floats per plane
-  int64_t planes = 0;            // channels * sh * sw
+  int64_t h = -1, w = -1, channels = -1;  // input it was built for
   int64_t out_h = 0, out_w = 0;
-  std::vector<int32_t> offsets;  // [rows, k] plane * plane_floats + shift
+  bool aligned = false;    // rows padded to the vector width, one plane copy per column shift
+  int64_t wq = 0;          // plane row width (the output grid's row width)
+  int64_t copies = 1;      // shifted copies of each plane (aligned: kernel column shifts)
+  int64_t band_rows = 1;   // output rows per band
+  int64_t bands = 1;
+  int64_t plane_rows = 0;  // plane rows a band reads
+  int64_t plane = 0;       // floats per plane copy in the band buffer
+  int64_t buffer = 0;      // floats of one band buffer
+  std::vector<int32_t> offsets;  // [rows, k] (phase * copies + shift) * plane + row shift
 };
 
 struct ConvPacked {
@@ -56,7 +62,7 @@ struct ConvPacked {
   // The offsets for the last input size seen (built on first use, shared by concurrent runs).
   mutable std::mutex mutex;
   mutable std::shared_ptr<const ConvOffsets> cached;
-  std::shared_ptr<const ConvOffsets> offsets_for(int64_t h, int64_t w) const;
+  std::shared_ptr<const ConvOffsets> offsets_for(int64_t h, int64_t w, int64_t channels) const;
 };
 
 // Builds the packed form; returns an error message, or "" on success. Indices are flattened
@@ -70,9 +76,9 @@ std::string pack_conv(const ConvGeometry& g, const float* values, const void* in
 std::string conv_output_size(const ConvGeometry& g, int64_t h, int64_t w, int64_t* out_h,
                              int64_t* out_w);
 
-// One call on x [batch, channels, h, w] -> y [batch, out, out_h, out_w]. Batch 1: the planes are
-// built here and chunks are ranges of output channels (threads share the planes); batch > 1:
-// one chunk per image, each building its own planes, so the copy is spread over the threads too.
+// One call on x [batch, channels, h, w] -> y [batch, out, out_h, out_w], in chunks of (image,
+// band of output rows[, range of rows]) that each copy their own band of planes, so threads
+// share nothing but x and write disjoint parts of y.
 class ConvPlan {
  public:
   ConvPlan(const ConvPacked& w, const float* x, int64_t batch, int64_t channels, int64_t h,
@@ -86,20 +92,18 @@ class ConvPlan {
   void run_chunk(int64_t chunk) const;
 
  private:
-  void fill_planes(const float* x, float* planes) const;
-  void run_rows(const float* planes, int64_t r0, int64_t r1, float* y) const;
+  void fill_band(const float* x, int64_t i0, float* buf) const;
+  void store_grid(const float* buf, int64_t oh0, int64_t q0, int64_t q1, int64_t r,
+                  float* y) const;
 
   const ConvPacked& w_;
   std::shared_ptr<const ConvOffsets> off_;
   const float* x_;
   int64_t batch_, channels_, h_, wd_;
   float* y_;
-  int64_t vec_ = 8;          // floats per SIMD vector of the chosen ISA
-  int64_t q_pad_ = 0;        // output grid out_h * wq rounded up to vec_
-  int64_t buffer_ = 0;       // floats of one image's plane buffer
-  std::vector<float> planes_;  // batch 1 only
+  int64_t vec_ = 8;     // floats per SIMD vector of the chosen ISA
   int64_t rows_per_chunk_ = 0;
-  int64_t row_chunks_ = 0;
+  int64_t row_chunks_ = 1;
   int64_t chunks_ = 0;
   int64_t work_ = 0;  // multiply-adds of the call
 };

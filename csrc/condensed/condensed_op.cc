@@ -369,9 +369,9 @@ OrtStatus* ORT_API_CALL compute_conv(void* op_kernel, OrtKernelContext* ctx) {
   const std::string err = sparsify::conv_output_size(kernel.g, h, wd, &out_h, &out_w);
   if (!err.empty()) return fail(err, "CondensedConv");
   // Offsets into one image's planes are int32.
-  const auto offsets = w->offsets_for(h, wd);
-  if (c * kernel.g.sh * kernel.g.sw * offsets->plane >= (int64_t{1} << 31)) {
-    return fail("the input is too large for one call (2^31 floats of planes per image)",
+  const auto offsets = w->offsets_for(h, wd, c);
+  if (offsets->buffer >= (int64_t{1} << 31)) {
+    return fail("the input is too large for one call (2^31 floats in a band of planes)",
                 "CondensedConv");
   }
   std::vector<int64_t> y_shape = {n, w->out, out_h, out_w};
