@@ -7,12 +7,12 @@
 // flattened index c*kh*kw + i*kw + t is what the condensed form stores) and xpad is x with the
 // pads added as zeros. act is the identity or ReLU (fused from a following Relu node).
 //
-// "Sparse weights x dense shifted planes": the input is copied once per call into stride phase
-// planes (for stride s, plane (c, a, b) holds xpad[c, s*i + a, s*j + b]; stride 1 has one plane
-// per channel) of row width Wq = ceil(padded width / s). On that grid every kept weight reads
-// one contiguous run of the plane, at a constant shift from the output position:
+// "Sparse weights x dense shifted planes": the input is copied into stride-phase planes (for
+// stride s, plane (c, a, b) holds xpad[c, s*i + a, s*j + b]; stride 1 has one plane per channel)
+// of row width Wq >= ceil(padded width / s), a band of output rows at a time. On that grid every
+// kept weight reads one contiguous run of a plane at a constant shift from the output position:
 // out[q] += w * plane[q + shift] for q = oh * Wq + ow. So each kept weight is a broadcast and a
-// run of vector FMAs along the output row, with no gathers and no bounds tests (the pads are in
+// run of vector FMAs along the output rows, with no gathers and no bounds tests (the pads are in
 // the planes); the Wq - Wout columns past each output row are computed and dropped.
 #pragma once
 
