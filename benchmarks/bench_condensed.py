@@ -101,9 +101,10 @@ def dense_linear_onnx(weight: np.ndarray, bias: np.ndarray, path: Path) -> None:
 
 
 def dense_conv_onnx(
-    weight: np.ndarray, bias: np.ndarray, stride: int, pad: int, path: Path
+    weight: np.ndarray, bias: np.ndarray, stride: int, pad: int, size: int, path: Path
 ) -> None:
-    """Conv + Relu as torch's exporter writes a conv layer (BatchNorm folded), dynamic batch."""
+    """Conv + Relu as torch's exporter writes a conv layer (BatchNorm folded), dynamic batch,
+    ``size x size`` input."""
     out_c, in_c, kh, kw = weight.shape
     nodes = [
         helper.make_node(
@@ -122,7 +123,7 @@ def dense_conv_onnx(
     graph = helper.make_graph(
         nodes,
         "conv",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", in_c, "h", "w"])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", in_c, size, size])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
         [
             numpy_helper.from_array(weight, "conv.weight"),
@@ -197,6 +198,7 @@ def bench_layers(
     sparsities: list[tuple[str, float]],
     batches: list[int],
     thread_counts: list[int],
+    ds_python: str | None,
 ) -> list[tuple]:
     rng = np.random.default_rng(0)
     rows = []
@@ -210,7 +212,7 @@ def bench_layers(
                 weight, sparsity, NMPattern(2, 4) if label == "2:4" else None
             )
             folded = np.where(mask, weight, 0).astype(np.float32)
-            sparse_path = tmp / "sparse.onnx"
+            sparse_path = tmp / f"sparse_{in_features}x{out_features}_{label.replace(':', '')}.onnx"
             cond_path = tmp / "condensed.onnx"
             dense_linear_onnx(folded, bias, sparse_path)
             pattern = "2:4" if label == "2:4" else "fanin"
@@ -223,21 +225,19 @@ def bench_layers(
                     feed = {"input": x}
                     err = float(np.abs(cond.run(None, feed)[0] - (x @ folded.T + bias)).max())
                     d_ms, c_ms = interleaved([dense, cond], feed, budget_s, min_reps)
-                    rows.append(
-                        (
-                            f"{in_features}x{out_features}",
-                            label,
-                            batch,
-                            threads,
-                            d_ms,
-                            c_ms,
-                            d_ms / c_ms,
-                            err,
-                        )
-                    )
+                    job = {
+                        "path": str(sparse_path),
+                        "shape": list(x.shape),
+                        "threads": threads,
+                        "seconds": budget_s,
+                    }
+                    (ds_ms,) = deepsparse_ms(ds_python, [job])
+                    name = f"{in_features}x{out_features}"
+                    rows.append((name, label, batch, threads, d_ms, c_ms, ds_ms, err))
                     print(
-                        f"  {rows[-1][0]:>10} s={label:<5} b={batch:<3} t={threads} "
-                        f"dense {d_ms:8.3f} ms  condensed {c_ms:8.3f} ms  x{d_ms / c_ms:5.2f}",
+                        f"  {name:>10} s={label:<5} b={batch:<3} t={threads} "
+                        f"dense {d_ms:8.3f} ms  condensed {c_ms:8.3f} ms  x{d_ms / c_ms:5.2f}"
+                        + (f"  deepsparse x{d_ms / ds_ms:5.2f}" if ds_ms else ""),
                         flush=True,
                     )
     return rows
@@ -285,14 +285,14 @@ def bench_convs(
         bias = rng.standard_normal(cout).astype(np.float32) * 0.1
         name = f"{k}x{k} {cin}->{cout}@{size}"
         dense_path = tmp / f"conv_{cin}_{cout}_{size}_{k}.onnx"
-        dense_conv_onnx(weight, bias, 1, k // 2, dense_path)
+        dense_conv_onnx(weight, bias, 1, k // 2, size, dense_path)
         for label, sparsity in sparsities:
             nm = NMPattern(2, 4) if label == "2:4" else None
             mask = constant_fan_in_mask(weight, sparsity, nm)
             folded = np.where(mask, weight, 0).astype(np.float32)
             sparse_path = tmp / f"conv_sparse_{cin}_{cout}_{size}_{k}_{label.replace(':', '')}.onnx"
             cond_path = tmp / "conv_condensed.onnx"
-            dense_conv_onnx(folded, bias, 1, k // 2, sparse_path)
+            dense_conv_onnx(folded, bias, 1, k // 2, size, sparse_path)
             manifest = linear_manifest(mask, "2:4" if nm else "fanin", "conv", "Conv2d")
             results = condensed.condense_onnx(sparse_path, manifest, cond_path)
             assert results[0].kernel == condensed.CONV_OP_TYPE, results
@@ -476,7 +476,7 @@ def main() -> None:
             []
             if args.no_layers
             else bench_layers(
-                Path(tmp), budget_s, min_reps, sizes, sparsities, batches, thread_counts
+                Path(tmp), budget_s, min_reps, sizes, sparsities, batches, thread_counts, ds_python
             )
         )
         e2e = (
@@ -492,13 +492,14 @@ def main() -> None:
         print("\nSingle layers (in x out), median ms, ratio = dense / condensed")
         print(
             f"| {'layer':>10} | {'s':>5} | {'batch':>5} | {'thr':>3} | {'dense ms':>9} | "
-            f"{'cond ms':>9} | {'ratio':>6} | {'max err':>8} |"
+            f"{'cond ms':>9} | {'ratio':>6} | {'DS ms':>8} | {'DS ratio':>8} | {'max err':>8} |"
         )
-        print("|" + "|".join("-" * w for w in (12, 7, 7, 5, 11, 11, 8, 10)) + "|")
-        for name, label, batch, threads, d_ms, c_ms, ratio, err in layers:
+        print("|" + "|".join("-" * w for w in (12, 7, 7, 5, 11, 11, 8, 10, 10, 10)) + "|")
+        for name, label, batch, threads, d_ms, c_ms, ds_ms, err in layers:
+            ds = f"{ds_ms:8.3f} | {d_ms / ds_ms:7.2f}x" if ds_ms else f"{'-':>8} | {'-':>8}"
             print(
                 f"| {name:>10} | {label:>5} | {batch:>5} | {threads:>3} | {d_ms:9.3f} | "
-                f"{c_ms:9.3f} | {ratio:5.2f}x | {err:8.1e} |"
+                f"{c_ms:9.3f} | {d_ms / c_ms:5.2f}x | {ds} | {err:8.1e} |"
             )
     if e2e:
         print("\nDigitsTransformer, 90% constant fan-in, dense ONNX vs condensed ONNX")

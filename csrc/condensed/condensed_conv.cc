@@ -54,13 +54,23 @@ int64_t vector_floats() { return level() == 2 ? 16 : 8; }
 
 // ---------------------------------------------------------------- portable path
 
+// What a tile applies before it stores: the row's bias, then ReLU when fused.
+struct Epilogue {
+  float bias = 0.0f;
+  bool relu = false;
+};
+
 void tiles_portable(const float* v, const int32_t* off, int64_t k, const float* x, int64_t n,
-                    float* out) {
+                    Epilogue e, float* out) {
   std::fill(out, out + n, 0.0f);
   for (int64_t j = 0; j < k; ++j) {
     const float w = v[j];
     const float* p = x + off[j];
     for (int64_t q = 0; q < n; ++q) out[q] += w * p[q];
+  }
+  for (int64_t q = 0; q < n; ++q) {
+    const float y = out[q] + e.bias;
+    out[q] = e.relu && y < 0.0f ? 0.0f : y;
   }
 }
 
@@ -70,7 +80,7 @@ void tiles_portable(const float* v, const int32_t* off, int64_t k, const float* 
 // T vectors of 8 outputs; the kept weights split round-robin over U accumulator sets.
 template <int T, int U>
 SPARSIFY_AVX2 void tile_avx2(const float* v, const int32_t* off, int64_t k, const float* x,
-                             float* out) {
+    Epilogue e, float* out) {
   __m256 acc[U][T];
   for (int u = 0; u < U; ++u) {
     for (int t = 0; t < T; ++t) acc[u][t] = _mm256_setzero_ps();
@@ -88,29 +98,32 @@ SPARSIFY_AVX2 void tile_avx2(const float* v, const int32_t* off, int64_t k, cons
     const float* p = x + off[j];
     for (int t = 0; t < T; ++t) acc[0][t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 8 * t), acc[0][t]);
   }
+  const __m256 bias = _mm256_set1_ps(e.bias), zero = _mm256_setzero_ps();
   for (int t = 0; t < T; ++t) {
     __m256 s = acc[0][t];
     for (int u = 1; u < U; ++u) s = _mm256_add_ps(s, acc[u][t]);
+    s = _mm256_add_ps(s, bias);
+    if (e.relu) s = _mm256_blendv_ps(s, zero, _mm256_cmp_ps(s, zero, _CMP_LT_OQ));
     _mm256_storeu_ps(out + 8 * t, s);
   }
 }
 
 SPARSIFY_AVX2 void tiles_avx2(const float* v, const int32_t* off, int64_t k, const float* x,
-                              int64_t nv, float* out) {
+    int64_t nv, Epilogue e, float* out) {
   int64_t t0 = 0;
   for (; t0 + kMaxTileVectors <= nv; t0 += kMaxTileVectors) {
-    tile_avx2<8, 1>(v, off, k, x + 8 * t0, out + 8 * t0);
+    tile_avx2<8, 1>(v, off, k, x + 8 * t0, e, out + 8 * t0);
   }
   const float* xr = x + 8 * t0;
   float* o = out + 8 * t0;
   switch (nv - t0) {
-    case 7: return tile_avx2<7, 1>(v, off, k, xr, o);
-    case 6: return tile_avx2<6, 1>(v, off, k, xr, o);
-    case 5: return tile_avx2<5, 2>(v, off, k, xr, o);
-    case 4: return tile_avx2<4, 2>(v, off, k, xr, o);
-    case 3: return tile_avx2<3, 2>(v, off, k, xr, o);
-    case 2: return tile_avx2<2, 4>(v, off, k, xr, o);
-    case 1: return tile_avx2<1, 4>(v, off, k, xr, o);
+    case 7: return tile_avx2<7, 1>(v, off, k, xr, e, o);
+    case 6: return tile_avx2<6, 1>(v, off, k, xr, e, o);
+    case 5: return tile_avx2<5, 2>(v, off, k, xr, e, o);
+    case 4: return tile_avx2<4, 2>(v, off, k, xr, e, o);
+    case 3: return tile_avx2<3, 2>(v, off, k, xr, e, o);
+    case 2: return tile_avx2<2, 4>(v, off, k, xr, e, o);
+    case 1: return tile_avx2<1, 4>(v, off, k, xr, e, o);
     default: return;
   }
 }
@@ -119,7 +132,7 @@ SPARSIFY_AVX2 void tiles_avx2(const float* v, const int32_t* off, int64_t k, con
 
 template <int T, int U>
 SPARSIFY_AVX512 void tile_avx512(const float* v, const int32_t* off, int64_t k, const float* x,
-                                 float* out) {
+    Epilogue e, float* out) {
   __m512 acc[U][T];
   for (int u = 0; u < U; ++u) {
     for (int t = 0; t < T; ++t) acc[u][t] = _mm512_setzero_ps();
@@ -139,29 +152,32 @@ SPARSIFY_AVX512 void tile_avx512(const float* v, const int32_t* off, int64_t k, 
     const float* p = x + off[j];
     for (int t = 0; t < T; ++t) acc[0][t] = _mm512_fmadd_ps(w, _mm512_loadu_ps(p + 16 * t), acc[0][t]);
   }
+  const __m512 bias = _mm512_set1_ps(e.bias), zero = _mm512_setzero_ps();
   for (int t = 0; t < T; ++t) {
     __m512 s = acc[0][t];
     for (int u = 1; u < U; ++u) s = _mm512_add_ps(s, acc[u][t]);
+    s = _mm512_add_ps(s, bias);
+    if (e.relu) s = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s, zero, _CMP_NLT_UQ), s);
     _mm512_storeu_ps(out + 16 * t, s);
   }
 }
 
 SPARSIFY_AVX512 void tiles_avx512(const float* v, const int32_t* off, int64_t k, const float* x,
-                                  int64_t nv, float* out) {
+    int64_t nv, Epilogue e, float* out) {
   int64_t t0 = 0;
   for (; t0 + kMaxTileVectors <= nv; t0 += kMaxTileVectors) {
-    tile_avx512<8, 1>(v, off, k, x + 16 * t0, out + 16 * t0);
+    tile_avx512<8, 1>(v, off, k, x + 16 * t0, e, out + 16 * t0);
   }
   const float* xr = x + 16 * t0;
   float* o = out + 16 * t0;
   switch (nv - t0) {
-    case 7: return tile_avx512<7, 1>(v, off, k, xr, o);
-    case 6: return tile_avx512<6, 1>(v, off, k, xr, o);
-    case 5: return tile_avx512<5, 2>(v, off, k, xr, o);
-    case 4: return tile_avx512<4, 2>(v, off, k, xr, o);
-    case 3: return tile_avx512<3, 2>(v, off, k, xr, o);
-    case 2: return tile_avx512<2, 4>(v, off, k, xr, o);
-    case 1: return tile_avx512<1, 4>(v, off, k, xr, o);
+    case 7: return tile_avx512<7, 1>(v, off, k, xr, e, o);
+    case 6: return tile_avx512<6, 1>(v, off, k, xr, e, o);
+    case 5: return tile_avx512<5, 2>(v, off, k, xr, e, o);
+    case 4: return tile_avx512<4, 2>(v, off, k, xr, e, o);
+    case 3: return tile_avx512<3, 2>(v, off, k, xr, e, o);
+    case 2: return tile_avx512<2, 4>(v, off, k, xr, e, o);
+    case 1: return tile_avx512<1, 4>(v, off, k, xr, e, o);
     default: return;
   }
 }
@@ -169,16 +185,17 @@ SPARSIFY_AVX512 void tiles_avx512(const float* v, const int32_t* off, int64_t k,
 
 inline int64_t column(const ConvPacked& w, int64_t r) { return w.cols.empty() ? r : w.cols[r]; }
 
+// ReLU as the tiles apply it: negative -> 0, NaN kept (as torch.relu).
 inline float activate(const ConvPacked& w, float v) { return w.g.relu && v < 0.0f ? 0.0f : v; }
 
 // The n kept weights of one row over nv vectors of output positions: out = sum of their runs.
 void tiles(const float* v, const int32_t* off, int64_t n, const float* x, int64_t nv,
-           int64_t vec, float* out) {
+           int64_t vec, Epilogue e, float* out) {
 #ifdef SPARSIFY_X86
-  if (level() == 2) return tiles_avx512(v, off, n, x, nv, out);
-  if (level() == 1) return tiles_avx2(v, off, n, x, nv, out);
+  if (level() == 2) return tiles_avx512(v, off, n, x, nv, e, out);
+  if (level() == 1) return tiles_avx2(v, off, n, x, nv, e, out);
 #endif
-  tiles_portable(v, off, n, x, nv * vec, out);
+  tiles_portable(v, off, n, x, nv * vec, e, out);
 }
 
 }  // namespace
@@ -207,6 +224,9 @@ std::shared_ptr<const ConvOffsets> ConvPacked::offsets_for(int64_t h, int64_t w,
   const int64_t vec = vector_floats();
   const int64_t wq = (w + g.pl + g.pr + g.sw - 1) / g.sw;
   const int64_t max_qh = (g.kh - 1) * g.dh / g.sh, max_qw = (g.kw - 1) * g.dw / g.sw;
+  // 1x1, stride 1, no pads: the planes would be x itself, so the kernel reads x (no copy).
+  o->direct = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0 &&
+              g.pb == 0 && g.pr == 0;
   o->aligned = true;
   o->wq = wq;
   if (max_qh > 0) {
@@ -225,6 +245,10 @@ std::shared_ptr<const ConvOffsets> ConvPacked::offsets_for(int64_t h, int64_t w,
   o->plane_rows = o->band_rows + max_qh;
   o->plane = round_up(o->plane_rows * o->wq + (o->aligned ? 0 : max_qw) + vec, kGridAlign);
   o->buffer = channels * g.sh * g.sw * o->copies * o->plane;
+  if (o->direct) {
+    o->plane = h * w;
+    o->buffer = 0;
+  }
   o->offsets.resize(static_cast<size_t>(rows * k));
   for (int64_t e = 0; e < rows * k; ++e) {
     const int64_t a = ky[e] % g.sh, b = kx[e] % g.sw, qh = ky[e] / g.sh, qw = kx[e] / g.sw;
@@ -350,25 +374,17 @@ void ConvPlan::fill_band(const float* x, int64_t i0, float* buf) const {
   }
 }
 
-// Grid positions [q0, q1) of the band starting at output row oh0, from buf (buf[0] is q0), to
-// the output channel of stored row r: bias, activation, and only the valid columns of each row.
+// Grid positions [q0, q1) of the band starting at output row oh0, from buf (buf[0] is q0, bias
+// and activation applied), to the output channel of stored row r: the valid columns of each row.
 void ConvPlan::store_grid(const float* buf, int64_t oh0, int64_t q0, int64_t q1, int64_t r,
                           float* y) const {
   const int64_t wq = off_->wq, out_w = off_->out_w;
-  const int64_t col = column(w_, r);
-  const float bias = w_.bias.empty() ? 0.0f : w_.bias[col];
-  float* yc = y + (col * off_->out_h + oh0) * out_w;
+  float* yc = y + (column(w_, r) * off_->out_h + oh0) * out_w;
   for (int64_t q = q0; q < q1;) {
     const int64_t oh = q / wq, ow = q % wq;
     const int64_t row_end = std::min(q1, (oh + 1) * wq);
     const int64_t n = std::max<int64_t>(0, std::min(out_w, ow + row_end - q) - ow);
-    const float* s = buf + (q - q0);
-    float* d = yc + oh * out_w + ow;
-    if (w_.g.relu) {
-      for (int64_t j = 0; j < n; ++j) d[j] = std::max(s[j] + bias, 0.0f);
-    } else {
-      for (int64_t j = 0; j < n; ++j) d[j] = s[j] + bias;
-    }
+    std::copy(buf + (q - q0), buf + (q - q0) + n, yc + oh * out_w + ow);
     q = row_end;
   }
 }
@@ -387,20 +403,44 @@ void ConvPlan::run_chunk(int64_t chunk) const {
     }
   }
   if (r0 >= r1) return;
-  float* planes =
-      static_cast<float*>(::operator new(static_cast<size_t>(off_->buffer) * sizeof(float),
-                                         std::align_val_t(64)));
-  fill_band(x_ + image * channels_ * h_ * wd_, oh0, planes);
+  const float* x = x_ + image * channels_ * h_ * wd_;
+  float* planes = nullptr;
+  if (!off_->direct) {
+    planes = static_cast<float*>(::operator new(
+        static_cast<size_t>(off_->buffer) * sizeof(float), std::align_val_t(64)));
+    fill_band(x, oh0, planes);
+  }
+  // Direct (1x1): the band's positions in x itself; vectors may not run past the band, since
+  // past the last band of the last channel lies the end of x. The remainder goes scalar.
+  const float* src = off_->direct ? x + oh0 * wd_ : planes;
   const int64_t grid = band_h * off_->wq;
+  const int64_t vector_end = off_->direct ? grid / vec_ * vec_ : grid;
   const int64_t tile = kBandTiles * kMaxTileVectors * vec_;
   std::vector<float> scratch(static_cast<size_t>(tile));
   const int32_t* offsets = off_->offsets.data();
-  for (int64_t q0 = 0; q0 < grid; q0 += tile) {
-    const int64_t nv = (std::min(tile, grid - q0) + vec_ - 1) / vec_;
+  const auto epilogue = [&](int64_t r) {
+    return Epilogue{w_.bias.empty() ? 0.0f : w_.bias[column(w_, r)], w_.g.relu};
+  };
+  for (int64_t q0 = 0; q0 < vector_end; q0 += tile) {
+    const int64_t nv = (std::min(tile, vector_end - q0) + vec_ - 1) / vec_;
     for (int64_t r = r0; r < r1; ++r) {
-      tiles(w_.values.data() + r * w_.k, offsets + r * w_.k, w_.k, planes + q0, nv, vec_,
-            scratch.data());
+      const float* v = w_.values.data() + r * w_.k;
+      const int32_t* off = offsets + r * w_.k;
+      if (off_->direct) {  // grid positions are y's positions: store straight into y
+        float* yr = y + (column(w_, r) * off_->out_h + oh0) * off_->out_w + q0;
+        tiles(v, off, w_.k, src + q0, nv, vec_, epilogue(r), yr);
+        continue;
+      }
+      tiles(v, off, w_.k, src + q0, nv, vec_, epilogue(r), scratch.data());
       store_grid(scratch.data(), oh0, q0, std::min(grid, q0 + nv * vec_), r, y);
+    }
+  }
+  if (vector_end < grid) {
+    const int64_t n = grid - vector_end;
+    for (int64_t r = r0; r < r1; ++r) {
+      tiles_portable(w_.values.data() + r * w_.k, offsets + r * w_.k, w_.k, src + vector_end, n,
+                     epilogue(r), scratch.data());
+      store_grid(scratch.data(), oh0, vector_end, grid, r, y);
     }
   }
   ::operator delete(planes, std::align_val_t(64));

@@ -36,6 +36,7 @@ struct ConvGeometry {
 struct ConvOffsets {
   int64_t h = -1, w = -1, channels = -1;  // input it was built for
   int64_t out_h = 0, out_w = 0;
+  bool direct = false;     // 1x1, stride 1, no pads: kernels read x itself (plane = h * w)
   bool aligned = false;    // rows padded to the vector width, one plane copy per column shift
   int64_t wq = 0;          // plane row width (the output grid's row width)
   int64_t copies = 1;      // shifted copies of each plane (aligned: kernel column shifts)
