@@ -84,6 +84,13 @@ def constant_fan_in_mask(weight: np.ndarray, sparsity: float, nm: NMPattern | No
     return mask.reshape(weight.shape)
 
 
+def _save(graph: onnx.GraphProto, path: Path) -> None:
+    """Opset 13, IR version 8: what DeepSparse 1.8's bundled ONNX Runtime can load too."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
 def dense_linear_onnx(weight: np.ndarray, bias: np.ndarray, path: Path) -> None:
     """One Linear as torch's exporter writes it for a 2-D input: Gemm(transB=1), dynamic batch."""
     out_features, in_features = weight.shape
@@ -97,7 +104,7 @@ def dense_linear_onnx(weight: np.ndarray, bias: np.ndarray, path: Path) -> None:
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", out_features])],
         [numpy_helper.from_array(weight, "fc.weight"), numpy_helper.from_array(bias, "fc.bias")],
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    _save(graph, path)
 
 
 def dense_conv_onnx(
@@ -124,13 +131,13 @@ def dense_conv_onnx(
         nodes,
         "conv",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", in_c, size, size])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", out_c, size, size])],
         [
             numpy_helper.from_array(weight, "conv.weight"),
             numpy_helper.from_array(bias, "conv.bias"),
         ],
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    _save(graph, path)
 
 
 def linear_manifest(
