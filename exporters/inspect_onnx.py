@@ -25,7 +25,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from sparsify_cli.exporters.condensed import DOMAIN, CondensedWeight, expand, session_options
+from sparsify_cli.exporters.condensed import (
+    CONV_OP_TYPE,
+    DOMAIN,
+    CondensedWeight,
+    expand,
+    session_options,
+)
 from sparsify_cli.exporters.onnx_export import (
     INTEGER_WEIGHT_OPS,
     WEIGHT_OPS,
@@ -123,7 +129,8 @@ def _condensed(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> list[t
         if user.domain == DOMAIN:
             x = user.input[0]
             rows = weights.get(f"{prefix}.rows")
-            out = next((a.i for a in user.attribute if a.name == "out_features"), len(values))
+            names = ("out_features", "out_channels")
+            out = next((a.i for a in user.attribute if a.name in names), len(values))
         else:  # Gather(x, Cast(indices)) feeds the Mul that reads the values
             gather = next(
                 n for n in model.graph.node if n.op_type == "Gather" and n.output[0] in user.input
@@ -161,7 +168,8 @@ def inspect_onnx(path: str | os.PathLike[str], m: int = 4) -> list[OnnxLayerInfo
         if source is not None and weights[source[0]].ndim >= 2:
             nodes.append((n, source[0]))
     condensed = _condensed(model, weights)
-    shapes = _shapes(model, [n.output[0] for n, _ in nodes] + [c[2] for c in condensed])
+    probed = [c[2] for c in condensed] + [c[1].output[0] for c in condensed]
+    shapes = _shapes(model, [n.output[0] for n, _ in nodes] + probed)
     rows = []
     for node, init in nodes:
         weight = weights[init]
@@ -181,17 +189,28 @@ def inspect_onnx(path: str | os.PathLike[str], m: int = 4) -> list[OnnxLayerInfo
         )
     for module, node, x, cw in condensed:
         dims = shapes.get(x) or []
-        width = dims[-1] if dims and dims[-1] else int(cw.indices.max()) + 1
+        conv = node.op_type == CONV_OP_TYPE  # x is [N, C, H, W]; indices over [C, kh, kw]
+        kernel = [a.ints for a in node.attribute if a.name == "kernel_shape"]
+        if conv:
+            kh, kw = (list(kernel[0]) if kernel else [1, 1])[-2:]
+            channels = dims[1] if len(dims) > 1 and dims[1] else None
+            width = (channels or (int(cw.indices.max()) + 1) // (kh * kw)) * kh * kw
+            out_dims = shapes.get(node.output[0]) or []
+            positions = prod(d for d in out_dims[2:] if d) if out_dims else 1
+        else:
+            width = dims[-1] if dims and dims[-1] else int(cw.indices.max()) + 1
+            positions = prod(d for d in dims[1:-1] if d) if dims else 1
         weight, _ = expand(
             CondensedWeight(cw.values, cw.indices, cw.active_rows, (cw.shape[0], width))
         )
-        positions = prod(d for d in dims[1:-1] if d) if dims else 1
+        if conv:
+            weight = weight.reshape(cw.shape[0], width // (kh * kw), kh, kw)
         bias = weights.get(f"{module}.condensed.bias")
         rows.append(
             _info(
                 node.name,
                 module,
-                "CondensedLinear",
+                node.op_type if node.domain == DOMAIN else "CondensedLinear",
                 f"{module}.condensed.values",
                 weight,
                 1,

@@ -68,8 +68,9 @@ def artifact_findings(report: dict[str, Any], vnni: bool | None = None) -> list[
                 {
                     "kind": "no-op-export",
                     "message": f"--export condensed condensed no layer: {art['path']} is the "
-                    "plain sparse model (only Linear layers with constant fan-in condense)",
-                    "option": "--nm N:M or --dst srigl on a model with Linear layers",
+                    "plain sparse model (only sparsified layers with constant fan-in condense; "
+                    "the standard-op form leaves convolutions dense)",
+                    "option": "--condensed-ops custom, and --nm N:M or --dst srigl",
                 }
             )
         slow = _slow_rows(art)

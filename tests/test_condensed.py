@@ -577,3 +577,15 @@ def test_condense_onnx_convs(tmp_path: Path, ops: str) -> None:
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(sess.run(None, {"input": x})[0], want, atol=ATOL)
+    # inspect reads the condensed convs back as [out, in, kh, kw]: same reading as the plain file
+    plain = {r.module: r for r in inspect_onnx(dense_path)}
+    rows = {r.module: r for r in inspect_onnx(tmp_path / "c.onnx")}
+    for m in ("conv1", "conv2", "conv3"):
+        got, want_row = rows[m], plain[m]
+        assert got.op == condensed.CONV_OP_TYPE and got.shape == want_row.shape, m
+        assert (got.fan_in, got.ablated, got.density) == (
+            want_row.fan_in,
+            want_row.ablated,
+            want_row.density,
+        ), m
+        assert got.flops_sparse == want_row.flops_sparse, m

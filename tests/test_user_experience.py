@@ -356,6 +356,7 @@ def test_findings_no_op_export_and_slower_than_dense():
     assert "0.41-0.50x" in int8["message"] and "batch 32" not in int8["message"]  # noise: no
     assert "VNNI" in int8["message"] and "--quantize int8-dynamic" in int8["option"]
     assert "condensed no layer" in noop["message"] and "--dst srigl" in noop["option"]
+    assert "--condensed-ops custom" in noop["option"]
     assert [f["kind"] for f in artifact_findings(report, vnni=True)] == [
         "slower-than-dense",
         "no-op-export",
@@ -416,11 +417,12 @@ def test_accuracy_gate_without_labels_is_refused_right_after_loading(tmp_path):
 
 
 def test_no_op_condensed_export_warns_in_report_and_terminal(tmp_path):
-    """digits_cnn has no Linear layer to condense (its convs are not, its head stays dense)."""
+    """digits_cnn in the standard-op form: its convs stay dense there, its head is not sparse."""
     out = tmp_path / "out"
     result = CliRunner().invoke(
         app,
-        ["convert", "digits_cnn", "--export", "onnx,condensed", "--out", str(out)]
+        ["convert", "digits_cnn", "--export", "onnx,condensed", "--condensed-ops", "standard"]
+        + ["--out", str(out)]
         + ["--duration", "0.02", "--batch-sizes", "1", "--quiet"],
     )
     assert result.exit_code == 0, result.output
