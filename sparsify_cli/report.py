@@ -123,6 +123,7 @@ def render(report: dict[str, Any], console: Console) -> None:
     console.print(artifact_table(report, entries, console.width))
     if any(r.noisy for _, art in entries for r in art.latency):
         console.print(tables.NOISY_NOTE)
+    _render_condensed_kernels(report, console)
     for w in report.get("warnings") or []:
         option = f"; try {w['option']}" if w.get("option") else ""
         console.print(f"[bold yellow]warning:[/] {escape(w['message'] + option)}", soft_wrap=True)
@@ -169,3 +170,20 @@ def artifact_table(report: dict[str, Any], entries: list[tuple[str, Artifact]], 
         left=("pattern ok",),
         optional=("p90 ms", "samples/s", "parity max|Δ|"),
     )
+
+
+def _render_condensed_kernels(report: dict[str, Any], console: Console) -> None:
+    """Which kernel runs each layer of the condensed artifact, and why a layer stays dense."""
+    for art in report["artifacts"]:
+        checks = art.get("pattern_checks") or []
+        if art.get("format") != "condensed" or not checks:
+            continue
+        rows = [
+            [c["module"], c.get("kernel", ""), ", ".join(c.get("fused", [])), c["detail"]]
+            for c in checks
+        ]
+        cols = ("layer", "kernel", "fused", "detail")
+        title = f"{art['path']}: kernel per layer"
+        console.print(
+            tables.table(title, cols, rows, console.width, ("layer",), cols[1:], ("fused",))
+        )
