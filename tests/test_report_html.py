@@ -12,6 +12,7 @@ import pytest
 from report_outputs import cnn_output, invoke
 
 from sparsify_cli import tables
+from sparsify_cli.exporters.artifact import LatencyRow
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -33,7 +34,7 @@ def test_convert_writes_html_with_plots_and_numbers():
     acc = report["accuracy"]
     assert f"{100 * acc['dense']:.2f}%" in page and f"{100 * acc['sparse_onnx']:.2f}%" in page
     art = report["artifacts"][0]["latency"][0]
-    assert tables.ms(art["p50_ms"]) in page and tables.speedup(art) in page
+    assert tables.ms(art["p50_ms"]) in page and tables.speedup(LatencyRow.from_dict(art)) in page
     assert "layer3.conv2" in page and "output head kept dense" in page
     # the headline says what ran and what it gained; the recipe is YAML
     assert "<section class='headline'>" in page and "<dd>magnitude</dd>" in page
