@@ -8,7 +8,6 @@ succeeded, so an interrupted run never leaves a half-written artifact under the 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from sparsify_cli import validation
 from sparsify_cli.data import load_data, load_input_data
 from sparsify_cli.exporters import runtime
 from sparsify_cli.exporters.condensed import condense_onnx, kernel_isa
@@ -31,6 +31,14 @@ from sparsify_cli.exporters.verify import max_abs_diff, verify_pattern
 from sparsify_cli.hf import HF_FOLDER, save_hf_folder
 from sparsify_cli.html_report import write_html
 from sparsify_cli.loading import LoadedModel, file_sha256, load_model
+from sparsify_cli.outdir import (
+    check_out,
+    drop_idle_workdir,
+    prepare_out,
+    prepare_workdir,
+    publish,
+    run_inputs,
+)
 from sparsify_cli.passes import (
     ASPConfig,
     FoldConfig,
@@ -48,8 +56,9 @@ from sparsify_cli.passes.atomic import atomic_path
 from sparsify_cli.passes.dst import DSTConfig, ShrinkConfig
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.flops import layer_flops
-from sparsify_cli.passes.inputs import as_arrays, parse_input_spec
+from sparsify_cli.passes.inputs import as_arrays, batch_size, parse_input_spec
 from sparsify_cli.passes.manifest import Manifest
+from sparsify_cli.passes.registry import config_to_dict
 from sparsify_cli.passes.sparse_ift import SparseIFTConfig, ift_targets
 from sparsify_cli.passes.spectral import layer_gaps
 from sparsify_cli.passes.training import make_loader, predict
@@ -161,6 +170,11 @@ class ConvertOptions:
             raise SparsifyError("batch sizes must be >= 1", found=str(self.batch_sizes))
         if self.threads < 1:
             raise SparsifyError("--threads must be >= 1", found=str(self.threads))
+        validation.positive_finite("--lr", self.lr)
+        validation.positive_finite("--bench-seconds", self.bench_seconds)
+        validation.at_least("--epochs", self.epochs, 0)
+        validation.seed(self.seed)
+        validation.parity_atol(self.parity_atol, PARITY_ATOL)
 
     def quantize_config(self) -> QuantizeConfig:
         return QuantizeConfig(
@@ -183,61 +197,6 @@ class Hooks:
 def default_out(opts: ConvertOptions) -> Path:
     stem = Path(opts.source).stem if opts.source else (opts.arch or "model").rpartition(":")[2]
     return Path(f"{stem}_sparse_{opts.nm.replace(':', 'of')}")
-
-
-def _remove_stale_staging(parent: Path, name: str) -> None:
-    """Delete staging folders left by runs that were killed (their process no longer exists)."""
-    for stale in parent.glob(f".{name}.partial-*"):
-        pid = stale.name.split("partial-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _prepare_out(out: Path, force: bool) -> Path:
-    """Check ``out`` can be written; return a fresh staging folder beside it.
-
-    The staging folder's name carries this process id, so a later run can tell a folder left by
-    a killed run (removed) from one that another live run is filling (kept).
-    """
-    if out.exists() and not force:
-        raise SparsifyError(
-            f"output folder {out} already exists",
-            fix="choose another --out, or pass --force to replace it",
-        )
-    if out.exists() and not out.is_dir():
-        raise SparsifyError(f"--out {out} is a file, not a folder")
-    parent = out.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_staging(parent, out.name)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=parent))
-    except OSError as err:
-        raise SparsifyError(
-            f"cannot write the output folder {out}",
-            found=f"{type(err).__name__}: {err}",
-            fix="choose a writable --out",
-        ) from err
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Move the finished staging folder to ``out`` (replacing an old one only now)."""
-    if out.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.resolve().parent))
-        os.replace(out, trash / out.name)
-        os.replace(staging, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, out)
 
 
 def _accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
@@ -264,6 +223,27 @@ def _device(name: str | None) -> torch.device:
             "--device cuda was asked for but CUDA is not available", fix="--device cpu"
         )
     return device
+
+
+def _fingerprint(opts: ConvertOptions, loaded: LoadedModel, configs: list[Any]) -> dict:
+    """What determines a fine-tuning's result; ``--resume`` refuses a checkpoint if it differs."""
+    data = opts.data or (loaded.sample.dataset if loaded.sample else None)
+    return {
+        "input_sha256": loaded.sha256,
+        "seed": opts.seed,
+        "batch_size": opts.batch_size,
+        "data_sha256": file_sha256(Path(data)) if data and Path(data).is_file() else data,
+        "passes": [config_to_dict(c) for c in configs],
+    }
+
+
+def _check_training_data(data: Dataset, model, example, source: str) -> None:
+    """Training needs samples left after the held-out split, and labels the outputs can index."""
+    validation.trainable_rows(batch_size(data.x_train), source)
+    if data.y_train is not None:
+        classes = int(predict(model, as_arrays(example)).shape[-1])
+        for labels in (data.y_train, data.y_test):
+            validation.labels_in_range(labels, classes, source)
 
 
 def _workdir(out: Path) -> Path:
@@ -350,6 +330,12 @@ def _parity(
     A difference above ``atol`` is an error naming the artifact.
     """
     outputs = runtime.run(runtime.session(path), check_x)
+    if not np.isfinite(outputs).all():
+        raise SparsifyError(
+            f"the {what} gives NaN or Inf outputs",
+            found=f"{int((~np.isfinite(outputs)).sum())} non-finite values of {outputs.size}",
+            fix="check the model and the data: a NaN never passes verification",
+        )
     parity = max_abs_diff(outputs, torch_out)
     if parity > atol:
         raise SparsifyError(
@@ -453,8 +439,8 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
     """Run the whole conversion; returns the report and the output folder."""
     pattern = NMPattern.parse(opts.nm)
     out = Path(opts.out) if opts.out else default_out(opts)
-    if out.exists() and not opts.force:  # fail before any expensive work
-        _prepare_out(out, force=False)
+    inputs = run_inputs(opts.source, opts.data, opts.arch, opts.example_input)
+    check_out(out, opts.force, inputs)  # fail before any expensive work
     if "tensorrt" in opts.export:
         require_tensorrt()  # no GPU / no TensorRT: say so now, not after fine-tuning
     hooks.status("loading the checkpoint")
@@ -466,6 +452,8 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
         opts.inputs,
         opts.example_input,
     )
+    validation.finite_weights(loaded.model.state_dict())  # before any other check
+    validation.batch_allocation("--batch-sizes", opts.batch_sizes, loaded.specs)
     multi_input = not isinstance(loaded.example, torch.Tensor)
     if multi_input and (opts.quantize or "tensorrt" in opts.export):
         raise SparsifyError(
@@ -483,6 +471,8 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
             f"{trains} trains the model and needs {'labelled ' if opts.dst else ''}training data",
             fix="pass --data (a dataset name such as digits, or an .npz with x[, y])",
         )
+    if opts.method in TRAINED or opts.dst:
+        _check_training_data(data, model, example, opts.data or "the data")
     selection = Selection(opts.include, opts.exclude, opts.sparsify_head, head=loaded.head)
     choices = select_layers(model, pattern.m, example, selection)
     targets = [c.name for c in choices if c.selected]
@@ -493,8 +483,9 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
             found="; ".join(f"{c.name}: {c.reason}" for c in choices[:6]) or "no layers",
             fix="check --include/--exclude, or choose a smaller M",
         )
+    lock = workdir = None
     if distributed.is_main():
-        staging = _prepare_out(out, opts.force)
+        staging, lock = prepare_out(out, opts.force, inputs)
     else:  # other ranks never write beside --out; their scratch is private and removed
         staging = Path(tempfile.mkdtemp(prefix=f"sparsify-rank{distributed.rank()}-"))
     try:
@@ -518,10 +509,8 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
             ctx.eval = make_loader(data.x_test, data.y_test, 256, shuffle=False)
         if opts.method in TRAINED:
             workdir = _workdir(out)
-            if workdir.exists() and not opts.resume and distributed.is_main():
-                shutil.rmtree(workdir)
             if distributed.is_main():
-                workdir.mkdir(parents=True, exist_ok=True)
+                prepare_workdir(workdir, _fingerprint(opts, loaded, configs), opts.resume)
             ctx.workdir, ctx.resume = workdir, opts.resume
         distributed.agree()  # every rank is ready to train (or all stop, with one message)
         model = run_passes(model, configs, ctx).cpu()
@@ -666,10 +655,13 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
             report["artifacts"].append(trt_artifact)
         write_report(staging / "report.json", report)
         write_html(staging, report)
-        _publish(staging, out)
+        publish(staging, out)
         if ctx.workdir is not None:
             shutil.rmtree(ctx.workdir, ignore_errors=True)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+        if lock is not None:
+            lock.release()
+        drop_idle_workdir(workdir)
     return report, out
