@@ -166,12 +166,15 @@ def render_html(report: dict[str, Any]) -> str:
         f"<h1>sparsify report: {html.escape(report['input']['path'])}</h1>",
         f"<p>created {html.escape(report.get('created', ''))}, sparsify "
         f"{html.escape(report.get('tool_version', ''))}; {html.escape(str(env.get('cpu')))}, "
-        f"{env.get('threads')} thread(s), onnxruntime {html.escape(str(env.get('onnxruntime')))}, "
+        f"{html.escape(str(env.get('threads')))} thread(s), onnxruntime {html.escape(str(env.get('onnxruntime')))}, "
         f"torch {html.escape(str(env.get('torch')))}</p>",
     ]
     acc = report.get("accuracy")
     if acc:
-        parts.append(f"<h2>Accuracy ({html.escape(acc['metric'])}, {acc['samples']} samples)</h2>")
+        parts.append(
+            f"<h2>Accuracy ({html.escape(str(acc['metric']))}, "
+            f"{html.escape(str(acc['samples']))} samples)</h2>"
+        )
         parts.append(
             _table(
                 ["dense", "sparse (torch)", "sparse (onnx)", "quantized"],

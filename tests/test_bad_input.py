@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from report_outputs import cnn_output, invoke
 
 from tests.conftest import FAST, run_cli
 
@@ -195,3 +198,190 @@ def test_trusted_whole_module_loads_with_a_warning(unseen_model, tmp_path):
     proc = run_cli(*args, "--out", str(tmp_path / "b"), "--trust-checkpoint", cwd=unseen_model)
     assert proc.returncode == 0, proc.stderr
     assert "runs code from the file" in proc.stderr
+
+
+# --- The matrix of issue 15: every class of bad input is exit 1 with one line (never exit 3) ---
+# In-process (Typer's CliRunner) where the case is refused before a model is built, so each
+# case takes milliseconds; the cases that need a process of their own are in test_reliability.
+
+
+def _refused(result, *words):
+    """Exit 1, one ``error:`` line naming ``words``, no traceback, no escaped exception."""
+    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    assert "error:" in result.output
+    for word in words:
+        assert word in result.output, (word, result.output)
+
+
+def _sample_state() -> dict:
+    from sparsify_cli.samples import SAMPLES
+
+    ckpt = torch.load(SAMPLES["digits_cnn"].checkpoint, weights_only=True)
+    return {"sparsify_sample": "digits_cnn", "state_dict": dict(ckpt["state_dict"])}
+
+
+def _npz_with_header(path, shape):
+    """An .npz whose member header claims ``shape`` but stores 100 bytes."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": "<f4", "fortran_order": False, "shape": shape}
+    )
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.npy", buf.getvalue() + b"\0" * 100)
+
+
+def _bad_files(tmp: Path) -> dict[str, list[str]]:
+    """Write the hostile and broken inputs; return the convert arguments of each case."""
+    import zipfile
+
+    state = _sample_state()
+    state["state_dict"]["stem.0.weight"] = torch.full_like(
+        state["state_dict"]["stem.0.weight"], float("nan")
+    )
+    torch.save(state, tmp / "nan.pt")
+    ints = _sample_state()
+    ints["state_dict"] = {
+        k: v.to(torch.int64) if v.is_floating_point() else v for k, v in ints["state_dict"].items()
+    }
+    torch.save(ints, tmp / "int64.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp / "zero_d.npz", x=np.float32(1), y=np.zeros(1, int))
+    np.savez(tmp / "objects.npz", x=np.array([{"a": 1}], dtype=object))
+    with zipfile.ZipFile(tmp / "text_member.npz", "w") as archive:
+        archive.writestr("x", b"not an array")
+    _npz_with_header(tmp / "tib.npz", (2**40, 1, 8, 8))
+    np.savez(tmp / "labels_range.npz", x=rng.random((20, 1, 8, 8)), y=np.full(20, 25))
+    np.savez(tmp / "one_sample.npz", x=rng.random((1, 1, 8, 8)), y=np.zeros(1, int))
+    return {
+        "nan weights": [str(tmp / "nan.pt")],
+        "int64 weights": [str(tmp / "int64.pt")],
+        "npz 0-d x": ["digits_cnn", "--data", str(tmp / "zero_d.npz")],
+        "npz object member": ["digits_cnn", "--data", str(tmp / "objects.npz")],
+        "npz member not an array": ["digits_cnn", "--data", str(tmp / "text_member.npz")],
+        "npz header claims TiB": ["digits_cnn", "--data", str(tmp / "tib.npz")],
+        "labels out of range": [
+            "digits_cnn",
+            "--method",
+            "asp",
+            "--data",
+            str(tmp / "labels_range.npz"),
+        ],
+        "1-sample data, trained": [
+            "digits_cnn",
+            "--method",
+            "asp",
+            "--data",
+            str(tmp / "one_sample.npz"),
+        ],
+        "--lr nan": ["digits_cnn", "--lr", "nan"],
+        "--lr -1": ["digits_cnn", "--lr", "-1"],
+        "--seed overflow": ["digits_cnn", "--seed", str(2**70)],
+        "--seed negative": ["digits_cnn", "--seed", "-1"],
+        "--input-shape too large": ["digits_cnn", "--input-shape", "1,1,100000,100000"],
+        "--batch-sizes too large": ["digits_cnn", "--batch-sizes", f"1,{10**12}"],
+        "--input too large": ["digits_cnn", "--input", "x:1x99999999999:float32"],
+        "--bench-seconds 0": ["digits_cnn", "--bench-seconds", "0"],
+        "--bench-seconds -1": ["digits_cnn", "--bench-seconds", "-1"],
+        "--bench-seconds nan": ["digits_cnn", "--bench-seconds", "nan"],
+        "--bench-seconds inf": ["digits_cnn", "--bench-seconds", "inf"],
+    }
+
+
+CONVERT_WORDS = {
+    "nan weights": ["NaN or Inf", "stem.0.weight"],
+    "int64 weights": ["integer tensors for float parameters"],
+    "npz 0-d x": ["has no rows"],
+    "npz object member": ["holds Python objects"],
+    "npz member not an array": ["is not an array"],
+    "npz header claims TiB": ["header is corrupt"],
+    "labels out of range": ["do not fit the model's outputs", "class id 25"],
+    "1-sample data, trained": ["no samples to train on"],
+    "--lr nan": ["--lr must be a positive finite number"],
+    "--lr -1": ["--lr must be a positive finite number"],
+    "--seed overflow": ["--seed is out of range"],
+    "--seed negative": ["--seed is out of range"],
+    "--input-shape too large": ["--input-shape is too large to allocate"],
+    "--batch-sizes too large": ["too large to allocate"],
+    "--input too large": ["too large to allocate"],
+    "--bench-seconds 0": ["--bench-seconds must be a positive finite number"],
+    "--bench-seconds -1": ["--bench-seconds must be a positive finite number"],
+    "--bench-seconds nan": ["--bench-seconds must be a positive finite number"],
+    "--bench-seconds inf": ["--bench-seconds must be a positive finite number"],
+}
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad")
+    return tmp, _bad_files(tmp)
+
+
+@pytest.mark.parametrize("case", sorted(CONVERT_WORDS))
+def test_convert_bad_input_matrix(case, bad_files):
+    tmp, cases = bad_files
+    out = tmp / f"out-{abs(hash(case))}"
+    result = invoke("convert", *FAST, *cases[case], "--out", str(out))
+    _refused(result, *CONVERT_WORDS[case])
+    assert not out.exists() and not list(tmp.glob(f".{out.name}*"))  # no staging, no .work
+
+
+@pytest.mark.parametrize(
+    "value", ["0", "-1", "nan", "inf"], ids=lambda v: f"bench --bench-seconds {v}"
+)
+def test_bench_seconds_must_be_positive_and_finite(value):
+    _refused(invoke("bench", str(cnn_output()), "--bench-seconds", value), "--bench-seconds")
+
+
+def _recipe(tmp: Path, **options) -> Path:
+    recipe = yaml.safe_load((cnn_output() / "recipe.yaml").read_text())
+    recipe["options"].update(options)
+    path = tmp / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+RECIPE_CASES = {
+    "parity_atol loose": ({"parity_atol": 1e9}, ["parity_atol is looser"]),
+    "parity_atol nan": ({"parity_atol": float("nan")}, ["parity_atol must be a positive"]),
+    "parity_atol negative": ({"parity_atol": -1.0}, ["parity_atol must be a positive"]),
+    "list of wrong items": ({"batch_sizes": ["a"]}, ["'batch_sizes'", "a list of int"]),
+    "inputs not strings": ({"inputs": [1]}, ["'inputs'", "a list of str"]),
+    "lr nan": ({"lr": float("nan")}, ["--lr must be a positive finite number"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RECIPE_CASES))
+def test_recipe_bad_values(case, tmp_path):
+    options, words = RECIPE_CASES[case]
+    result = invoke("convert", "--recipe", str(_recipe(tmp_path, **options)), "--out", "o")
+    _refused(result, *words)
+
+
+def test_recipe_not_utf8(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_bytes(b"sparsify_recipe: 1\noptions: {source: \xff\xfe}\n")
+    _refused(invoke("convert", "--recipe", str(path), "--out", "o"), "cannot read recipe")
+
+
+def test_recipe_cannot_turn_on_unpickling(tmp_path):
+    """A recipe that sets trust_checkpoint is refused naming the key; the pickle never runs."""
+    marker = tmp_path / "pwned"
+    torch.save({"model": _Exploit(marker)}, tmp_path / "evil.pt")
+    path = _recipe(tmp_path, source=str(tmp_path / "evil.pt"), trust_checkpoint=True)
+    result = invoke("convert", "--recipe", str(path), "--out", str(tmp_path / "o"))
+    _refused(result, "security option 'trust_checkpoint'", "--trust-checkpoint")
+    assert not marker.exists()
+    recorded = yaml.safe_load((cnn_output() / "recipe.yaml").read_text())["options"]
+    assert "trust_checkpoint" not in recorded  # never written into a recipe either
+
+
+def test_report_of_an_empty_report_json(tmp_path):
+    (tmp_path / "report.json").write_text("{}")
+    _refused(invoke("report", str(tmp_path)), "is not a sparsify report")
+    (tmp_path / "report.json").write_bytes(b"\xff\xfe")
+    _refused(invoke("report", str(tmp_path)), "cannot read")
