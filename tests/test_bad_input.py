@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -385,3 +387,220 @@ def test_report_of_an_empty_report_json(tmp_path):
     _refused(invoke("report", str(tmp_path)), "is not a sparsify report")
     (tmp_path / "report.json").write_bytes(b"\xff\xfe")
     _refused(invoke("report", str(tmp_path)), "cannot read")
+
+
+# --- ONNX files handed to inspect and bench: exit 0 or 1, never a file outside their folder ---
+
+
+def _onnx_cases(tmp: Path) -> dict[str, Path]:
+    import onnx
+
+    source = cnn_output() / "model.onnx"
+    files = {}
+    (tmp / "garbage.onnx").write_bytes(np.random.default_rng(0).bytes(5000))
+    files["garbage"] = tmp / "garbage.onnx"
+    (tmp / "empty.onnx").write_bytes(b"")
+    files["empty"] = tmp / "empty.onnx"
+    huge = onnx.load(str(source))
+    huge.graph.initializer[0].dims[0] = 10**12
+    onnx.save(huge, str(tmp / "huge_init.onnx"))
+    files["huge-dimension weight"] = tmp / "huge_init.onnx"
+    wide = onnx.load(str(source))
+    wide.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 10**9
+    onnx.save(wide, str(tmp / "huge_input.onnx"))
+    files["huge-dimension input"] = tmp / "huge_input.onnx"
+    (tmp / "ext").mkdir()
+    onnx.save_model(
+        onnx.load(str(source)),
+        str(tmp / "ext" / "model.onnx"),
+        save_as_external_data=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    secret = tmp / "secret.bin"
+    secret.write_bytes(b"\0" * 4096)
+    escaping = onnx.load(str(tmp / "ext" / "model.onnx"), load_external_data=False)
+    for tensor in escaping.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../secret.bin"
+    onnx.save(escaping, str(tmp / "ext" / "escaping.onnx"))
+    files["external data outside its folder"] = tmp / "ext" / "escaping.onnx"
+    (tmp / "ext" / "link.bin").symlink_to(secret)
+    linked = onnx.load(str(tmp / "ext" / "model.onnx"), load_external_data=False)
+    for tensor in linked.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "link.bin"
+    onnx.save(linked, str(tmp / "ext" / "linked.onnx"))
+    files["external data through a link out"] = tmp / "ext" / "linked.onnx"
+    return files
+
+
+ONNX_WORDS = {
+    "garbage": "not an ONNX model",
+    "empty": "the file is empty",
+    "huge-dimension weight": "stores less data",
+    "huge-dimension input": "too large to allocate",  # inspect reads it (exit 0); bench refuses
+    "external data outside its folder": "outside the model's folder",
+    "external data through a link out": "outside the model's folder",
+}
+
+
+@pytest.fixture(scope="module")
+def onnx_cases(tmp_path_factory):
+    return _onnx_cases(tmp_path_factory.mktemp("onnx"))
+
+
+@pytest.mark.parametrize("command", ["inspect", "bench"])
+@pytest.mark.parametrize("case", sorted(ONNX_WORDS))
+def test_onnx_bad_input_matrix(case, command, onnx_cases):
+    args = [str(onnx_cases[case])] + (
+        ["--bench-seconds", "0.05", "--batch-sizes", "1"] * (command == "bench")
+    )
+    result = invoke(command, *args)
+    if case == "huge-dimension input" and command == "inspect":  # static shapes, no allocation
+        assert result.exit_code == 0, result.output
+        return
+    _refused(result, ONNX_WORDS[case])
+
+
+def test_onnx_external_data_inside_its_folder_is_read(onnx_cases):
+    result = invoke("inspect", str(onnx_cases["garbage"].parent / "ext" / "model.onnx"))
+    assert result.exit_code == 0, result.output
+
+
+# --- Code never runs from a file unless the command line says so ---
+
+MARKER_MODULE = """
+from pathlib import Path
+Path({marker!r}).write_text("imported")
+from torch import nn
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 4)
+    def forward(self, x):
+        return self.head(self.fc(x)){tail}
+"""
+
+
+def test_inspect_never_imports_the_module_a_recipe_names(tmp_path, monkeypatch):
+    """The folder's recipe names ``planted:Net``; inspect reads model.onnx instead, and says
+    which command rebuilds the torch model."""
+    marker = tmp_path / "imported"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "planted.py").write_text(MARKER_MODULE.format(marker=str(marker), tail=""))
+    out = tmp_path / "out"
+    result = invoke("convert", "--arch", "planted:Net", "--input-shape", "1,8", "--out", "out")
+    assert result.exit_code == 0, result.output
+    marker.unlink()  # convert imported it: the command line said so
+    sys.modules.pop("planted", None)
+    for command in (["inspect", str(out)], ["inspect", str(out / "model_sparse.safetensors")]):
+        result = invoke(*command, "--json")
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.output)
+        assert doc["format"] == "onnx" and "--arch planted:Net" in doc["note"]
+        assert any(r["declared"] == "2:4" for r in doc["layers"])
+    assert invoke("bench", str(out), *FAST[:4]).exit_code == 0
+    assert invoke("report", str(out)).exit_code == 0
+    assert not marker.exists() and "planted" not in sys.modules
+    (out / "model.onnx").unlink()
+    _refused(invoke("inspect", str(out)), f"sparsify inspect {out} --arch planted:Net")
+    assert not marker.exists()
+
+
+def test_nan_outputs_fail_parity(tmp_path, monkeypatch):
+    """Finite weights, NaN outputs: before, NaN > atol was False and the model was 'verified'."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nanmodel.py").write_text(
+        MARKER_MODULE.format(marker=str(tmp_path / "m"), tail=' * float("nan")')
+    )
+    result = invoke(
+        "convert", "--arch", "nanmodel:Net", "--input-shape", "1,8", "--out", "o", *FAST
+    )
+    _refused(result, "gives NaN or Inf outputs")
+    assert not (tmp_path / "o").exists()
+
+
+def test_report_html_escapes_every_value(tmp_path):
+    doc = json.loads((cnn_output() / "report.json").read_text())
+
+    def poison(value, key=None):
+        if isinstance(value, dict):
+            return {k: poison(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [poison(v, key) for v in value]
+        if isinstance(value, str) and key != "op":
+            return "<script>x</script>"
+        return value
+
+    doc = poison(doc)
+    doc["environment"]["threads"] = "<script>x</script>"
+    doc["accuracy"]["samples"] = "<script>x</script>"
+    (tmp_path / "report.json").write_text(json.dumps(doc))
+    assert invoke("report", str(tmp_path)).exit_code == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;x" in page
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    hf = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("hf") / "bert"
+    config = hf.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=50,
+        max_position_embeddings=16,
+    )
+    torch.manual_seed(0)
+    hf.BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+def _hostile_copy(bert: Path, tmp: Path, case: str, marker: Path) -> Path:
+    import shutil
+
+    folder = tmp / case.replace(" ", "_")
+    shutil.copytree(bert, folder)
+    config = json.loads((folder / "config.json").read_text())
+    code = f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+    if case == "auto_map":
+        config["auto_map"] = {"AutoModel": "evil.EvilModel", "AutoConfig": "evil.EvilConfig"}
+        (folder / "config.json").write_text(json.dumps(config))
+        (folder / "evil.py").write_text(code)
+    elif case == "python file":
+        (folder / "modeling_evil.py").write_text(code)
+    elif case == "pickled bin":
+        (folder / "model.safetensors").unlink()
+        torch.save({"x": _Exploit(marker)}, folder / "pytorch_model.bin")
+    return folder
+
+
+@pytest.mark.parametrize("case", ["auto_map", "python file", "pickled bin"])
+def test_hf_folder_that_would_run_code_is_refused(case, tiny_bert, tmp_path):
+    marker = tmp_path / "ran"
+    folder = _hostile_copy(tiny_bert, tmp_path, case, marker)
+    proc = run_cli("convert", str(folder), "--out", str(tmp_path / "o"), *FAST)
+    # stdin is a terminal-less pipe here; the check runs before transformers could prompt
+    _expect_error(proc, "pickled Python objects" if case == "pickled bin" else "custom code")
+    assert not marker.exists() and not (tmp_path / "o").exists()
+
+
+def test_hf_folder_links_out_of_it_are_not_copied(tiny_bert, tmp_path):
+    import shutil
+
+    folder = tmp_path / "bert"
+    shutil.copytree(tiny_bert, folder)
+    secret = tmp_path / "shadow"
+    secret.write_text("root:secret")
+    (folder / "tokenizer.json").symlink_to(secret)
+    (folder / "vocab.txt").write_text("[PAD]\n")
+    result = invoke("convert", str(folder), "--out", str(tmp_path / "o"), *FAST)
+    assert result.exit_code == 0, result.output
+    copied = tmp_path / "o" / "hf_model"
+    assert (copied / "vocab.txt").exists() and not (copied / "tokenizer.json").exists()
