@@ -67,8 +67,10 @@ def _shapes(model: onnx.ModelProto, outputs: list[str]) -> dict[str, list[int | 
         probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in outputs)
         feed = {first.name: np.zeros([1, *dims[1:]], dtype=np.float32)}
         try:
+            quiet = ort.SessionOptions()
+            quiet.log_severity_level = 3
             sess = ort.InferenceSession(
-                probe.SerializeToString(), providers=["CPUExecutionProvider"]
+                probe.SerializeToString(), quiet, providers=["CPUExecutionProvider"]
             )
             ran = sess.run(outputs, feed)
         except Exception as err:  # ORT refuses graphs the checker let through

@@ -41,6 +41,20 @@ def _tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
                 yield from _tensors(sub)
 
 
+def _names(graph: onnx.GraphProto) -> Iterator[object]:
+    """Every name in ``graph`` (protobuf hands back bytes where a file holds invalid UTF-8)."""
+    for node in graph.node:
+        yield from (node.name, node.op_type, node.domain, *node.input, *node.output)
+        for attr in node.attribute:
+            yield attr.name
+            if attr.HasField("g"):
+                yield from _names(attr.g)
+            for sub in attr.graphs:
+                yield from _names(sub)
+    for value in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        yield value.name
+
+
 def _bad(path: Path, what: str, fix: str | None = None) -> SparsifyError:
     return SparsifyError(f"cannot use ONNX file {path}: {what}", fix=fix)
 
@@ -108,6 +122,8 @@ def read_onnx(path: str | os.PathLike[str], load_weights: bool = True) -> onnx.M
         raise _bad(path, f"not an ONNX model ({type(err).__name__})") from err
     if not model.HasField("graph") or not model.graph.node:
         raise _bad(path, "it holds no graph")
+    if not all(isinstance(name, str) for name in _names(model.graph)):
+        raise _bad(path, "it holds names that are not UTF-8 text (a corrupt file)")
     for tensor in _tensors(model.graph):
         if tensor.data_location == TensorProto.EXTERNAL:
             _check_external(tensor, path)

@@ -585,8 +585,23 @@ def _hostile_copy(bert: Path, tmp: Path, case: str, marker: Path) -> Path:
 def test_hf_folder_that_would_run_code_is_refused(case, tiny_bert, tmp_path):
     marker = tmp_path / "ran"
     folder = _hostile_copy(tiny_bert, tmp_path, case, marker)
-    proc = run_cli("convert", str(folder), "--out", str(tmp_path / "o"), *FAST)
-    # stdin is a terminal-less pipe here; the check runs before transformers could prompt
+    import os
+    import pty
+    import subprocess
+
+    terminal, tty = pty.openpty()  # a terminal on stdin: a [y/N] prompt would hang until timeout
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "sparsify_cli", "convert", str(folder)]
+            + ["--out", str(tmp_path / "o"), *FAST],
+            stdin=tty,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(terminal)
+        os.close(tty)
     _expect_error(proc, "pickled Python objects" if case == "pickled bin" else "custom code")
     assert not marker.exists() and not (tmp_path / "o").exists()
 
