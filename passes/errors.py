@@ -61,3 +61,8 @@ def os_error(err: OSError) -> SparsifyError:
     what, fix = _OS_ERRORS.get(err.errno or -1, ("a file operation failed", "check the path"))
     where = f" at {err.filename}" if err.filename else ""
     return SparsifyError(f"{what}{where}", found=err.strerror or type(err).__name__, fix=fix)
+
+
+class PeerFailed(Exception):
+    """Another torchrun rank failed and printed why; this rank exits with status 1 and says
+    nothing (raised by :mod:`sparsify_cli.passes.distributed`, caught by the CLI)."""

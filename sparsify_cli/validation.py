@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sparsify_cli.passes.errors import SparsifyError
-from sparsify_cli.passes.inputs import DTYPES, InputSpec
+
+if TYPE_CHECKING:  # passes.inputs imports torch; the CLI's --help must not
+    from sparsify_cli.passes.inputs import InputSpec
 
 SEED_MAX = 2**63 - 1
 """torch and numpy both take seeds in ``[0, 2**63)``; larger ones overflow inside them."""
@@ -97,6 +99,8 @@ def allocation(what: str, shape: Sequence[int], itemsize: int = 4) -> tuple[int,
 
 def itemsize(spec: InputSpec) -> int:
     """Bytes per element of the input ``spec``."""
+    from sparsify_cli.passes.inputs import DTYPES
+
     return int(np.dtype(DTYPES[spec.dtype][1]).itemsize)
 
 
