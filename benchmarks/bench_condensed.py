@@ -511,7 +511,7 @@ def main() -> None:
         )
         cnn = bench_cnn(Path(tmp), budget_s, min_reps, cnn_patterns, batches, thread_counts)
     if layers:
-        print("\nSingle layers (in x out), median ms, ratio = dense / condensed")
+        print("\nSingle layers (in x out), ms, ratio = dense / condensed (and / DeepSparse)")
         print(
             f"| {'layer':>10} | {'s':>5} | {'batch':>5} | {'thr':>3} | {'dense ms':>9} | "
             f"{'cond ms':>9} | {'ratio':>6} | {'DS ms':>8} | {'DS ratio':>8} | {'max err':>8} |"
