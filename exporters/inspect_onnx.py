@@ -39,10 +39,15 @@ from sparsify_cli.exporters.onnx_export import (
     module_of,
     weight_source,
 )
+from sparsify_cli.exporters.onnx_file import read_onnx
+from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.pattern import LayerStats, weight_pattern
 
 CONDENSED_SUFFIX = ".condensed.values"
 """Initializer names of condensed layers end so (``<module>.condensed.values``), in both forms."""
+
+PROBE_MAX = 1 << 24
+"""Inputs with more elements per sample than this get static shape inference, not a probe run."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,27 +89,34 @@ def _shapes(model: onnx.ModelProto, outputs: list[str]) -> dict[str, list[int | 
         if i.name not in inits
     }
     outputs = [o for o in dict.fromkeys(outputs) if o not in given]
-    if dims and all(dims[1:]) and first.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+    probe_ok = dims and all(d and d > 0 for d in dims[1:]) and prod(dims[1:]) <= PROBE_MAX
+    if probe_ok and first.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
         probe = onnx.ModelProto()
         probe.CopyFrom(model)
         present = {o.name for o in probe.graph.output}
         probe.graph.output.extend(
             onnx.helper.make_empty_tensor_value_info(n) for n in outputs if n not in present
         )
+        feed = {first.name: np.zeros([1, *dims[1:]], dtype=np.float32)}
         custom = any(op.domain == DOMAIN for op in model.opset_import)
         try:
+            quiet = session_options() if custom else ort.SessionOptions()
+            quiet.log_severity_level = 3
             sess = ort.InferenceSession(
-                probe.SerializeToString(),
-                session_options() if custom else None,
-                providers=["CPUExecutionProvider"],
+                probe.SerializeToString(), quiet, providers=["CPUExecutionProvider"]
             )
-            feed = {first.name: np.zeros([1, *dims[1:]], dtype=np.float32)}
-            values = sess.run(outputs, feed)
-            ran = {n: list(a.shape) for n, a in zip(outputs, values, strict=True)}
-            return {**{n: [1, *d[1:]] for n, d in given.items()}, **ran}
-        except Exception:  # noqa: BLE001 (no kernel library here: shapes from inference)
-            pass
-    inferred = onnx.shape_inference.infer_shapes(model)
+            ran = sess.run(outputs, feed)
+        except Exception as err:  # ORT refuses graphs the checker let through
+            raise SparsifyError(
+                f"ONNX Runtime cannot run the model: {str(err).strip().splitlines()[0][:200]}",
+                fix="check the file is a complete ONNX model",
+            ) from err
+        shapes = {n: list(a.shape) for n, a in zip(outputs, ran, strict=True)}
+        return {**{n: [1, *d[1:]] for n, d in given.items()}, **shapes}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception as err:  # inference errors on inconsistent graphs
+        raise SparsifyError(f"cannot infer the model's shapes: {type(err).__name__}") from err
     values = [*inferred.graph.value_info, *inferred.graph.output]
     return given | {
         v.name: [
@@ -156,7 +168,7 @@ def inspect_onnx(path: str | os.PathLike[str], m: int = 4) -> list[OnnxLayerInfo
     MACs per sample: output positions (from one batch-1 run) times the nonzero (sparse) or all
     (dense) weights, as :func:`sparsify_cli.passes.flops.layer_flops` counts them.
     """
-    model = onnx.load(str(path))
+    model = read_onnx(path)
     weights = initializers(model)
     inits = set(weights)
     dq_of = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}

@@ -35,11 +35,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from sparsify_cli import tables
+from sparsify_cli import tables, validation
 from sparsify_cli.data import load_data
 from sparsify_cli.exporters import runtime
 from sparsify_cli.exporters.artifact import Artifact, LatencyRow
 from sparsify_cli.exporters.latency import LatencySettings, measure_latency
+from sparsify_cli.exporters.onnx_file import read_onnx
 from sparsify_cli.passes.atomic import file_sha256
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.inputs import InputSpec
@@ -130,10 +131,7 @@ def parse_shapes(text: str | None) -> dict[str, tuple[int, ...]]:
 def input_specs(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> list[InputSpec]:
     """The inputs of ``path`` at one sample (batch 1), every dynamic axis besides the batch
     taken from ``shapes`` (``--shapes``); integer inputs are fed values in ``[0, 2)``."""
-    try:
-        graph = onnx.load(str(path), load_external_data=False).graph
-    except Exception as err:
-        raise SparsifyError(f"cannot read ONNX file {path}", found=type(err).__name__) from err
+    graph = read_onnx(path, load_weights=False).graph
     inits = {i.name for i in graph.initializer}
     specs = []
     real = [i for i in graph.input if i.name not in inits]
@@ -208,6 +206,7 @@ def _time_group(
             found="; ".join(odd),
             fix="bench them separately, or give each its own folder's model_dense.onnx",
         )
+    validation.batch_allocation("--batch-sizes", settings.batch_sizes, first)
     names = {str(p): p for p in models}
     # one input keeps the artifact's own name for it; several are fed by name
     feed: Any = first if len(first) > 1 else first[0].shape[1:]
