@@ -46,6 +46,7 @@ def test_convert_sample_in_process(tmp_path):
     assert {m for m, k in kernels.items() if k == "CondensedConv"} == sparse_convs
     assert cond["pattern_ok"] and cond["parity_max_abs"] <= 1e-4
     assert any("Relu" in c["fused"] for c in cond["pattern_checks"])
+    assert "kernel per layer" in result.output and "CondensedConv" in result.output
     spectral = {row["name"]: row["spectral"] for row in report["layers"]}
     assert spectral["fc"] is None  # dense layers have no mask graph
     gaps = spectral["layer1.conv1"]
