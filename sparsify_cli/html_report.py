@@ -281,7 +281,7 @@ def artifacts_table(report: dict[str, Any]) -> str:
             [
                 art.path,
                 art.format,
-                "held" if art.pattern_holds else "BROKEN",
+                {True: "held", False: "BROKEN", None: "-"}[art.pattern_holds],
                 "-" if p is None else f"{p.value:.1e} (<= {p.tolerance:g})",
                 _size(art.size_bytes),
                 _details(art),

@@ -147,7 +147,7 @@ def artifact_table(report: dict[str, Any], entries: list[tuple[str, Artifact]], 
             first = i == 0 and checked
             row = [
                 name if i == 0 else "",
-                ("yes" if art.pattern_holds else "NO") if first else "",
+                {True: "yes", False: "NO", None: "-"}[art.pattern_holds] if first else "",
                 f"{parity:.1e}" if first and parity is not None else "",
                 str(lat.batch) if lat else "-",
                 tables.ms(lat.p50_ms if lat else None),
