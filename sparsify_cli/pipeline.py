@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from sparsify_cli.advice import AdviceLog, accuracy_guard, output_agreement
 from sparsify_cli.data import load_data, load_input_data
 from sparsify_cli.exporters import runtime
 from sparsify_cli.exporters.condensed import condense_onnx, kernel_isa
@@ -404,6 +405,19 @@ def _condensed_artifact(
     }
 
 
+def _agreement(dense: np.ndarray, sparse: np.ndarray, check_x: Any) -> dict[str, Any]:
+    """Mean cosine of sparse vs dense outputs on the held-out inputs (real tokens only when the
+    model takes an attention mask shaped like its outputs' leading axes)."""
+    mask = check_x.get("attention_mask") if isinstance(check_x, dict) else None
+    if mask is not None and tuple(mask.shape) != tuple(dense.shape[:-1]):
+        mask = None
+    return {
+        "metric": "cosine",
+        "samples": int(dense.shape[0]),
+        "sparse": output_agreement(dense, sparse, mask),
+    }
+
+
 def resolve_passes(opts: ConvertOptions) -> list[Any]:
     """The pass configs a run with ``opts`` executes (recorded in, and checked by, recipes).
 
@@ -501,7 +515,8 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
         hooks.status("exporting the dense baseline")
         dense_onnx = staging / "model_dense.onnx"
         export_onnx(model, example, dense_onnx, loaded.specs)
-        dense_out = predict(model, data.x_test) if data is not None else None
+        check_x = data.x_test if data is not None else as_arrays(example)
+        dense_out = predict(model, check_x)  # the guard compares the sparse outputs with these
 
         hooks.status(f"sparsifying {len(targets)} layers at {pattern} ({opts.method})")
         ctx = PassContext(targets=targets, example=example, seed=opts.seed, track=hooks.track)
@@ -559,7 +574,6 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
                 "the exported ONNX does not hold the sparsity pattern",
                 found="; ".join(f"{c.module}: {c.detail}" for c in bad),
             )
-        check_x = data.x_test if data is not None else as_arrays(example)
         torch_out = predict(model, check_x)
         onnx_out, parity = _parity(
             sparse_onnx, "exported ONNX", check_x, torch_out, opts.parity_atol
@@ -629,6 +643,17 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
                 "sparse_onnx": _accuracy(onnx_out, data.y_test),
                 "quantized": quant.accuracy if quant else None,
             }
+        report["agreement"] = _agreement(dense_out, torch_out, check_x)
+        advice = AdviceLog()
+        accuracy_guard(
+            advice,
+            f"--dst {opts.dst}" if opts.dst else f"--ift {opts.ift}" if opts.ift else opts.method,
+            f"sparsity {opts.sparsity}" if opts.dst or opts.ift else opts.nm,
+            opts.epochs,
+            report["accuracy"],
+            report["agreement"]["sparse"],
+        )
+        report["warnings"] = advice.to_list()
         report["baseline"] = {
             "format": "onnx",
             "path": dense_onnx.name,

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from sparsify_cli.advice import advice_line
 from sparsify_cli.passes.atomic import atomic_write_text
 
 SCHEMA = 1
@@ -65,6 +67,7 @@ def new_report(input_path: str, sha256: str | None, recipe: dict[str, Any], thre
         "accuracy": None,
         "baseline": None,
         "artifacts": [],
+        "warnings": [],
     }
 
 
@@ -110,6 +113,12 @@ def render(report: dict[str, Any], console: Console) -> None:
             _pct(acc.get("quantized")),
         )
         console.print(table)
+    agree = report.get("agreement")
+    if agree and not acc:
+        console.print(
+            f"Output agreement with dense: mean cosine {agree['sparse']:.4f} "
+            f"over {agree['samples']} held-out samples"
+        )
     arts = Table(
         title=f"Artifacts (ONNX Runtime CPU, {report['environment']['threads']} thread(s))"
     )
@@ -156,3 +165,5 @@ def render(report: dict[str, Any], console: Console) -> None:
                 f"{lat['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in lat else "",
             )
     console.print(arts)
+    for warning in report.get("warnings") or []:
+        console.print(f"[bold yellow]warning:[/] {escape(advice_line(warning))}", soft_wrap=True)
