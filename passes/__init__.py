@@ -4,12 +4,20 @@ Importing this package registers every pass. Nothing here imports ``exporters`` 
 ``sparsify_cli``.
 """
 
-from sparsify_cli.passes import asp, fold, magnitude, maxq, srste  # noqa: F401  (registration)
+from sparsify_cli.passes import (  # noqa: F401  (registration)
+    asp,
+    fold,
+    magnitude,
+    maxq,
+    oneshot,
+    srste,
+)
 from sparsify_cli.passes.asp import ASPConfig
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.fold import FoldConfig
 from sparsify_cli.passes.magnitude import NMConfig
 from sparsify_cli.passes.maxq import MaxQConfig
+from sparsify_cli.passes.oneshot import SparseGPTConfig, WandaConfig
 from sparsify_cli.passes.pattern import NMPattern
 from sparsify_cli.passes.registry import PassContext, config_from_dict, config_to_dict, run_passes
 from sparsify_cli.passes.selection import LayerChoice, Selection, select_layers
@@ -24,8 +32,10 @@ __all__ = [
     "NMPattern",
     "PassContext",
     "SRSTEConfig",
+    "SparseGPTConfig",
     "Selection",
     "SparsifyError",
+    "WandaConfig",
     "config_from_dict",
     "config_to_dict",
     "run_passes",
