@@ -1,13 +1,13 @@
 """Data-aware one-shot pruning: SparseGPT (with weight update) and Wanda (mask only).
 
-Both prune layer by layer from calibration inputs, *sequentially*: a layer's statistics are
-gathered by running the model, whose earlier layers are already pruned (and, for SparseGPT,
-updated), on the calibration batches, so each layer corrects the error the layers before it
-left (SparseGPT, Frantar & Alistarh 2023, arXiv 2301.00774, Sec. 3-4; Wanda, Sun et al. 2023,
-arXiv 2306.11695, Sec. 3). Layers that read the very same input tensor (a transformer's query,
-key and value projections) share one pass and one statistic. Only one such statistic is held
-at a time (SparseGPT: the ``cols x cols`` Hessian), and each calibration forward stops at the
-layer being measured.
+Both prune layer by layer from calibration inputs, *sequentially*: the calibration batch runs
+once through the model and each target layer is pruned in its forward pre-hook, from the input
+it receives there, so every layer sees the outputs of the layers before it already pruned (and,
+for SparseGPT, updated) and corrects the error they left (SparseGPT, Frantar & Alistarh 2023,
+arXiv 2301.00774, Sec. 3-4; Wanda, Sun et al. 2023, arXiv 2306.11695, Sec. 3). Layers that
+read the very same input tensor (a transformer's query, key and value projections) share one
+statistic; only that one statistic is held at a time (SparseGPT: the ``cols x cols``
+Hessian). ``--calib-size`` bounds the activation memory of the one forward.
 
 Layout: every weight is viewed as a matrix ``[out, cols]`` whose columns are the reduction
 axis. Linear: ``cols = in`` as stored. Conv2d: im2col columns ordered ``(kh, kw, in)`` (input
@@ -23,7 +23,7 @@ Patterns: N:M (``n``, ``m``: at most N kept per group of M columns) or constant 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -48,7 +48,7 @@ from sparsify_cli.passes.registry import PassContext, register_pass
 log = logging.getLogger(__name__)
 
 CalibBatch = tuple[Example, torch.Tensor | None]
-"""One calibration batch: the model's inputs and an optional token mask ``[batch, seq]`` (the
+"""The calibration batch: the model's inputs and an optional token mask ``[batch, seq]`` (the
 attention mask): rows of a layer input shaped ``[batch, seq, ...]`` where it is 0 are padding
 and are left out of the statistics."""
 
@@ -173,20 +173,23 @@ def layer_rows(module: nn.Module, x: torch.Tensor, tokens: torch.Tensor | None) 
 
 # --- the statistics --------------------------------------------------------------------------
 
+CHUNK = 16
+"""Calibration samples turned into rows at a time (im2col of a large conv input is big)."""
+
 
 class _Statistic:
-    """Running ``sum x x^T`` (``full``) or ``sum x^2`` per column over calibration rows."""
+    """``sum x x^T`` (``full``, SparseGPT) or ``sum x^2`` per column (Wanda) over the rows of
+    one layer input."""
 
-    def __init__(self, full: bool) -> None:
-        self.full = full
+    def __init__(self, module: nn.Module, x: torch.Tensor, tokens: torch.Tensor | None, full: bool):
         self.total: torch.Tensor | None = None
         self.rows = 0
-
-    def add(self, rows: torch.Tensor) -> None:
-        rows = rows.detach().float()
-        part = rows.T @ rows if self.full else rows.square().sum(0)
-        self.total = part if self.total is None else self.total + part
-        self.rows += rows.shape[0]
+        for start in range(0, x.shape[0], CHUNK):
+            part = tokens[start : start + CHUNK] if tokens is not None else None
+            rows = layer_rows(module, x[start : start + CHUNK], part).float()
+            value = rows.T @ rows if full else rows.square().sum(0)
+            self.total = value if self.total is None else self.total + value
+            self.rows += rows.shape[0]
 
     def hessian(self) -> torch.Tensor:
         """``H = 2 X X^T / rows`` (the mean over rows; SparseGPT is scale-invariant in H)."""
@@ -197,104 +200,81 @@ class _Statistic:
         return self.total.sqrt()
 
 
-class _Stop(Exception):
-    """Raised from a forward pre-hook once the layer being measured has its input."""
+Prune = Callable[[str, nn.Module, _Statistic], None]
 
 
-def sequential_layers(
-    model: nn.Module, targets: Sequence[str], batches: Sequence[CalibBatch], full: bool
-) -> Iterator[tuple[str, _Statistic]]:
-    """Yield ``(layer name, statistic of its input)`` for every target, in execution order.
-
-    A layer's statistic is gathered *after* the caller pruned the layers yielded before it (the
-    generator resumes only then), by running ``model`` on every batch and stopping at the
-    layer. Pending targets that read the identical input tensor in that forward (query, key,
-    value) form a group sharing one statistic; pruning one of them cannot change the others'
-    input. A layer called several times in one forward is measured at its first call.
-    """
-    modules = dict(model.named_modules())
-    pending = list(targets)
-    while pending:
-        group: list[str] = []
-        stat = _Statistic(full)
-        for example, tokens in batches:
-            _run_batch(model, [(n, modules[n]) for n in pending], example, tokens, group, stat)
-            if not group:
-                raise SparsifyError(
-                    f"layers {pending[:3]} never ran on the calibration data",
-                    expected="every selected layer to be called by the model's forward",
-                    fix="exclude those layers with --exclude",
-                )
-        for name in group:
-            yield name, stat
-        pending = [name for name in pending if name not in group]
-
-
-def _run_batch(
+def prune_sequentially(
     model: nn.Module,
-    pending: Sequence[tuple[str, nn.Module]],
-    example: Example,
-    tokens: torch.Tensor | None,
-    group: list[str],
-    stat: _Statistic,
+    targets: Sequence[str],
+    batch: CalibBatch,
+    full: bool,
+    prune: Prune,
+    steps: Iterator[object],
 ) -> None:
-    """Run ``model`` on one batch up to the group's input, adding it to ``stat``.
+    """One forward of ``model`` over the whole calibration ``batch``; each target is pruned in
+    its forward pre-hook, from the input it receives there, before it computes.
 
-    With ``group`` empty (the first batch) the group is discovered: the first pending layer to
-    run, and every later one whose input is the same tensor object, up to the first that reads
-    another tensor.
+    So every layer sees the outputs of the layers before it *already pruned* (and, for SparseGPT,
+    updated): the sequential scheme of SparseGPT Sec. 3.3, at the granularity of single layers,
+    in one pass instead of one per layer. Consecutive targets that read the identical input
+    tensor (query, key, value) share one statistic; only that statistic is held. A layer called
+    several times in one forward is pruned at its first call. ``steps`` is advanced once per
+    pruned layer (progress).
     """
-    discover = not group
-    seen: list[torch.Tensor] = []
+    example, tokens = batch
+    modules = dict(model.named_modules())
+    remaining = set(targets)
+    shared: list = []  # [input tensor, statistic] of the last layer pruned
 
     def hook(module: nn.Module, args: tuple, name: str) -> None:
+        if name not in remaining:
+            return
         x = args[0]
-        if not discover:
-            if name == group[0]:
-                stat.add(layer_rows(module, x, tokens))
-                raise _Stop
-        elif not seen:
-            seen.append(x)
-            group.append(name)
-            stat.add(layer_rows(module, x, tokens))
-        elif x is seen[0]:
-            group.append(name)
+        if shared and shared[0] is x:
+            stat = shared[1]
         else:
-            raise _Stop
+            shared[:] = [x, _Statistic(module, x, tokens, full)]
+            stat = shared[1]
+        prune(name, module, stat)
+        remaining.discard(name)
+        next(steps, None)
 
     handles = [
-        module.register_forward_pre_hook(lambda mod, args, name=name: hook(mod, args, name))
-        for name, module in pending
+        modules[name].register_forward_pre_hook(lambda mod, args, name=name: hook(mod, args, name))
+        for name in targets
     ]
     try:
         with torch.no_grad():
             call(model, example)
-    except _Stop:
-        pass
     finally:
         for handle in handles:
             handle.remove()
+        shared.clear()
+    if remaining:
+        missing = [name for name in targets if name in remaining]
+        raise SparsifyError(
+            f"layers {missing[:3]} never ran on the calibration data",
+            expected="every selected layer to be called by the model's forward",
+            fix="exclude those layers with --exclude",
+        )
 
 
-def calibration_batches(
-    x: object, batch: int, calib_size: int, device: torch.device
-) -> list[CalibBatch]:
-    """The first ``calib_size`` rows of ``x`` (one array or ``name -> array``) as batches on
-    ``device``, each with its token mask (the ``attention_mask`` input, when there is one)."""
+def calibration_batch(x: object, calib_size: int, device: torch.device) -> CalibBatch:
+    """The first ``calib_size`` rows of ``x`` (one array or ``name -> array``) as one batch on
+    ``device``, with its token mask (the ``attention_mask`` input, when there is one).
+
+    One batch, because the layers are pruned inside one forward (:func:`prune_sequentially`):
+    ``calib_size`` bounds the activation memory of that forward.
+    """
     import numpy as np
 
     from sparsify_cli.passes.inputs import batch_size, rows
 
-    total = min(batch_size(x), calib_size)
-    out = []
-    for start in range(0, total, batch):
-        chunk = rows(x, slice(start, min(start + batch, total)))
-        if isinstance(chunk, np.ndarray):
-            out.append((torch.as_tensor(chunk).to(device), None))
-            continue
-        example = {k: torch.as_tensor(v).to(device) for k, v in chunk.items()}
-        out.append((example, example.get("attention_mask")))
-    return out
+    chunk = rows(x, slice(0, min(batch_size(x), calib_size)))
+    if isinstance(chunk, np.ndarray):
+        return torch.as_tensor(chunk).to(device), None
+    example = {k: torch.as_tensor(v).to(device) for k, v in chunk.items()}
+    return example, example.get("attention_mask")
 
 
 # --- the algorithms on one matrix --------------------------------------------------------------
@@ -384,8 +364,8 @@ def wanda_mask(
 # --- the passes ------------------------------------------------------------------------------
 
 
-def _calibration(ctx: PassContext, method: str) -> Sequence[CalibBatch]:
-    if not ctx.calibration:
+def _calibration(ctx: PassContext, method: str) -> CalibBatch:
+    if ctx.calibration is None:
         raise SparsifyError(
             f"--method {method} needs calibration data",
             fix="pass --data (a dataset name such as digits, an .npz, or for Hugging Face text "
@@ -395,11 +375,9 @@ def _calibration(ctx: PassContext, method: str) -> Sequence[CalibBatch]:
 
 
 def _prune(model: nn.Module, config: _OneShotConfig, ctx: PassContext, full: bool) -> None:
-    modules = dict(model.named_modules())
     pattern = "fanin" if config.pattern is None else str(config.pattern)
-    layers = sequential_layers(model, ctx.targets, _calibration(ctx, config.name), full)
-    for name, stat in ctx.track(layers, f"{config.name} {config.label}", len(ctx.targets)):
-        module = modules[name]
+
+    def prune(name: str, module: nn.Module, stat: _Statistic) -> None:
         original = dense_weight(module)
         matrix = as_matrix(original.detach())
         if full:
@@ -416,6 +394,14 @@ def _prune(model: nn.Module, config: _OneShotConfig, ctx: PassContext, full: boo
             keep = wanda_mask(matrix, stat.norms(), config.pattern, config.sparsity)
         attach_mask(module, WeightMask(from_matrix(keep, original.shape), pattern))
         log.debug("%s: pruned %s from %d calibration rows", config.name, name, stat.rows)
+
+    batch = _calibration(ctx, config.name)
+    steps = iter(
+        ctx.track(range(len(ctx.targets)), f"{config.name} {config.label}", len(ctx.targets))
+    )
+    prune_sequentially(model, ctx.targets, batch, full, prune, steps)
+    for _ in steps:  # close the progress display
+        pass
 
 
 def ensure_pattern(model: nn.Module, config: _OneShotConfig, ctx: PassContext) -> None:
@@ -454,10 +440,10 @@ __all__ = [
     "SparseGPTConfig",
     "WandaConfig",
     "as_matrix",
-    "calibration_batches",
+    "calibration_batch",
     "from_matrix",
     "layer_rows",
-    "sequential_layers",
+    "prune_sequentially",
     "sparsegpt_prune",
     "wanda_mask",
 ]

@@ -47,8 +47,8 @@ class PassContext:
     :func:`sparsify_cli.passes.selection.select_layers`;
     ``train`` / ``eval`` are data loaders when the run has data; ``track`` wraps a long loop in a
     progress display (the CLI passes a rich progress bar, the library default shows nothing);
-    ``calibration`` holds ``(inputs, token mask)`` batches for one-shot passes that measure
-    activations (SparseGPT, Wanda); ``workdir`` is where resumable passes keep their
+    ``calibration`` is the ``(inputs, token mask)`` batch one-shot passes that measure
+    activations run once (SparseGPT, Wanda); ``workdir`` is where resumable passes keep their
     checkpoints. Passes write ``metrics``
     (training history) and the fold pass records the ``manifest`` entries before masks vanish.
     """
@@ -60,7 +60,7 @@ class PassContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     track: Track = _no_progress
-    calibration: Sequence[Any] = ()
+    calibration: Any = None
     workdir: Any = None
     resume: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)

@@ -12,7 +12,7 @@ from sparsify_cli.passes.oneshot import (
     SparseGPTConfig,
     WandaConfig,
     as_matrix,
-    calibration_batches,
+    calibration_batch,
     from_matrix,
     layer_rows,
     sparsegpt_prune,
@@ -136,7 +136,7 @@ def test_pass_is_sequential_and_folds() -> None:
     dense = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(96, 16)
     ctx = PassContext(targets=["a", "q", "k", "out"])
-    ctx.calibration = calibration_batches(x.numpy(), 32, 96, torch.device("cpu"))
+    ctx.calibration = calibration_batch(x.numpy(), 96, torch.device("cpu"))
     model = run_passes(model, [SparseGPTConfig(2, 4), FoldConfig()], ctx)
     assert set(ctx.manifest) == {f"{n}.weight" for n in ("a", "q", "k", "out")}
     with torch.no_grad():
@@ -155,7 +155,7 @@ def test_wanda_pass_constant_fanin_and_no_update() -> None:
     dense = model.a.weight.detach().clone()
     x = torch.randn(64, 16)
     ctx = PassContext(targets=["a", "q"])
-    ctx.calibration = calibration_batches(x.numpy(), 64, 64, torch.device("cpu"))
+    ctx.calibration = calibration_batch(x.numpy(), 64, torch.device("cpu"))
     model = run_passes(model, [WandaConfig(sparsity=0.75), FoldConfig()], ctx)
     assert ctx.manifest["a.weight"].pattern == "fanin" and ctx.manifest["a.weight"].fan_in == 4
     kept = model.a.weight.detach() != 0
