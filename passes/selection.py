@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sparsify_cli.passes.inputs import Example, call
+from sparsify_cli.passes.inputs import Example
+from sparsify_cli.passes.trace import ModelTrace, trace_model
 
 SPARSIFIABLE = (nn.Linear, nn.Conv2d)
 
@@ -50,60 +51,9 @@ class LayerChoice:
         return self.reason is None
 
 
-SHAPE_ONLY_NODES = (
-    "ViewBackward",
-    "UnsafeViewBackward",
-    "ReshapeAliasBackward",
-    "SqueezeBackward",
-    "UnsqueezeBackward",
-    "PermuteBackward",
-    "TransposeBackward",
-    "TBackward",
-    "CloneBackward",
-    "AliasBackward",
-    "ToCopyBackward",
-)
-"""Autograd nodes that only reshape, copy or cast: a head followed by them is still the head."""
-
-
 def output_head(model: nn.Module, example: Example) -> str | None:
-    """Name of the sparsifiable layer whose output tensor is returned by the model, if any.
-
-    Read from the autograd graph of the output, not from tensor ids: Python reuses the id of a
-    freed tensor, so an id-keyed lookup matched an attention projection of a BERT encoder whose
-    output had been freed (issue 16). Each layer's output node is held alive while the model
-    runs, and the output's graph is followed back through shape-only nodes (view, squeeze,
-    flatten, cast) to the node that computed it; the layer owning that node is the head.
-    """
-    produced: list[tuple[str, object]] = []  # strong references: nodes cannot be recycled
-    modules = [(n, m) for n, m in model.named_modules() if isinstance(m, SPARSIFIABLE)]
-    frozen = [p for _, m in modules for p in m.parameters(recurse=False) if not p.requires_grad]
-    hooks = [
-        mod.register_forward_hook(
-            lambda _m, _i, out, name=name: produced.append((name, getattr(out, "grad_fn", None)))
-        )
-        for name, mod in modules
-    ]
-    try:
-        for param in frozen:  # a graph needs a leaf that requires grad
-            param.requires_grad_(True)
-        with torch.enable_grad():
-            result = call(model, example)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for param in frozen:
-            param.requires_grad_(False)
-    node = result.grad_fn if isinstance(result, torch.Tensor) else None
-    chain = []
-    while node is not None:
-        chain.append(node)
-        if not node.name().startswith(SHAPE_ONLY_NODES):
-            break
-        node = next((fn for fn, _ in node.next_functions if fn is not None), None)
-    return next(
-        (name for name, fn in produced if fn is not None and any(fn is c for c in chain)), None
-    )
+    """Name of the sparsifiable layer whose output tensor is returned by the model, if any."""
+    return trace_model(model, example).head
 
 
 def _reason(
@@ -130,10 +80,15 @@ def _reason(
 
 
 def select_layers(
-    model: nn.Module, m: int, example: Example, selection: Selection = Selection()
+    model: nn.Module,
+    m: int,
+    example: Example,
+    selection: Selection = Selection(),
+    trace: ModelTrace | None = None,
 ) -> list[LayerChoice]:
-    """Classify every parameter-holding leaf module of ``model`` for grouping size ``m``."""
-    head = output_head(model, example)
+    """Classify every parameter-holding leaf module of ``model`` for grouping size ``m``
+    (``trace``: a :func:`~sparsify_cli.passes.trace.trace_model` of it, to skip a forward)."""
+    head = (trace or trace_model(model, example)).head
     choices = []
     for name, mod in model.named_modules():
         own = [p for p in mod.parameters(recurse=False)]

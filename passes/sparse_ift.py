@@ -55,6 +55,7 @@ from sparsify_cli.passes.flops import layer_flops
 from sparsify_cli.passes.masks import WeightMask, attach_mask, masked_modules
 from sparsify_cli.passes.registry import PassContext, register_pass
 from sparsify_cli.passes.selection import Selection, select_layers
+from sparsify_cli.passes.trace import ModelTrace, trace_model
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class SparseIFTConfig:
 
     name: ClassVar[str] = "sparse_ift"
     next_passes: ClassVar[tuple[str, ...]] = ("dst", "fold")
+    group_size: ClassVar[int] = 1
+    """Unstructured masks fit any layer width."""
     family: str = "wide"
     sparsity: float = 0.75
 
@@ -272,29 +275,20 @@ class _Zero(nn.Module):
 
 
 def ift_targets(
-    model: nn.Module, example: torch.Tensor, selection: Selection = Selection()
+    model: nn.Module,
+    example: torch.Tensor,
+    selection: Selection = Selection(),
+    trace: ModelTrace | None = None,
 ) -> list[str]:
     """Layers Sparse-IFT transforms: the selected Linear / Conv2d minus the stem.
 
     The output head is already kept dense by :func:`sparsify_cli.passes.selection.select_layers`;
-    the stem (the
-    first layer the forward pass runs: a conv stem, a patch / token embedding) stays dense too, as
-    in the paper, found by execution order rather than by name.
+    the stem (the first layer the forward pass runs: a conv stem, a patch / token embedding)
+    stays dense too, as in the paper, found by execution order rather than by name.
     """
-    order: list[str] = []
-    hooks = [
-        mod.register_forward_hook(lambda *_a, name=name: order.append(name))
-        for name, mod in model.named_modules()
-        if isinstance(mod, (nn.Linear, nn.Conv2d))
-    ]
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    stem = order[0] if order else None
-    chosen = [c.name for c in select_layers(model, 1, example, selection) if c.selected]
+    trace = trace or trace_model(model, example)
+    stem = trace.order[0] if trace.order else None
+    chosen = [c.name for c in select_layers(model, 1, example, selection, trace) if c.selected]
     return [n for n in chosen if n != stem or selection.include]
 
 

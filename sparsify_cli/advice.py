@@ -93,6 +93,8 @@ def _recovery(method: str, pattern: str, epochs: int) -> str:
     """The option that would recover a drop after ``method``."""
     if method in ("magnitude", "wanda"):
         return "--method sparsegpt"
+    if method == "sparsegpt" and "fan-in" in pattern:
+        return f"--dst srigl --epochs {epochs}"
     if method == "sparsegpt":
         return f"--method maxq --epochs {epochs}"
     return f"--epochs {2 * epochs}"
