@@ -76,6 +76,11 @@ class _OneShotConfig:
         return None if self.sparsity is not None else NMPattern(self.n, self.m)
 
     @property
+    def group_size(self) -> int:
+        """A layer is eligible when its reduction size divides by M (any size for fan-in)."""
+        return 1 if self.sparsity is not None else self.m
+
+    @property
     def label(self) -> str:
         return (
             f"sparsity {self.sparsity:g} (constant fan-in)"
