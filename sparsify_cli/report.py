@@ -140,7 +140,8 @@ def render(report: dict[str, Any], console: Console) -> None:
     rows = [(base.path + " (dense)", "", None, base.latency)] if base else []
     for art in artifacts:
         parity = art.parity.value if art.parity else None
-        rows.append((art.path, "yes" if art.pattern_holds else "NO", parity, art.latency))
+        ok = {True: "yes", False: "NO", None: "-"}[art.pattern_holds]
+        rows.append((art.path, ok, parity, art.latency))
     for name, ok, parity, latency in rows:
         for i, lat in enumerate(latency or [None]):
             first = i == 0

@@ -148,7 +148,9 @@ def test_every_exporter_builds_a_checked_artifact(name, stage):
     assert art.size_bytes == (stage.folder / art.path).stat().st_size and len(art.sha256) == 64
     assert art.parity is not None and art.parity.ok
     assert exporter.tolerance(stage) > 0
-    assert art.pattern_holds and art.accuracy is not None
+    # TensorRT reports its sparse layers apart (sparse_layers); every ONNX form is read back
+    assert art.pattern_holds is (None if name == "tensorrt" else True)
+    assert art.accuracy is not None
     again = Artifact.from_dict(json.loads(json.dumps(art.to_dict())))
     assert again.to_dict() == art.to_dict()
 
