@@ -29,6 +29,7 @@ import yaml  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator  # noqa: E402
 
 from sparsify_cli import tables  # noqa: E402
+from sparsify_cli.advice import advice_line  # noqa: E402
 from sparsify_cli.bench import latency_rows  # noqa: E402
 from sparsify_cli.exporters.artifact import Artifact, LatencyRow, parse_artifacts  # noqa: E402
 from sparsify_cli.passes.atomic import atomic_write_text  # noqa: E402
@@ -239,9 +240,7 @@ def headline(report: dict[str, Any]) -> str:
     items.append(("best speed-up vs dense", _best_speedup(parse_artifacts(report)[1])))
     rows = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in items)
     warnings = "".join(
-        f"<p class='warning'><b>warning:</b> {_esc(w['message'])}"
-        + (f"; try <code>{_esc(w['option'])}</code>" if w.get("option") else "")
-        + "</p>"
+        f"<p class='warning'><b>warning:</b> {_esc(advice_line(w))}</p>"
         for w in report.get("warnings") or []
     )
     return f"<section class='headline'><dl>{rows}</dl>{warnings}</section>"
@@ -320,6 +319,12 @@ def render_html(report: dict[str, Any]) -> str:
         headline(report),
     ]
     acc = report.get("accuracy")
+    agree = report.get("agreement")
+    if agree and not acc:
+        parts.append(
+            f"<p>Output agreement with dense: mean cosine <b>{agree['sparse']:.4f}</b> over "
+            f"{agree['samples']} held-out samples</p>"
+        )
     if acc:
         parts.append(f"<h2>Accuracy ({_esc(acc['metric'])}, {_esc(acc['samples'])} samples)</h2>")
         values = [acc["dense"], acc["sparse"], acc.get("sparse_onnx"), acc.get("quantized")]

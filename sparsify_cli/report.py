@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from sparsify_cli import tables
+from sparsify_cli.advice import advice_line
 from sparsify_cli.exporters.artifact import Artifact, parse_artifacts
 from sparsify_cli.passes.atomic import atomic_write_text
 
@@ -67,6 +68,7 @@ def new_report(input_path: str, sha256: str | None, recipe: dict[str, Any], thre
         "accuracy": None,
         "baseline": None,
         "artifacts": [],
+        "warnings": [],
     }
 
 
@@ -119,14 +121,19 @@ def render(report: dict[str, Any], console: Console) -> None:
                 console.width,
             )
         )
+    agree = report.get("agreement")
+    if agree and not acc:
+        console.print(
+            f"Output agreement with dense: mean cosine {agree['sparse']:.4f} "
+            f"over {agree['samples']} held-out samples"
+        )
     entries = _artifact_entries(report)
     console.print(artifact_table(report, entries, console.width))
     if any(r.noisy for _, art in entries for r in art.latency):
         console.print(tables.NOISY_NOTE)
     _render_condensed_kernels(report, console)
-    for w in report.get("warnings") or []:
-        option = f"; try {w['option']}" if w.get("option") else ""
-        console.print(f"[bold yellow]warning:[/] {escape(w['message'] + option)}", soft_wrap=True)
+    for warning in report.get("warnings") or []:
+        console.print(f"[bold yellow]warning:[/] {escape(advice_line(warning))}", soft_wrap=True)
 
 
 def _artifact_entries(report: dict[str, Any]) -> list[tuple[str, Artifact]]:

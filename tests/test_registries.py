@@ -108,6 +108,7 @@ def test_every_pass_runs_before_fold_on_a_tiny_model(name):
     y = torch.as_tensor(rng.integers(0, 3, 64))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
     ctx = PassContext(targets=["0", "2"], example=x[:1], train=loader, eval=loader)
+    ctx.calibration = (x, None)  # one-shot passes that measure activations (wanda, sparsegpt)
     model = run_passes(_tiny_mlp(), chain, ctx)
     assert not any(hasattr(m, "parametrizations") for m in model.modules())
     assert ctx.manifest, f"{name}: fold recorded no manifest entry"
