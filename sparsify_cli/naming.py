@@ -30,7 +30,8 @@ def run_name(opts: Any) -> str:
     parts = [stem]
     if opts.ift or opts.dst:
         parts += [p for p in (opts.ift, opts.dst) if p]
-        parts.append(f"s{round(100 * opts.sparsity)}")
+        sparsity = getattr(opts, "training_sparsity", opts.sparsity)  # None: the default
+        parts.append(f"s{round(100 * sparsity)}")
     else:
         parts += [opts.method, opts.nm.replace(":", "of")]
     if opts.quantize:

@@ -297,7 +297,7 @@ def _what_runs(run: Run) -> str:
     if opts.ift or opts.dst:
         steps = [f"Sparse-IFT {opts.ift}"] if opts.ift else []
         steps += [f"{opts.dst} training for {opts.epochs} epochs"] if opts.dst else []
-        return f"{', then '.join(steps)} at sparsity {opts.sparsity:g}"
+        return f"{', then '.join(steps)} at sparsity {opts.training_sparsity:g}"
     if opts.trains:
         return (
             f"fine-tuning {layers} layers at {opts.nm} with {opts.method} for {opts.epochs} epochs"
