@@ -20,7 +20,6 @@ Adam moments) is reset.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from sparsify_cli.passes.chains import Chain, hidden_chains, resize_chain
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.masks import WeightMask, attach_mask, dense_weight, get_mask, is_masked
 from sparsify_cli.passes.registry import PassContext, register_pass
-from sparsify_cli.passes.training import Callbacks, TrainConfig, cross_entropy, distillation, fit
+from sparsify_cli.passes.training import Callbacks, TrainConfig, default_objective, fit
 
 log = logging.getLogger(__name__)
 
@@ -411,23 +410,22 @@ def _ensure(model: nn.Module, config: DSTConfig, ctx: PassContext) -> None:
 def dynamic_sparse_training(model: nn.Module, config: DSTConfig, ctx: PassContext) -> nn.Module:
     """Mask the targets, train with the configured rewiring, leave plain masks on the model."""
     targets = list(ctx.targets)
+    if config.epochs and ctx.train is None:
+        raise SparsifyError(
+            f"--dst {config.method} trains the model and needs training data",
+            fix="pass --data (a dataset name, an .npz with x[, y], or a text file for a "
+            "Hugging Face folder)",
+        )
+    objective = None
+    if config.epochs:  # the teacher (no labels) is the model before its masks are attached
+        first = next(iter(ctx.train))
+        objective = default_objective(model, first, ctx.device, f"--dst {config.method}")
     budgets = init_masks(model, config, targets, ctx.seed)
     modules = dict(model.named_modules())
     layers = {n: modules[n] for n in targets}
-    if config.epochs == 0:
+    if objective is None:
         _release(layers)
         return model
-    if ctx.train is None:
-        raise SparsifyError(
-            "dynamic sparse training needs training data",
-            fix="pass --data (a dataset name or an .npz with x and y)",
-        )
-    first = next(iter(ctx.train))
-    if len(first) > 1:
-        objective = cross_entropy()
-    else:
-        teacher = copy.deepcopy(model).eval()
-        objective = distillation(teacher)
     cfg = TrainConfig(epochs=config.epochs, lr=config.lr)
     rewirer = _Rewirer(
         layers, config, config.epochs * len(ctx.train), budgets, targets[-1], ctx.seed

@@ -33,16 +33,15 @@ from torch import nn
 from sparsify_cli.passes import distributed
 from sparsify_cli.passes.atomic import atomic_path
 from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.inputs import call, to_device
 from sparsify_cli.passes.masks import WeightMask, dense_weight, masked_modules
 from sparsify_cli.passes.pattern import NMPattern
 from sparsify_cli.passes.registry import PassContext
 from sparsify_cli.passes.training import (
     Callbacks,
     History,
-    Objective,
     TrainConfig,
-    cross_entropy,
-    distillation,
+    default_objective,
     fit,
     make_optimizer,
 )
@@ -138,19 +137,6 @@ class SparseDecay(Callbacks):
                 weight.grad.add_(self.lam * mask.decay_factor().to(weight.dtype) * weight)
 
 
-def is_classifier(output: torch.Tensor) -> bool:
-    return output.ndim == 2
-
-
-def make_objective(
-    config: FinetuneConfig, teacher: nn.Module, has_labels: bool, classifier: bool
-) -> Objective:
-    """Cross-entropy on labels, else distillation from the dense ``teacher``."""
-    if has_labels and not config.distill:
-        return cross_entropy()
-    return distillation(teacher, config.temperature, classifier=classifier)
-
-
 @torch.no_grad()
 def loader_accuracy(model: nn.Module, loader: Any, device: torch.device) -> float | None:
     """Top-1 accuracy over a loader of ``(x, y)`` batches; ``None`` when it has no labels."""
@@ -161,8 +147,10 @@ def loader_accuracy(model: nn.Module, loader: Any, device: torch.device) -> floa
         for batch in loader:
             if len(batch) < 2:
                 return None
-            pred = model(batch[0].to(device)).argmax(-1).cpu()
-            correct += int((pred == batch[1]).sum())
+            out = call(model, to_device(batch[0], device))
+            if out.ndim != 2:
+                return None
+            correct += int((out.argmax(-1).cpu() == batch[1]).sum())
             count += len(batch[1])
     finally:
         model.train(was_training)
@@ -237,21 +225,18 @@ def finetune(
             f"--method {config.name} fine-tunes the model and needs training data",
             fix="pass --data (a dataset name such as digits, or an .npz with x[, y])",
         )
-    first = _peek(ctx.train)
-    has_labels = len(first) > 1
-    teacher = None
-    if config.distill or not has_labels:
-        teacher = copy.deepcopy(model).to(ctx.device).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-    model.to(ctx.device)
-    with torch.no_grad():
-        classifier = is_classifier(model.eval()(first[0][:2].to(ctx.device)))
+    objective = default_objective(
+        model,
+        _peek(ctx.train),
+        ctx.device,
+        f"--method {config.name}",
+        config.distill,
+        config.temperature,
+    )
     torch.manual_seed(ctx.seed)
     callbacks = attach(model)
     model.to(ctx.device)
     cfg = config.train_config(getattr(ctx.train, "batch_size", None) or 1)
-    objective = make_objective(config, teacher, has_labels, classifier)
     optimizer = make_optimizer(model, cfg)
     history, start = History(), 0
     path = _checkpoint_path(ctx, config)

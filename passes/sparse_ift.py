@@ -52,6 +52,7 @@ from sparsify_cli.passes.chains import hidden_chains, norm_after, resize_chain, 
 from sparsify_cli.passes.dst import unstructured_mask
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.flops import layer_flops
+from sparsify_cli.passes.inputs import Example, call
 from sparsify_cli.passes.masks import WeightMask, attach_mask, masked_modules
 from sparsify_cli.passes.registry import PassContext, register_pass
 from sparsify_cli.passes.selection import Selection, select_layers
@@ -272,7 +273,7 @@ class _Zero(nn.Module):
 
 
 def ift_targets(
-    model: nn.Module, example: torch.Tensor, selection: Selection = Selection()
+    model: nn.Module, example: Example, selection: Selection = Selection()
 ) -> list[str]:
     """Layers Sparse-IFT transforms: the selected Linear / Conv2d minus the stem.
 
@@ -289,7 +290,7 @@ def ift_targets(
     ]
     try:
         with torch.no_grad():
-            model.eval()(example)
+            call(model.eval(), example)
     finally:
         for hook in hooks:
             hook.remove()

@@ -48,14 +48,15 @@ from sparsify_cli.passes.atomic import atomic_path
 from sparsify_cli.passes.dst import DSTConfig, ShrinkConfig
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.flops import layer_flops
-from sparsify_cli.passes.inputs import as_arrays, parse_input_spec
+from sparsify_cli.passes.inputs import as_arrays, call, parse_input_spec
 from sparsify_cli.passes.manifest import Manifest
 from sparsify_cli.passes.sparse_ift import SparseIFTConfig, ift_targets
 from sparsify_cli.passes.spectral import layer_gaps
-from sparsify_cli.passes.training import make_loader, predict
+from sparsify_cli.passes.training import check_labels, make_loader, predict
 from sparsify_cli.recipe import recipe_dict, write_recipe
 from sparsify_cli.report import new_report, tool_version, write_report
 from sparsify_cli.samples.datasets import Dataset
+from sparsify_cli.text_data import DEFAULT_MAX_LENGTH, is_text_data, load_text_data
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class ConvertOptions:
     input_shape: str | None = None
     method: str = "magnitude"
     data: str | None = None
+    max_length: int | None = None
     out: str | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -161,6 +163,13 @@ class ConvertOptions:
             raise SparsifyError("batch sizes must be >= 1", found=str(self.batch_sizes))
         if self.threads < 1:
             raise SparsifyError("--threads must be >= 1", found=str(self.threads))
+        if self.max_length is not None and not (self.data and is_text_data(self.data)):
+            raise SparsifyError(
+                "--max-length applies to text --data only",
+                fix="pass a text file or .jsonl with --data, or drop --max-length",
+            )
+        if self.max_length is not None and self.max_length < 1:
+            raise SparsifyError("--max-length must be >= 1", found=str(self.max_length))
 
     def quantize_config(self) -> QuantizeConfig:
         return QuantizeConfig(
@@ -246,6 +255,15 @@ def _accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
 
 def _dataset(opts: ConvertOptions, loaded: LoadedModel) -> Dataset | None:
     spec = opts.data or (loaded.sample.dataset if loaded.sample else None)
+    if spec and is_text_data(spec):
+        if loaded.hf_folder is None:
+            raise SparsifyError(
+                f"--data {spec} is text, and only a Hugging Face folder brings a tokenizer",
+                expected="a model folder with config.json and its tokenizer files",
+                fix="pass the model folder, or the token ids as an .npz (one array per input)",
+            )
+        max_length = opts.max_length or DEFAULT_MAX_LENGTH
+        return load_text_data(spec, loaded.hf_folder, loaded.specs, max_length)
     if spec and not isinstance(loaded.example, torch.Tensor):
         return load_input_data(spec, loaded.specs)
     return load_data(spec, tuple(loaded.example.shape[1:])) if spec else None
@@ -476,13 +494,16 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
     torch.manual_seed(opts.seed)
     model, example = loaded.model, loaded.example
     trains = f"--dst {opts.dst}" if opts.dst else f"--method {opts.method}"
-    if (opts.method in TRAINED or opts.dst) and (
-        data is None or (opts.dst and data.y_train is None)
-    ):
+    trained = opts.method in TRAINED or bool(opts.dst)
+    if trained and data is None:
         raise SparsifyError(
-            f"{trains} trains the model and needs {'labelled ' if opts.dst else ''}training data",
-            fix="pass --data (a dataset name such as digits, or an .npz with x[, y])",
+            f"{trains} trains the model and needs training data",
+            fix="pass --data (a dataset name such as digits, an .npz with x[, y], or a text "
+            "file for a Hugging Face folder)",
         )
+    if trained and data.y_train is not None and not opts.distill:
+        with torch.no_grad():
+            check_labels(call(model, example), torch.as_tensor(data.y_train), trains)
     selection = Selection(opts.include, opts.exclude, opts.sparsify_head, head=loaded.head)
     choices = select_layers(model, pattern.m, example, selection)
     targets = [c.name for c in choices if c.selected]
