@@ -27,10 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 import distributed_worker as worker  # noqa: E402
 
-WEIGHT_ATOL = 1e-4
-"""Sparse layers' weights, 2 ranks vs 1 process (float reduction order differs; Adam)."""
-LOGIT_ATOL = 1e-3
-"""Test-set logits, 2 ranks vs 1 process."""
+WEIGHT_ATOL = 5e-4
+"""Sparse layers' weights, 2 ranks vs 1 process (float reduction order differs; Adam). Measured
+on an AVX-512 Xeon: 2.2e-4 at worst after one epoch."""
+TIE_ATOL = 1e-4
+"""Two |w| of one N:M group closer than this are a near-tie: the reduction order alone can swap
+which of them the mask keeps, so 2 ranks and 1 process may differ there (and only there)."""
+LOGIT_ATOL = 5e-2
+"""Test-set logits, 2 ranks vs 1 process. A near-tie mask flip swaps a kept weight of |w| ~0.06
+for its neighbour: measured 1.5e-2 on an AVX-512 Xeon (2e-4 where no mask flips)."""
 
 
 def torchrun(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -105,6 +110,18 @@ def test_masks_and_weights_identical_across_ranks(ranks, method):
         assert r0["metrics"]["dst"]["updates"] == 2  # steps 4 and 8 of 16 (T_end = 12)
 
 
+def _assert_same_mask_up_to_near_ties(
+    mask: torch.Tensor, other: torch.Tensor, weight: torch.Tensor, key: str, m: int = 4
+) -> None:
+    """Masks equal except in groups whose kept/dropped boundary is a near-tie in ``weight``."""
+    differs = (mask != other).reshape(-1, m).any(-1)
+    assert differs.float().mean() <= 1e-3, (key, int(differs.sum()))
+    mags = weight.abs().reshape(-1, m)[differs].sort(-1, descending=True).values
+    n = int(other.reshape(-1, m)[0].sum())
+    gaps = mags[:, n - 1] - mags[:, n]
+    assert (gaps < TIE_ATOL).all(), (key, gaps.max().item())
+
+
 def test_two_ranks_equal_one_process_on_the_same_global_batch(ranks):
     torch.set_num_threads(1)
     single, ctx = worker.train("maxq")  # one process, batch 64, same sampler and seed
@@ -112,10 +129,13 @@ def test_two_ranks_equal_one_process_on_the_same_global_batch(ranks):
     two = _load(ranks, "maxq", 0)
     for key, value in reference.items():
         if key.endswith(".mask"):
-            assert torch.equal(value, two["state"][key]), key
+            _assert_same_mask_up_to_near_ties(
+                value, two["state"][key], two["state"][key.replace(".0.mask", ".original")], key
+            )
         elif key.endswith(".original"):  # the sparse layers' dense weights
             assert torch.allclose(value, two["state"][key], atol=WEIGHT_ATOL), key
-    assert two["metrics"]["maxq"]["loss"] == pytest.approx(ctx.metrics["maxq"]["loss"], rel=1e-5)
+    # rel 1e-3: a near-tie mask flip (above) moves the mean loss by ~1e-4 relative.
+    assert two["metrics"]["maxq"]["loss"] == pytest.approx(ctx.metrics["maxq"]["loss"], rel=1e-3)
     twin = copy.deepcopy(single)
     twin.load_state_dict(two["state"])
     data = digits()
