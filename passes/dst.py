@@ -33,7 +33,8 @@ from sparsify_cli.passes.chains import Chain, hidden_chains, resize_chain
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.masks import WeightMask, attach_mask, dense_weight, get_mask, is_masked
 from sparsify_cli.passes.registry import PassContext, register_pass
-from sparsify_cli.passes.training import Callbacks, TrainConfig, default_objective, fit
+from sparsify_cli.passes.sparsifier import Callbacks
+from sparsify_cli.passes.training import TrainConfig, default_objective, fit
 
 log = logging.getLogger(__name__)
 

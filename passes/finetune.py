@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,8 +36,8 @@ from sparsify_cli.passes.inputs import call, to_device
 from sparsify_cli.passes.masks import WeightMask, dense_weight, masked_modules
 from sparsify_cli.passes.pattern import NMPattern
 from sparsify_cli.passes.registry import PassContext
+from sparsify_cli.passes.sparsifier import Callbacks, prepare
 from sparsify_cli.passes.training import (
-    Callbacks,
     History,
     TrainConfig,
     default_objective,
@@ -122,19 +121,33 @@ class DecayedMask(WeightMask):
 
 
 class SparseDecay(Callbacks):
-    """SR-STE's sparse-refined term after every backward: ``grad += lam * (1 - mask) * W``
-    (Zhou et al., arXiv 2102.04010, Sec. 4; MaxQ reuses it with ``1 - clamp(mask, 0, 1)``)."""
+    """SR-STE's sparse-refined term on every gradient: ``grad += lam * (1 - mask) * W``
+    (Zhou et al., arXiv 2102.04010, Sec. 4; MaxQ reuses it with ``1 - clamp(mask, 0, 1)``).
 
-    def __init__(self, lam: float) -> None:
+    A tensor hook on each masked layer's dense weight, registered at attach time, so any training
+    loop gets it from ``loss.backward()`` alone; :meth:`close` removes the hooks.
+    """
+
+    def __init__(self, lam: float, model: nn.Module) -> None:
         self.lam = lam
-
-    @torch.no_grad()
-    def after_backward(self, model: nn.Module, step: int) -> None:
+        self.handles = []
         for _, module in masked_modules(model):
             mask = module.parametrizations["weight"][0]
-            weight = dense_weight(module)
-            if isinstance(mask, DecayedMask) and weight.grad is not None:
-                weight.grad.add_(self.lam * mask.decay_factor().to(weight.dtype) * weight)
+            if isinstance(mask, DecayedMask):
+                weight = dense_weight(module)
+                self.handles.append(weight.register_hook(self._hook(mask, weight)))
+
+    def _hook(self, mask: DecayedMask, weight: torch.Tensor):
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return grad + self.lam * mask.decay_factor().to(weight.dtype) * weight
+
+        return hook
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
 
 
 @torch.no_grad()
@@ -213,9 +226,8 @@ def finetune(
     model: nn.Module,
     config: FinetuneConfig,
     ctx: PassContext,
-    attach: Callable[[nn.Module], Callbacks],
 ) -> nn.Module:
-    """Attach masks with ``attach(model)`` (which returns the method's callbacks) and train.
+    """Attach the method's masks (:func:`sparsify_cli.passes.sparsifier.prepare`) and train.
 
     The dense input model is the distillation teacher. Returns ``model`` in eval mode, with its
     masks frozen at their last training state; ``ctx.metrics[config.name]`` gets the history.
@@ -233,8 +245,7 @@ def finetune(
         config.distill,
         config.temperature,
     )
-    torch.manual_seed(ctx.seed)
-    callbacks = attach(model)
+    sparsifier = prepare(model, config, ctx.targets, ctx.seed)
     model.to(ctx.device)
     cfg = config.train_config(getattr(ctx.train, "batch_size", None) or 1)
     optimizer = make_optimizer(model, cfg)
@@ -278,7 +289,7 @@ def finetune(
             cfg,
             ctx,
             objective,
-            callbacks,
+            sparsifier,
             evaluate=(lambda m: loader_accuracy(m, ctx.eval, ctx.device)) if ctx.eval else None,
             start_epoch=start,
             on_epoch_end=on_epoch_end,
@@ -289,5 +300,7 @@ def finetune(
         log.warning("%s stopped: %s; keeping the last good epoch", config.name, err)
         model.load_state_dict(last_good)
         ctx.metrics.setdefault(config.name, {})["stopped"] = str(err)
+    finally:
+        sparsifier.close()
     ctx.metrics.setdefault(config.name, {}).update(dataclasses.asdict(history))
     return model.eval()

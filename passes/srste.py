@@ -10,6 +10,7 @@ lambda_w * (E_bar . W))``, paper Sec. 4, ``lambda_w = 2e-4``). The mask is froze
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -27,7 +28,7 @@ from sparsify_cli.passes.magnitude import ensure_nm
 from sparsify_cli.passes.masks import attach_mask, dense_weight, magnitude_nm_mask
 from sparsify_cli.passes.pattern import NMPattern
 from sparsify_cli.passes.registry import PassContext, register_pass
-from sparsify_cli.passes.training import Callbacks
+from sparsify_cli.passes.sparsifier import Callbacks, register_attach
 
 
 class SRSTEMask(DecayedMask):
@@ -57,15 +58,17 @@ def _ensure(model: nn.Module, config: SRSTEConfig, ctx: PassContext) -> None:
     ensure_nm(model, config.pattern, ctx.targets)
 
 
+@register_attach(SRSTEConfig)
+def attach_srste(model: nn.Module, config: SRSTEConfig, targets: Sequence[str]) -> Callbacks:
+    """:class:`SRSTEMask` on every target; the SR-STE decay as gradient hooks."""
+    modules = dict(model.named_modules())
+    for name in targets:
+        module = modules[name]
+        attach_mask(module, SRSTEMask(dense_weight(module), config.pattern))
+    return SparseDecay(config.decay, model)
+
+
 @register_pass(SRSTEConfig, ensures=_ensure)
 def srste(model: nn.Module, config: SRSTEConfig, ctx: PassContext) -> nn.Module:
     """Attach :class:`SRSTEMask` to every target and fine-tune; returns the model in eval mode."""
-
-    def attach(model: nn.Module) -> Callbacks:
-        modules = dict(model.named_modules())
-        for name in ctx.targets:
-            module = modules[name]
-            attach_mask(module, SRSTEMask(dense_weight(module), config.pattern))
-        return SparseDecay(config.decay)
-
-    return finetune(model, config, ctx, attach)
+    return finetune(model, config, ctx)

@@ -25,6 +25,7 @@ from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.inputs import ArrayRows, Arrays, Example, call, rows, to_device, to_tensors
 from sparsify_cli.passes.inputs import batch_size as inputs_batch
 from sparsify_cli.passes.registry import PassContext
+from sparsify_cli.passes.sparsifier import Callbacks, Sparsifier
 
 log = logging.getLogger(__name__)
 
@@ -47,41 +48,6 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1:
             raise ValueError("epochs >= 0, lr > 0 and batch_size >= 1 are required")
-
-
-class Callbacks:
-    """Hook points of :func:`fit`; every method is a no-op by default."""
-
-    def on_epoch_start(self, model: nn.Module, epoch: int) -> None: ...
-
-    def before_step(self, model: nn.Module, step: int) -> None: ...
-
-    def after_backward(self, model: nn.Module, step: int) -> None: ...
-
-    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None: ...
-
-
-class CallbackList(Callbacks):
-    """Several :class:`Callbacks` run in order at every hook (e.g. rewiring + a loss schedule)."""
-
-    def __init__(self, *callbacks: Callbacks) -> None:
-        self.callbacks = callbacks
-
-    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
-        for c in self.callbacks:
-            c.on_epoch_start(model, epoch)
-
-    def before_step(self, model: nn.Module, step: int) -> None:
-        for c in self.callbacks:
-            c.before_step(model, step)
-
-    def after_backward(self, model: nn.Module, step: int) -> None:
-        for c in self.callbacks:
-            c.after_backward(model, step)
-
-    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
-        for c in self.callbacks:
-            c.after_step(model, optimizer, step)
 
 
 @dataclass
@@ -258,7 +224,7 @@ def fit(
     cfg: TrainConfig,
     ctx: PassContext,
     objective: Objective,
-    callbacks: Callbacks = Callbacks(),
+    callbacks: Callbacks | Sparsifier = Callbacks(),
     evaluate: Callable[[nn.Module], float] | None = None,
     start_epoch: int = 0,
     on_epoch_end: Callable[[nn.Module, torch.optim.Optimizer, Any, int, History], None]
@@ -282,29 +248,27 @@ def fit(
     for _ in range(start_epoch * len(train)):
         scheduler.step()
     history = history or History()
-    step = start_epoch * len(train)
+    sp = callbacks if isinstance(callbacks, Sparsifier) else Sparsifier(model, callbacks)
+    sp.steps = start_epoch * len(train)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         distributed.set_epoch(train, epoch)
-        callbacks.on_epoch_start(model, epoch)
+        sp.epoch_start(epoch)
         total, count = 0.0, 0
         for batch in ctx.track(train, _describe(epoch, cfg.epochs, history), len(train)):
             batch = [to_device(t, ctx.device) for t in batch]
-            callbacks.before_step(model, step)
             loss = objective(call(net, batch[0]), batch)
             if distributed.any_rank(not torch.isfinite(loss)):
                 raise FloatingPointError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step}"
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {sp.steps}"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            callbacks.after_backward(model, step)
             optimizer.step()
-            callbacks.after_step(model, optimizer, step)
+            sp.step(optimizer)
             scheduler.step()
             total += loss.item() * inputs_batch(batch[0])
             count += inputs_batch(batch[0])
-            step += 1
         total, count = distributed.sum_over_ranks(total, count)
         distributed.average_norm_stats(model)
         distributed.verify_in_sync(model, f"epoch {epoch + 1}", ctx.metrics)

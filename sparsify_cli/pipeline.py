@@ -485,9 +485,9 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
         opts.example_input,
     )
     multi_input = not isinstance(loaded.example, torch.Tensor)
-    if multi_input and (opts.quantize or "tensorrt" in opts.export):
+    if multi_input and "tensorrt" in opts.export:
         raise SparsifyError(
-            "--quantize and --export tensorrt take models with one float input",
+            "--export tensorrt takes models with one float input",
             found=f"inputs {', '.join(loaded.example)}",
         )
     data = _dataset(opts, loaded)

@@ -166,3 +166,26 @@ def test_text_errors_are_one_line(encoder, tmp_path) -> None:
         app, ["convert", str(folder), "--max-length", "8", "--out", str(tmp_path / "c")]
     )
     assert result.exit_code == 1 and "--max-length applies to text --data only" in result.output
+
+
+@pytest.mark.parametrize("mode", ["int8", "int8-dynamic"])
+def test_int8_of_the_text_folder_keeps_pattern_and_parity(encoder, tmp_path, mode) -> None:
+    """Calibration from the same text data; the integer inputs are never quantized."""
+    _, folder, text = encoder
+    out = tmp_path / mode
+    report = _convert(
+        str(folder), "--data", str(text), "--max-length", "16", "--quantize", mode,
+        "--out", str(out),
+    )  # fmt: skip
+    (q,) = [a for a in report["artifacts"] if a["format"].startswith("onnx-int8")]
+    assert q["pattern_ok"]
+    assert q["sqnr_db"] >= 25.0, q["sqnr_db"]  # parity of int8 vs the fp32 sparse ONNX
+    if mode == "int8":
+        assert q["quantization"]["calib_rows"] == 43  # 48 lines, 10% held out
+    model = onnx.load(str(out / q["path"]))
+    integer_inputs = {"input_ids", "attention_mask"}
+    assert {i.name for i in model.graph.input} == integer_inputs
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DynamicQuantizeLinear"):
+            assert not integer_inputs & set(node.input), node.name
+    assert any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in model.graph.node)
