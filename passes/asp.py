@@ -4,7 +4,6 @@ epochs as the other fine-tuning methods. Pruned weights get no gradient (``W * m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -13,7 +12,7 @@ from torch import nn
 from sparsify_cli.passes.finetune import FinetuneConfig, finetune
 from sparsify_cli.passes.magnitude import NMConfig, ensure_nm, magnitude_nm
 from sparsify_cli.passes.registry import PassContext, register_pass
-from sparsify_cli.passes.sparsifier import Callbacks, register_attach
+from sparsify_cli.passes.sparsifier import Callbacks, Plan, register_attach
 
 
 @dataclass(frozen=True)
@@ -29,9 +28,9 @@ def _ensure(model: nn.Module, config: ASPConfig, ctx: PassContext) -> None:
 
 
 @register_attach(ASPConfig)
-def attach_asp(model: nn.Module, config: ASPConfig, targets: Sequence[str]) -> Callbacks:
+def attach_asp(model: nn.Module, config: ASPConfig, plan: Plan) -> Callbacks:
     """Magnitude N:M masks, fixed for the whole training."""
-    magnitude_nm(model, NMConfig(config.n, config.m), PassContext(targets=tuple(targets)))
+    magnitude_nm(model, NMConfig(config.n, config.m), PassContext(targets=plan.targets))
     return Callbacks()
 
 

@@ -33,7 +33,7 @@ from sparsify_cli.passes.chains import Chain, hidden_chains, resize_chain
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.masks import WeightMask, attach_mask, dense_weight, get_mask, is_masked
 from sparsify_cli.passes.registry import PassContext, register_pass
-from sparsify_cli.passes.sparsifier import Callbacks
+from sparsify_cli.passes.sparsifier import Callbacks, Plan, prepare, register_attach
 from sparsify_cli.passes.training import TrainConfig, default_objective, fit
 
 log = logging.getLogger(__name__)
@@ -343,8 +343,12 @@ class _Rewirer(Callbacks):
         return grown
 
     def close(self) -> None:
+        """Training is over: remove the gradient hooks, leave plain masks."""
         for handle in self.handles:
             handle.remove()
+        if self.handles:
+            _release(self.layers)
+        self.handles = []
 
 
 def init_masks(
@@ -420,24 +424,38 @@ def dynamic_sparse_training(model: nn.Module, config: DSTConfig, ctx: PassContex
     objective = None
     if config.epochs:  # the teacher (no labels) is the model before its masks are attached
         first = next(iter(ctx.train))
-        objective = default_objective(model, first, ctx.device, f"--dst {config.method}")
-    budgets = init_masks(model, config, targets, ctx.seed)
-    modules = dict(model.named_modules())
-    layers = {n: modules[n] for n in targets}
+        what = f"--dst {config.method}"
+        objective = default_objective(model, first, ctx.device, what, teacher=ctx.teacher)
+    steps = len(ctx.train) if objective is not None else 0
+    sparsifier = prepare(model, config, targets, ctx.seed, steps_per_epoch=steps)
     if objective is None:
-        _release(layers)
+        sparsifier.close()
         return model
     cfg = TrainConfig(epochs=config.epochs, lr=config.lr)
-    rewirer = _Rewirer(
-        layers, config, config.epochs * len(ctx.train), budgets, targets[-1], ctx.seed
-    )
     try:
-        history = fit(model, ctx.train, cfg, ctx, objective, rewirer)
+        history = fit(model, ctx.train, cfg, ctx, objective, sparsifier)
     finally:
-        rewirer.close()
-    _release(layers)
-    ctx.metrics["dst"] = {"loss": history.loss, "updates": rewirer.updates}
+        sparsifier.close()
+    ctx.metrics["dst"] = {"loss": history.loss, "updates": sparsifier.callbacks.updates}
     return model
+
+
+@register_attach(DSTConfig)
+def attach_dst(model: nn.Module, config: DSTConfig, plan: Plan) -> Callbacks:
+    """Training masks on the targets and the rewiring schedule over
+    ``epochs * plan.steps_per_epoch`` steps; closing it leaves plain masks."""
+    if plan.steps_per_epoch is None:
+        raise SparsifyError(
+            f"DST ({config.method}) schedules its mask updates over the whole training",
+            expected="steps_per_epoch (optimizer steps per epoch)",
+            fix="pass steps_per_epoch=len(train_loader) to prepare",
+        )
+    targets = list(plan.targets)
+    budgets = init_masks(model, config, targets, plan.seed)
+    modules = dict(model.named_modules())
+    layers = {n: modules[n] for n in targets}
+    total = config.epochs * plan.steps_per_epoch
+    return _Rewirer(layers, config, total, budgets, targets[-1], plan.seed)
 
 
 # --- removing ablated neurons --------------------------------------------------------------

@@ -244,6 +244,7 @@ def finetune(
         f"--method {config.name}",
         config.distill,
         config.temperature,
+        ctx.teacher,
     )
     sparsifier = prepare(model, config, ctx.targets, ctx.seed)
     model.to(ctx.device)

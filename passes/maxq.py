@@ -20,7 +20,6 @@ exact because the soft factors only scale nonzeros.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -45,7 +44,7 @@ from sparsify_cli.passes.masks import (
 )
 from sparsify_cli.passes.pattern import NMPattern
 from sparsify_cli.passes.registry import PassContext, register_pass
-from sparsify_cli.passes.sparsifier import Callbacks, register_attach
+from sparsify_cli.passes.sparsifier import Callbacks, Plan, register_attach
 
 SCHEDULES = ("linear", "cubic", "cos", "exp")
 EXP_RATE = 0.05
@@ -254,11 +253,11 @@ def _ensure(model: nn.Module, config: MaxQConfig, ctx: PassContext) -> None:
 
 
 @register_attach(MaxQConfig)
-def attach_maxq(model: nn.Module, config: MaxQConfig, targets: Sequence[str]) -> Callbacks:
+def attach_maxq(model: nn.Module, config: MaxQConfig, plan: Plan) -> Callbacks:
     """:class:`MaxQMask` on every target, at the schedule's first preserve rate."""
     modules = dict(model.named_modules())
     rate = config.rate(0) if config.epochs else 0.0
-    for name in targets:
+    for name in plan.targets:
         module = modules[name]
         attach_mask(module, MaxQMask(dense_weight(module), config.pattern, rate, config.tau))
     return MaxQSchedule(config, model)

@@ -60,6 +60,9 @@ class PassContext:
     track: Track = _no_progress
     workdir: Any = None
     resume: bool = False
+    teacher: nn.Module | None = None
+    """The frozen dense model to distil from, when the model arriving at a training pass is no
+    longer it (e.g. one-shot pruned first); by default the pass copies the model it gets."""
     metrics: dict[str, Any] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
 

@@ -14,7 +14,7 @@ hand-written loop (:mod:`sparsify_cli.api`) call the same three methods::
             loss.backward()            # SR-STE / MaxQ decay is a gradient hook: nothing to call
             optimizer.step()
             sp.step(optimizer)         # DST mask updates (they reset the regrown weights' state)
-    entries = sp.finalize()            # fold: exact zeros; the manifest entries of every mask
+    manifest = sp.finalize()           # fold: exact zeros; the manifest of every mask
 
 A method is registered once with :func:`register_attach` (its config type -> a function that
 attaches the masks and returns its :class:`Callbacks`).
@@ -23,14 +23,16 @@ attaches the masks and returns its :class:`Callbacks`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from sparsify_cli.passes.errors import SparsifyError
-from sparsify_cli.passes.manifest import TensorEntry
+from sparsify_cli.passes.manifest import Manifest
 from sparsify_cli.passes.masks import fold, manifest_entries, masked_modules
+from sparsify_cli.passes.registry import config_to_dict
 
 
 class Callbacks:
@@ -75,12 +77,22 @@ class CallbackList(Callbacks):
             c.close()
 
 
-Attach = Callable[[nn.Module, Any, Sequence[str]], Callbacks]
+@dataclass(frozen=True)
+class Plan:
+    """What a method may need to attach: the target layers, the seed, and the loop's length
+    (``steps_per_epoch``: DST schedules its mask updates over ``epochs * steps_per_epoch``)."""
+
+    targets: tuple[str, ...]
+    seed: int = 0
+    steps_per_epoch: int | None = None
+
+
+Attach = Callable[[nn.Module, Any, Plan], Callbacks]
 _ATTACH: dict[type, Attach] = {}
 
 
 def register_attach(config_type: type) -> Callable[[Attach], Attach]:
-    """Register ``fn(model, config, targets) -> Callbacks`` as how ``config_type`` attaches."""
+    """Register ``fn(model, config, plan) -> Callbacks`` as how ``config_type`` attaches."""
 
     def wrap(fn: Attach) -> Attach:
         _ATTACH[config_type] = fn
@@ -112,6 +124,8 @@ class Sparsifier:
         self.steps = step
         self.epoch: int | None = None
         self._armed: int | None = None
+        self.dense: nn.Module | None = None
+        """The model before its masks, when the caller kept a copy (the export baseline)."""
 
     def _arm(self) -> None:
         if self._armed != self.steps:
@@ -135,9 +149,10 @@ class Sparsifier:
         """Remove the method's gradient hooks (training is over)."""
         self.callbacks.close()
 
-    def finalize(self) -> dict[str, TensorEntry]:
+    def finalize(self) -> Manifest:
         """End training: fold every mask into its weight (exact zeros, no parametrizations
-        left) and return the manifest entries, as the CLI's fold pass does."""
+        left) and return the manifest (pattern and mask of every tensor), as the CLI's fold pass
+        records it."""
         self.close()
         self.model.eval()
         entries = manifest_entries(self.model)
@@ -145,10 +160,18 @@ class Sparsifier:
         left = [name for name, _ in masked_modules(self.model)]
         if left:
             raise SparsifyError("masks left after folding", found=", ".join(left))
-        return entries
+        passes = [config_to_dict(self.config)] if self.config is not None else []
+        recipe = {"passes": [*passes, {"pass": "fold"}]}
+        return Manifest(entries, recipe=recipe, versions={"torch": torch.__version__})
 
 
-def prepare(model: nn.Module, config: Any, targets: Sequence[str], seed: int = 0) -> Sparsifier:
+def prepare(
+    model: nn.Module,
+    config: Any,
+    targets: Sequence[str],
+    seed: int = 0,
+    steps_per_epoch: int | None = None,
+) -> Sparsifier:
     """Attach ``config``'s masks to ``targets`` (seeded) and return the :class:`Sparsifier`."""
     attach = _ATTACH.get(type(config))
     if attach is None:
@@ -157,4 +180,5 @@ def prepare(model: nn.Module, config: Any, targets: Sequence[str], seed: int = 0
             expected=f"one of {sorted(t.__name__ for t in _ATTACH)}",
         )
     torch.manual_seed(seed)
-    return Sparsifier(model, attach(model, config, targets), config, targets)
+    plan = Plan(tuple(targets), seed, steps_per_epoch)
+    return Sparsifier(model, attach(model, config, plan), config, targets)

@@ -10,7 +10,6 @@ lambda_w * (E_bar . W))``, paper Sec. 4, ``lambda_w = 2e-4``). The mask is froze
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -28,7 +27,7 @@ from sparsify_cli.passes.magnitude import ensure_nm
 from sparsify_cli.passes.masks import attach_mask, dense_weight, magnitude_nm_mask
 from sparsify_cli.passes.pattern import NMPattern
 from sparsify_cli.passes.registry import PassContext, register_pass
-from sparsify_cli.passes.sparsifier import Callbacks, register_attach
+from sparsify_cli.passes.sparsifier import Callbacks, Plan, register_attach
 
 
 class SRSTEMask(DecayedMask):
@@ -59,10 +58,10 @@ def _ensure(model: nn.Module, config: SRSTEConfig, ctx: PassContext) -> None:
 
 
 @register_attach(SRSTEConfig)
-def attach_srste(model: nn.Module, config: SRSTEConfig, targets: Sequence[str]) -> Callbacks:
+def attach_srste(model: nn.Module, config: SRSTEConfig, plan: Plan) -> Callbacks:
     """:class:`SRSTEMask` on every target; the SR-STE decay as gradient hooks."""
     modules = dict(model.named_modules())
-    for name in targets:
+    for name in plan.targets:
         module = modules[name]
         attach_mask(module, SRSTEMask(dense_weight(module), config.pattern))
     return SparseDecay(config.decay, model)

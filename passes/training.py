@@ -141,12 +141,14 @@ def default_objective(
     what: str,
     distill: bool = False,
     temperature: float = 1.0,
+    teacher: nn.Module | None = None,
 ) -> Objective:
     """The objective of every trained pass, from the first training batch ``first``.
 
     Cross-entropy when the batches carry labels (checked against the model's logits); otherwise,
     or with ``distill``, distillation from a frozen copy of ``model`` as it is now, so call this
-    before masks are attached: the dense model is the teacher. ``what`` names the pass in errors.
+    before masks are attached: the dense model is the teacher (or ``teacher``, when given: the
+    dense original of a model pruned before this pass). ``what`` names the pass in errors.
     """
     model.to(device)
     with torch.no_grad():
@@ -154,7 +156,7 @@ def default_objective(
     if len(first) > 1 and not distill:
         check_labels(output, first[1], what)
         return cross_entropy()
-    teacher = copy.deepcopy(model).to(device).eval()
+    teacher = copy.deepcopy(model if teacher is None else teacher).to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return distillation(teacher, temperature, classifier=output.ndim == 2)
