@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sparsify_cli.exporters import runtime
+from sparsify_cli.exporters.artifact import LatencyRow
 from sparsify_cli.passes.inputs import InputSpec
 
 
@@ -28,21 +29,6 @@ class LatencySettings:
     seconds: float = 1.0
     min_iterations: int = 30
     round_size: int = 10
-
-
-@dataclass(frozen=True)
-class LatencyRow:
-    batch: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    throughput: float
-    iterations: int
-    speedup_vs_dense: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _row(batch: int, times: list[float]) -> LatencyRow:
@@ -106,7 +92,7 @@ def measure_latency(
     if baseline is not None:
         for name, rows in results.items():
             results[name] = [
-                LatencyRow(**{**r.to_dict(), "speedup_vs_dense": base.p50_ms / r.p50_ms})
+                r.with_(speedup_vs_dense=base.p50_ms / r.p50_ms)
                 for r, base in zip(rows, results[baseline], strict=True)
             ]
     return results

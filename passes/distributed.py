@@ -41,7 +41,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.errors import PeerFailed, SparsifyError
 from sparsify_cli.passes.inputs import ArrayRows, Arrays
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,6 @@ CONTROL_TIMEOUT = datetime.timedelta(hours=2)
 
 class CollectiveError(SparsifyError):
     """An error every rank raises identically (e.g. ranks diverged): only rank 0 prints it."""
-
-
-class PeerFailed(Exception):
-    """Another rank failed and printed why; this rank exits with status 1 and says nothing."""
 
 
 @dataclass

@@ -12,6 +12,9 @@ parametrization (value ``W * mask``, gradient passed to *all* of ``W``), and a t
 parametrized original stores that dense gradient ``dL/dW`` and returns ``grad * mask``, so the
 optimizer only ever sees masked gradients. After training the plain :class:`WeightMask` returns.
 
+Every epoch is checkpointed (:class:`~sparsify_cli.passes.checkpoint.EpochCheckpoint`, with the
+rewiring generator and update count), so ``--resume`` continues an interrupted run exactly.
+
 Schedules (ALGORITHMS.md, "Dynamic sparse training"): an update every ``delta_t`` steps while
 ``t < T_end = end_fraction * total_steps``, drop fraction ``f(t) = alpha/2 (1 + cos(pi t/T_end))``
 (RigL, Evci et al. 2020, eq. 1). Grown weights start at 0 and their optimizer state (momentum,
@@ -30,17 +33,19 @@ from torch import nn
 
 from sparsify_cli.passes import distributed
 from sparsify_cli.passes.chains import Chain, hidden_chains, resize_chain
+from sparsify_cli.passes.checkpoint import EpochCheckpoint
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.masks import WeightMask, attach_mask, dense_weight, get_mask, is_masked
 from sparsify_cli.passes.registry import PassContext, register_pass
 from sparsify_cli.passes.sparsifier import Callbacks, Plan, prepare, register_attach
-from sparsify_cli.passes.training import TrainConfig, default_objective, fit
+from sparsify_cli.passes.training import TrainConfig, default_objective, fit, make_optimizer
 
 log = logging.getLogger(__name__)
 
 METHODS = ("static", "set", "rigl", "srigl")
 MASK_INITS = ("uniform", "erk")
 PLACEMENTS = ("magnitude", "random")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,8 @@ class DSTConfig:
 
     name: ClassVar[str] = "dst"
     next_passes: ClassVar[tuple[str, ...]] = ("shrink_ablated", "fold")
+    group_size: ClassVar[int] = 1
+    """Unstructured / constant fan-in masks fit any layer width."""
     method: str = "rigl"
     sparsity: float = 0.75
     mask_init: str = "uniform"
@@ -68,17 +75,26 @@ class DSTConfig:
     alpha: float = 0.3
     end_fraction: float = 0.75
     gamma_sal: float = 0.3
+    optimizer: str = "adamw"
+    distill: bool = False
 
     def __post_init__(self) -> None:
         for key, value, allowed in (
             ("method", self.method, METHODS),
             ("mask_init", self.mask_init, MASK_INITS),
             ("placement", self.placement, PLACEMENTS),
+            ("optimizer", self.optimizer, OPTIMIZERS),
         ):
             if value not in allowed:
                 raise SparsifyError(f"unknown DST {key} {value!r}", expected=f"one of {allowed}")
         if not 0.0 < self.sparsity < 1.0:
             raise SparsifyError("--sparsity must be in (0, 1)", found=str(self.sparsity))
+        if not (self.epochs >= 0 and self.lr > 0 and math.isfinite(self.lr)):
+            raise SparsifyError(
+                "invalid DST training settings",
+                expected="--epochs >= 0, --lr > 0 (finite)",
+                found=f"epochs={self.epochs}, lr={self.lr}",
+            )
         if self.delta_t < 1 or not 0 <= self.alpha <= 1 or not 0 < self.end_fraction <= 1:
             raise SparsifyError(
                 "invalid DST schedule",
@@ -422,21 +438,41 @@ def dynamic_sparse_training(model: nn.Module, config: DSTConfig, ctx: PassContex
             "Hugging Face folder)",
         )
     objective = None
-    if config.epochs:  # the teacher (no labels) is the model before its masks are attached
-        first = next(iter(ctx.train))
+    if config.epochs:
+        # the teacher is the model as it arrives (or the dense original the caller kept in
+        # ctx.teacher), copied before any training mask is attached
         what = f"--dst {config.method}"
-        objective = default_objective(model, first, ctx.device, what, teacher=ctx.teacher)
+        first = next(iter(ctx.train))
+        objective = default_objective(
+            model, first, ctx.device, what, config.distill, teacher=ctx.teacher
+        )
     steps = len(ctx.train) if objective is not None else 0
     sparsifier = prepare(model, config, targets, ctx.seed, steps_per_epoch=steps)
     if objective is None:
         sparsifier.close()
         return model
-    cfg = TrainConfig(epochs=config.epochs, lr=config.lr)
+    rewirer = sparsifier.callbacks
+    cfg = TrainConfig(epochs=config.epochs, lr=config.lr, optimizer=config.optimizer)
+    optimizer = make_optimizer(model.to(ctx.device), cfg)
+    checkpoint = EpochCheckpoint(ctx, config)
+    history, start, extra = checkpoint.resume(model, optimizer)
+    if start:
+        rewirer.generator.set_state(extra["generator"])
+        rewirer.updates = extra["updates"]
+        log.info("resuming dst from epoch %d (%s)", start, checkpoint.path)
+
+    def on_epoch_end(model: nn.Module, optimizer, scheduler, epoch: int, hist) -> None:
+        state = {"generator": rewirer.generator.get_state(), "updates": rewirer.updates}
+        checkpoint.save(model, optimizer, scheduler, epoch, hist, state)
+
     try:
-        history = fit(model, ctx.train, cfg, ctx, objective, sparsifier)
+        history = fit(
+            model, ctx.train, cfg, ctx, objective, sparsifier,
+            start_epoch=start, on_epoch_end=on_epoch_end, optimizer=optimizer, history=history,
+        )  # fmt: skip
     finally:
         sparsifier.close()
-    ctx.metrics["dst"] = {"loss": history.loss, "updates": sparsifier.callbacks.updates}
+    ctx.metrics["dst"] = {"loss": history.loss, "updates": rewirer.updates}
     return model
 
 

@@ -38,3 +38,8 @@ class SparsifyError(Exception):
         if self.fix is not None:
             parts.append(f"Fix: {self.fix}")
         return ". ".join(parts)
+
+
+class PeerFailed(Exception):
+    """Another torchrun rank failed and printed why; this rank exits with status 1 and says
+    nothing (raised by :mod:`sparsify_cli.passes.distributed`, caught by the CLI)."""

@@ -9,11 +9,9 @@ subclass) and their :class:`~sparsify_cli.passes.training.Callbacks`. Training i
 * Objective: cross-entropy when the training batches carry labels; otherwise (or with
   ``distill=True``) distillation from a frozen copy of the dense input model: KL on softened
   logits for classifiers (2-D outputs), MSE on the outputs for anything else.
-* Checkpoint: after every epoch ``<workdir>/<pass>.ckpt`` holds the model (weights and mask
-  buffers), optimizer, scheduler, the torch RNG states (global and the loader's shuffling
-  generator) and the history, written atomically. ``ctx.resume`` continues from it and reaches
-  the same weights bit for bit as an uninterrupted run with the same seed. Under torchrun only
-  rank 0 writes it; on resume rank 0 reads it and sends it to every rank.
+* Checkpoint: after every epoch (:class:`~sparsify_cli.passes.checkpoint.EpochCheckpoint`);
+  ``ctx.resume`` continues from it and reaches the same weights bit for bit as an uninterrupted
+  run with the same seed.
 * A non-finite loss stops training and restores the last good epoch (or the starting point).
 """
 
@@ -23,14 +21,12 @@ import copy
 import dataclasses
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from sparsify_cli.passes import distributed
-from sparsify_cli.passes.atomic import atomic_path
+from sparsify_cli.passes.checkpoint import EpochCheckpoint
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.inputs import call, to_device
 from sparsify_cli.passes.masks import WeightMask, dense_weight, masked_modules
@@ -84,6 +80,11 @@ class FinetuneConfig:
     @property
     def pattern(self) -> NMPattern:
         return NMPattern(self.n, self.m)
+
+    @property
+    def group_size(self) -> int:
+        """A layer is eligible when its reduction size divides by M."""
+        return self.m
 
     def train_config(self, batch_size: int) -> TrainConfig:
         return TrainConfig(
@@ -180,48 +181,6 @@ def _peek(loader: Any) -> Any:
     return batch
 
 
-def _checkpoint_path(ctx: PassContext, config: FinetuneConfig) -> Path | None:
-    return Path(ctx.workdir) / f"{config.name}.ckpt" if ctx.workdir is not None else None
-
-
-def _rng_state(loader: Any) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    generator = getattr(loader, "generator", None)
-    if generator is not None:
-        state["loader"] = generator.get_state()
-    return state
-
-
-def _set_rng_state(loader: Any, state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    generator = getattr(loader, "generator", None)
-    if generator is not None and "loader" in state:
-        generator.set_state(state["loader"])
-
-
-def _load_checkpoint(path: Path, config: FinetuneConfig) -> dict[str, Any]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt file is the user's to delete, not a crash
-        raise SparsifyError(
-            f"cannot read the checkpoint {path}",
-            found=f"{type(err).__name__}: {err}",
-            fix="run again without --resume to start over",
-        ) from err
-    if ckpt.get("config") != dataclasses.asdict(config):
-        raise SparsifyError(
-            f"the checkpoint {path} was written with other settings",
-            expected=str(dataclasses.asdict(config)),
-            found=str(ckpt.get("config")),
-            fix="resume with the same options, or run without --resume to start over",
-        )
-    return ckpt
-
-
 def finetune(
     model: nn.Module,
     config: FinetuneConfig,
@@ -250,38 +209,16 @@ def finetune(
     model.to(ctx.device)
     cfg = config.train_config(getattr(ctx.train, "batch_size", None) or 1)
     optimizer = make_optimizer(model, cfg)
-    history, start = History(), 0
-    path = _checkpoint_path(ctx, config)
-    ckpt = None
-    if ctx.resume and path is not None:
-        ckpt = distributed.from_main(
-            lambda: _load_checkpoint(path, config) if path.is_file() else None
-        )
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        _set_rng_state(ctx.train, ckpt["rng"])
-        history = History(**ckpt["history"])
-        start = ckpt["epoch"] + 1
-        log.info("resuming %s from epoch %d (%s)", config.name, start, path)
+    checkpoint = EpochCheckpoint(ctx, config)
+    history, start, _ = checkpoint.resume(model, optimizer)
+    if start:
+        log.info("resuming %s from epoch %d (%s)", config.name, start, checkpoint.path)
     last_good = copy.deepcopy(model.state_dict())
 
     def on_epoch_end(model: nn.Module, optimizer, scheduler, epoch: int, hist: History) -> None:
         nonlocal last_good
         last_good = copy.deepcopy(model.state_dict())
-        if path is None or not distributed.is_main():
-            return
-        state = {
-            "epoch": epoch,
-            "config": dataclasses.asdict(config),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": _rng_state(ctx.train),
-            "history": dataclasses.asdict(hist),
-        }
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+        checkpoint.save(model, optimizer, scheduler, epoch, hist)
 
     try:
         history = fit(

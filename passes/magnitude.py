@@ -34,6 +34,11 @@ class NMConfig:
     def pattern(self) -> NMPattern:
         return NMPattern(self.n, self.m)
 
+    @property
+    def group_size(self) -> int:
+        """A layer is eligible when its reduction size divides by M."""
+        return self.m
+
 
 def ensure_nm(model: nn.Module, pattern: NMPattern, targets: list[str] | tuple[str, ...]) -> None:
     """Postcondition of every N:M pass: each target's effective weight holds the pattern."""

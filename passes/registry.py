@@ -47,7 +47,9 @@ class PassContext:
     :func:`sparsify_cli.passes.selection.select_layers`;
     ``train`` / ``eval`` are data loaders when the run has data; ``track`` wraps a long loop in a
     progress display (the CLI passes a rich progress bar, the library default shows nothing);
-    ``workdir`` is where resumable passes keep their checkpoints. Passes write ``metrics``
+    ``workdir`` is where resumable passes keep their checkpoints; ``teacher`` is the frozen dense
+    model a distilling pass learns from when an earlier pass already changed the model (the
+    pass copies the model it receives otherwise). Passes write ``metrics``
     (training history) and the fold pass records the ``manifest`` entries before masks vanish.
     """
 
@@ -61,8 +63,6 @@ class PassContext:
     workdir: Any = None
     resume: bool = False
     teacher: nn.Module | None = None
-    """The frozen dense model to distil from, when the model arriving at a training pass is no
-    longer it (e.g. one-shot pruned first); by default the pass copies the model it gets."""
     metrics: dict[str, Any] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
 
@@ -96,8 +96,15 @@ def register_pass(
     return decorate
 
 
+def _builtin() -> dict[str, RegisteredPass]:
+    """The registry with every built-in pass in it (:mod:`sparsify_cli.passes.builtin`)."""
+    import sparsify_cli.passes.builtin  # noqa: F401  (registers on first import)
+
+    return _REGISTRY
+
+
 def registered_passes() -> dict[str, RegisteredPass]:
-    return dict(_REGISTRY)
+    return dict(_builtin())
 
 
 def _check_order(configs: Sequence[Any]) -> None:
@@ -115,8 +122,9 @@ def run_passes(model: nn.Module, configs: Sequence[Any], ctx: PassContext) -> nn
     """Run ``configs`` in order on ``model`` after checking the order is legal."""
     _check_order(configs)
     done: list[str] = []
+    registry = _builtin()
     for config in configs:
-        entry = _REGISTRY.get(config.name)
+        entry = registry.get(config.name)
         if entry is None or not isinstance(config, entry.config_type):
             raise SparsifyError(f"no pass registered for {type(config).__name__}")
         log.info("pass %s: %s", config.name, config)
@@ -141,10 +149,11 @@ def config_from_dict(data: dict[str, Any]) -> Any:
     """Inverse of :func:`config_to_dict`; unknown passes or keys raise :class:`SparsifyError`."""
     data = dict(data)
     name = data.pop("pass", None)
-    entry = _REGISTRY.get(name) if isinstance(name, str) else None
+    registry = _builtin()
+    entry = registry.get(name) if isinstance(name, str) else None
     if entry is None:
         raise SparsifyError(
-            f"unknown pass {name!r} in recipe", expected=f"one of {sorted(_REGISTRY)}"
+            f"unknown pass {name!r} in recipe", expected=f"one of {sorted(registry)}"
         )
     known = {f.name for f in dataclasses.fields(entry.config_type)}
     unknown = sorted(set(data) - known)

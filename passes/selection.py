@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sparsify_cli.passes.inputs import Example, call
+from sparsify_cli.passes.inputs import Example
+from sparsify_cli.passes.trace import ModelTrace, trace_model
 
 SPARSIFIABLE = (nn.Linear, nn.Conv2d)
 
@@ -52,19 +53,7 @@ class LayerChoice:
 
 def output_head(model: nn.Module, example: Example) -> str | None:
     """Name of the sparsifiable layer whose output tensor is returned by the model, if any."""
-    outputs: dict[int, str] = {}
-    hooks = [
-        mod.register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(id(out), name))
-        for name, mod in model.named_modules()
-        if isinstance(mod, SPARSIFIABLE)
-    ]
-    try:
-        with torch.no_grad():
-            result = call(model, example)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return outputs.get(id(result)) if isinstance(result, torch.Tensor) else None
+    return trace_model(model, example).head
 
 
 def _reason(
@@ -91,10 +80,15 @@ def _reason(
 
 
 def select_layers(
-    model: nn.Module, m: int, example: Example, selection: Selection = Selection()
+    model: nn.Module,
+    m: int,
+    example: Example,
+    selection: Selection = Selection(),
+    trace: ModelTrace | None = None,
 ) -> list[LayerChoice]:
-    """Classify every parameter-holding leaf module of ``model`` for grouping size ``m``."""
-    head = output_head(model, example)
+    """Classify every parameter-holding leaf module of ``model`` for grouping size ``m``
+    (``trace``: a :func:`~sparsify_cli.passes.trace.trace_model` of it, to skip a forward)."""
+    head = (trace or trace_model(model, example)).head
     choices = []
     for name, mod in model.named_modules():
         own = [p for p in mod.parameters(recurse=False)]

@@ -52,10 +52,11 @@ from sparsify_cli.passes.chains import hidden_chains, norm_after, resize_chain, 
 from sparsify_cli.passes.dst import unstructured_mask
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.flops import layer_flops
-from sparsify_cli.passes.inputs import Example, call
+from sparsify_cli.passes.inputs import Example
 from sparsify_cli.passes.masks import WeightMask, attach_mask, masked_modules
 from sparsify_cli.passes.registry import PassContext, register_pass
 from sparsify_cli.passes.selection import Selection, select_layers
+from sparsify_cli.passes.trace import ModelTrace, trace_model
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class SparseIFTConfig:
 
     name: ClassVar[str] = "sparse_ift"
     next_passes: ClassVar[tuple[str, ...]] = ("dst", "fold")
+    group_size: ClassVar[int] = 1
+    """Unstructured masks fit any layer width."""
     family: str = "wide"
     sparsity: float = 0.75
 
@@ -273,29 +276,20 @@ class _Zero(nn.Module):
 
 
 def ift_targets(
-    model: nn.Module, example: Example, selection: Selection = Selection()
+    model: nn.Module,
+    example: Example,
+    selection: Selection = Selection(),
+    trace: ModelTrace | None = None,
 ) -> list[str]:
     """Layers Sparse-IFT transforms: the selected Linear / Conv2d minus the stem.
 
     The output head is already kept dense by :func:`sparsify_cli.passes.selection.select_layers`;
-    the stem (the
-    first layer the forward pass runs: a conv stem, a patch / token embedding) stays dense too, as
-    in the paper, found by execution order rather than by name.
+    the stem (the first layer the forward pass runs: a conv stem, a patch / token embedding)
+    stays dense too, as in the paper, found by execution order rather than by name.
     """
-    order: list[str] = []
-    hooks = [
-        mod.register_forward_hook(lambda *_a, name=name: order.append(name))
-        for name, mod in model.named_modules()
-        if isinstance(mod, (nn.Linear, nn.Conv2d))
-    ]
-    try:
-        with torch.no_grad():
-            call(model.eval(), example)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    stem = order[0] if order else None
-    chosen = [c.name for c in select_layers(model, 1, example, selection) if c.selected]
+    trace = trace or trace_model(model, example)
+    stem = trace.order[0] if trace.order else None
+    chosen = [c.name for c in select_layers(model, 1, example, selection, trace) if c.selected]
     return [n for n in chosen if n != stem or selection.include]
 
 

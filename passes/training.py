@@ -156,7 +156,7 @@ def default_objective(
     if len(first) > 1 and not distill:
         check_labels(output, first[1], what)
         return cross_entropy()
-    teacher = copy.deepcopy(model if teacher is None else teacher).to(device).eval()
+    teacher = (copy.deepcopy(model) if teacher is None else teacher).to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return distillation(teacher, temperature, classifier=output.ndim == 2)

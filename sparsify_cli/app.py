@@ -21,8 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sparsify_cli.passes import distributed
-from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.errors import PeerFailed, SparsifyError
 
 # Options shared by several commands, declared once.
 DebugOpt = Annotated[bool, typer.Option(help="Show tracebacks.")]
@@ -56,7 +55,7 @@ def user_errors(debug: bool) -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except distributed.PeerFailed:  # another rank failed and printed why
+    except PeerFailed:  # another rank failed and printed why
         raise typer.Exit(1) from None
     except SparsifyError as err:
         if debug:
@@ -256,9 +255,9 @@ def convert(
     """
     import json
 
-    from sparsify_cli.pipeline import ConvertOptions, resolve_passes
+    from sparsify_cli.options import options_from_cli
+    from sparsify_cli.passes import distributed
     from sparsify_cli.pipeline import convert as run_convert
-    from sparsify_cli.recipe import read_recipe
     from sparsify_cli.report import render
 
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING)
@@ -273,7 +272,7 @@ def convert(
                 "no checkpoint given",
                 fix="pass a checkpoint, --arch (random init) or --recipe FILE",
             )
-        kwargs = dict(
+        params = dict(
             source=checkpoint,
             nm=nm,
             arch=arch,
@@ -312,11 +311,7 @@ def convert(
             inputs=tuple(inputs or ()),
             example_input=example_input,
         )
-        if recipe is not None:
-            overrides = {k: v for k, v in kwargs.items() if k in given}
-            opts = read_recipe(recipe, ConvertOptions, overrides, resolve_passes)
-        else:
-            opts = ConvertOptions(**kwargs)
+        opts = options_from_cli(params, given, recipe)
         with progress_hooks(quiet or json_out) as hooks:
             report, folder = run_convert(opts, hooks)
         if not distributed.is_main():  # torchrun's other ranks: rank 0 prints and writes
@@ -373,9 +368,12 @@ def inspect(
     import json
 
     from sparsify_cli.inspecting import add_tensorrt_prediction, inspect_path, render_inspect
+    from sparsify_cli.options import TENSORRT_PRECISIONS, check_choice
 
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING)
     with user_errors(debug):
+        if tensorrt is not None:
+            check_choice("--tensorrt", tensorrt, TENSORRT_PRECISIONS)
         doc = inspect_path(source, nm, arch, input_shape, None, trust_checkpoint)
         if tensorrt is not None:
             add_tensorrt_prediction(doc, tensorrt)

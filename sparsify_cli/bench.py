@@ -31,8 +31,9 @@ import onnx
 
 from sparsify_cli.data import load_data
 from sparsify_cli.exporters import runtime
+from sparsify_cli.exporters.artifact import LatencyRow, parse_artifacts
 from sparsify_cli.exporters.latency import LatencySettings, measure_latency
-from sparsify_cli.loading import file_sha256
+from sparsify_cli.passes.atomic import file_sha256
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.report import environment, tool_version
 
@@ -170,17 +171,17 @@ LATENCY_COLUMNS = (
 """The latency table's columns, shared by the terminal (bench) and report.html."""
 
 
-def latency_cells(name: str, accuracy: float | None, row: dict[str, Any]) -> list[str]:
+def latency_cells(name: str, accuracy: float | None, row: LatencyRow) -> list[str]:
     """One latency row formatted for :data:`LATENCY_COLUMNS`."""
-    speed = row.get("speedup_vs_dense")
+    speed = row.speedup_vs_dense
     return [
         name,
         "-" if accuracy is None else f"{100 * accuracy:.2f}%",
-        str(row["batch"]),
-        f"{row['p50_ms']:.3f}",
-        f"{row['p90_ms']:.3f}",
-        f"{row['p99_ms']:.3f}",
-        f"{row['throughput']:,.0f}",
+        str(row.batch),
+        f"{row.p50_ms:.3f}",
+        f"{row.p90_ms:.3f}",
+        f"{row.p99_ms:.3f}",
+        f"{row.throughput:,.0f}",
         "-" if speed is None else f"{speed:.2f}x",
     ]
 
@@ -193,12 +194,11 @@ def render_bench(doc: dict[str, Any], console: Any) -> None:
     table = Table(title=f"ONNX Runtime CPU, {env['threads']} thread(s), {env['cpu']}")
     for col in LATENCY_COLUMNS:
         table.add_column(col, justify="left" if col == "artifact" else "right")
-    entries = ([(doc["baseline"], " (dense)")] if doc["baseline"] else []) + [
-        (a, "") for a in doc["artifacts"]
-    ]
+    base, artifacts = parse_artifacts(doc)
+    entries = ([(base, " (dense)")] if base else []) + [(a, "") for a in artifacts]
     for art, tag in entries:
-        for i, r in enumerate(art["latency"]):
-            cells = latency_cells(art["path"] + tag, art["accuracy"], r)
+        for i, r in enumerate(art.latency):
+            cells = latency_cells(art.path + tag, art.accuracy, r)
             if i:  # name and accuracy only on an artifact's first row
                 cells[:2] = ["", ""]
             table.add_row(*cells)

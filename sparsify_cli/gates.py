@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sparsify_cli.exporters.artifact import parse_artifacts
 from sparsify_cli.passes.errors import SparsifyError
 
 GATE_EXIT = 4
@@ -30,34 +31,35 @@ def check_gates(
     Raises :class:`SparsifyError` when a gate cannot be judged (no timing, or no accuracy).
     """
     failures = []
-    artifacts = doc.get("artifacts") or []
+    base, artifacts = parse_artifacts(doc)
     if min_speedup is not None:
         for art in artifacts:
-            rows = art.get("latency") or []
-            if not rows or any(r.get("speedup_vs_dense") is None for r in rows):
+            if not art.latency or any(r.speedup_vs_dense is None for r in art.latency):
                 raise SparsifyError(
-                    f"--min-speedup cannot be checked for {art['path']}: no dense baseline timing",
+                    f"--min-speedup cannot be checked for {art.path}: no dense baseline timing",
                     fix="time the dense baseline in the same run (--baseline FILE for bench)",
                 )
-            for row in rows:
-                speed = row["speedup_vs_dense"]
+            for row in art.latency:
+                speed = row.speedup_vs_dense
                 if speed < min_speedup:
                     failures.append(
-                        f"{art['path']}: speedup {speed:.2f}x at batch {row['batch']} is below "
+                        f"{art.path}: speedup {speed:.2f}x at batch {row.batch} is below "
                         f"--min-speedup {min_speedup:.2f}x (short by {min_speedup - speed:.2f}x)"
                     )
     if max_accuracy_drop is not None:
-        dense = (doc.get("baseline") or {}).get("accuracy")
-        if dense is None or any(a.get("accuracy") is None for a in artifacts):
+        dense = base.accuracy if base else None
+        unmeasured = [a.path for a in artifacts if a.accuracy is None]
+        if dense is None or unmeasured:
             raise SparsifyError(
-                "--gate-max-accuracy-drop needs accuracy, and this run measured none",
+                "--gate-max-accuracy-drop needs accuracy, and this run measured none"
+                + (f" for {', '.join(unmeasured)}" if dense is not None else ""),
                 fix="pass --data with labelled held-out samples (a dataset name or .npz)",
             )
         for art in artifacts:
-            drop = 100 * (dense - art["accuracy"])
+            drop = 100 * (dense - art.accuracy)
             if drop > max_accuracy_drop:
                 failures.append(
-                    f"{art['path']}: accuracy {100 * art['accuracy']:.2f}% is {drop:.2f} points "
+                    f"{art.path}: accuracy {100 * art.accuracy:.2f}% is {drop:.2f} points "
                     f"below dense {100 * dense:.2f}%, over --gate-max-accuracy-drop "
                     f"{max_accuracy_drop:g} (by {drop - max_accuracy_drop:.2f} points)"
                 )

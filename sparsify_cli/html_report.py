@@ -25,6 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 from sparsify_cli.bench import LATENCY_COLUMNS, latency_cells  # noqa: E402
+from sparsify_cli.exporters.artifact import LatencyRow, parse_artifacts  # noqa: E402
 from sparsify_cli.passes.atomic import atomic_write_text  # noqa: E402
 
 REPORT_HTML = "report.html"
@@ -38,15 +39,11 @@ def _png(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _series(report: dict[str, Any]) -> list[tuple[str, float | None, list[dict[str, Any]]]]:
+def _series(report: dict[str, Any]) -> list[tuple[str, float | None, list[LatencyRow]]]:
     """``(name, accuracy, latency rows)`` of the dense baseline and every artifact."""
-    out = []
-    base = report.get("baseline")
-    if base:
-        out.append((f"{base['path']} (dense)", base.get("accuracy"), base.get("latency") or []))
-    for art in report.get("artifacts", []):
-        out.append((art["path"], art.get("accuracy"), art.get("latency") or []))
-    return out
+    base, artifacts = parse_artifacts(report)
+    out = [(f"{base.path} (dense)", base.accuracy, base.latency)] if base else []
+    return out + [(art.path, art.accuracy, art.latency) for art in artifacts]
 
 
 def accuracy_latency_plot(report: dict[str, Any]) -> str | None:
@@ -57,12 +54,12 @@ def accuracy_latency_plot(report: dict[str, Any]) -> str | None:
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     markers = "osD^vP*X"
     for i, (name, acc, rows) in enumerate(points):
-        xs = [r["p50_ms"] for r in rows]
+        xs = [r.p50_ms for r in rows]
         ax.plot(xs, [100 * acc] * len(xs), markers[i % len(markers)], label=name, markersize=8)
         for r in rows:
             ax.annotate(
-                f"b{r['batch']}",
-                (r["p50_ms"], 100 * acc),
+                f"b{r.batch}",
+                (r.p50_ms, 100 * acc),
                 textcoords="offset points",
                 xytext=(5, 4),
                 fontsize=8,
@@ -70,7 +67,7 @@ def accuracy_latency_plot(report: dict[str, Any]) -> str | None:
     ax.set_xscale("log")
     ax.set_xlabel("p50 latency per batch (ms, log scale)")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("Accuracy vs latency (ONNX Runtime)")
+    ax.set_title("Accuracy vs latency")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig)
@@ -96,7 +93,7 @@ def density_plot(report: dict[str, Any]) -> str | None:
 def latency_plot(report: dict[str, Any]) -> str | None:
     """One panel per batch size: p50, p90 and p99 bars for every artifact."""
     series = [(n, rows) for n, _, rows in _series(report) if rows]
-    batches = sorted({r["batch"] for _, rows in series for r in rows})
+    batches = sorted({r.batch for _, rows in series for r in rows})
     if not batches:
         return None
     fig, axes = plt.subplots(
@@ -108,7 +105,7 @@ def latency_plot(report: dict[str, Any]) -> str | None:
             zip(("p50", "p90", "p99"), ("tab:green", "tab:orange", "tab:red"), strict=True)
         ):
             values = [
-                next((r[f"{pct}_ms"] for r in rows if r["batch"] == batch), 0.0)
+                next((getattr(r, f"{pct}_ms") for r in rows if r.batch == batch), 0.0)
                 for _, rows in series
             ]
             ax.bar(

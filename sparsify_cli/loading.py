@@ -19,7 +19,6 @@ named inputs from ``--input NAME:SHAPE:DTYPE`` / ``--example-input x.npz``
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import logging
 import os
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparsify_cli.passes.atomic import file_sha256
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.inputs import (
     Example,
@@ -86,14 +86,6 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
             found=str(dims),
         )
     return dims
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager

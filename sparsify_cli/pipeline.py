@@ -3,10 +3,16 @@
 This is the only place that uses both :mod:`passes` and :mod:`exporters`. Everything is written
 into a hidden staging folder beside ``out`` and moved into place only when the whole run
 succeeded, so an interrupted run never leaves a half-written artifact under the real name.
+
+:func:`convert` runs the stages in order, each a function of its own: prepare the output, load,
+sparsify, save the sparse model, export every requested format (the exporter registry,
+:mod:`sparsify_cli.exporters.formats`), measure latency, write the report. The options arrive
+checked (:mod:`sparsify_cli.options`).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -20,165 +26,33 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+import sparsify_cli.exporters.formats  # noqa: F401  (registers the built-in exporters)
 from sparsify_cli.data import load_data, load_input_data
-from sparsify_cli.exporters import runtime
-from sparsify_cli.exporters.condensed import condense_onnx, kernel_isa
+from sparsify_cli.exporters.artifact import EXPORTERS, Artifact, ExportStage
 from sparsify_cli.exporters.latency import LatencySettings, measure_latency
-from sparsify_cli.exporters.onnx_export import export_onnx, weight_refs
-from sparsify_cli.exporters.quantize import QuantizeConfig, quantize_model
-from sparsify_cli.exporters.tensorrt import require_tensorrt
-from sparsify_cli.exporters.verify import max_abs_diff, verify_pattern
+from sparsify_cli.exporters.onnx_export import export_onnx
 from sparsify_cli.hf import HF_FOLDER, save_hf_folder
 from sparsify_cli.html_report import write_html
-from sparsify_cli.loading import LoadedModel, file_sha256, load_model
-from sparsify_cli.passes import (
-    ASPConfig,
-    FoldConfig,
-    MaxQConfig,
-    NMConfig,
-    NMPattern,
-    PassContext,
-    Selection,
-    SRSTEConfig,
-    distributed,
-    run_passes,
-    select_layers,
-)
+from sparsify_cli.loading import LoadedModel, load_model
+from sparsify_cli.options import ConvertOptions, group_size, resolve_passes
+from sparsify_cli.passes import PassContext, Selection, distributed, run_passes, select_layers
 from sparsify_cli.passes.atomic import atomic_path
-from sparsify_cli.passes.dst import DSTConfig, ShrinkConfig
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.flops import layer_flops
-from sparsify_cli.passes.inputs import as_arrays, call, parse_input_spec
+from sparsify_cli.passes.inputs import as_arrays, call
 from sparsify_cli.passes.manifest import Manifest
-from sparsify_cli.passes.sparse_ift import SparseIFTConfig, ift_targets
+from sparsify_cli.passes.sparse_ift import ift_targets
 from sparsify_cli.passes.spectral import layer_gaps
+from sparsify_cli.passes.trace import ModelTrace, trace_model
 from sparsify_cli.passes.training import check_labels, make_loader, predict
 from sparsify_cli.recipe import recipe_dict, write_recipe
 from sparsify_cli.report import new_report, tool_version, write_report
 from sparsify_cli.samples.datasets import Dataset
 from sparsify_cli.text_data import DEFAULT_MAX_LENGTH, is_text_data, load_text_data
 
+__all__ = ["ConvertOptions", "Hooks", "convert", "resolve_passes"]
+
 log = logging.getLogger(__name__)
-
-PARITY_ATOL = 1e-4
-"""fp32 ONNX Runtime vs PyTorch: max abs difference allowed on the outputs."""
-
-EXPORTS = ("onnx", "condensed", "tensorrt")
-CONDENSED_OPS = ("custom", "standard")
-
-
-def _finetune_settings(opts: ConvertOptions, pattern: NMPattern) -> dict[str, Any]:
-    return {
-        "n": pattern.n,
-        "m": pattern.m,
-        "epochs": opts.epochs,
-        "lr": opts.lr,
-        "optimizer": opts.optimizer,
-        "distill": opts.distill,
-    }
-
-
-METHODS: dict[str, Callable[[ConvertOptions, NMPattern], Any]] = {
-    "magnitude": lambda opts, p: NMConfig(p.n, p.m),
-    "asp": lambda opts, p: ASPConfig(**_finetune_settings(opts, p)),
-    "srste": lambda opts, p: SRSTEConfig(**_finetune_settings(opts, p)),
-    "maxq": lambda opts, p: MaxQConfig(**_finetune_settings(opts, p)),
-}
-"""``--method`` -> the config of its sparsifying pass (fold always follows)."""
-
-TRAINED = ("asp", "srste", "maxq")
-"""Methods that fine-tune and so need training data."""
-
-
-@dataclass(frozen=True)
-class ConvertOptions:
-    """Every setting of a ``convert`` run (the CLI builds it; the recipe records it)."""
-
-    source: str | None
-    nm: str = "2:4"
-    arch: str | None = None
-    input_shape: str | None = None
-    method: str = "magnitude"
-    data: str | None = None
-    max_length: int | None = None
-    out: str | None = None
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    sparsify_head: bool = False
-    batch_sizes: tuple[int, ...] = (1, 32)
-    threads: int = 1
-    bench_seconds: float = 1.0
-    seed: int = 0
-    trust_checkpoint: bool = False
-    force: bool = False
-    parity_atol: float = PARITY_ATOL
-    export: tuple[str, ...] = ("onnx",)
-    condensed_ops: str = "custom"
-    quantize: str | None = None
-    calib_size: int = 256
-    calib_method: str = "minmax"
-    max_accuracy_drop: float | None = None
-    reduce_range: bool | None = None
-    epochs: int = 8
-    lr: float = 1e-3
-    batch_size: int = 64
-    optimizer: str = "adamw"
-    distill: bool = False
-    resume: bool = False
-    device: str | None = None
-    ift: str | None = None
-    sparsity: float = 0.75
-    dst: str | None = None
-    mask_init: str = "uniform"
-    inputs: tuple[str, ...] = ()
-    example_input: str | None = None
-
-    def __post_init__(self) -> None:
-        NMPattern.parse(self.nm)
-        for text in self.inputs:
-            parse_input_spec(text)
-        if self.ift is not None:
-            SparseIFTConfig(self.ift, self.sparsity)  # validates
-        if self.dst is not None:
-            DSTConfig(self.dst, self.sparsity, self.mask_init, epochs=self.epochs)
-        unknown = [e for e in self.export if e not in EXPORTS]
-        if unknown or not self.export:
-            raise SparsifyError(
-                f"unknown --export {','.join(unknown) or '(empty)'}", expected=f"some of {EXPORTS}"
-            )
-        if self.quantize is not None:
-            self.quantize_config()
-        if self.condensed_ops not in CONDENSED_OPS:
-            raise SparsifyError(
-                f"unknown --condensed-ops {self.condensed_ops!r}",
-                expected=f"one of {CONDENSED_OPS}",
-            )
-        if self.method not in METHODS:
-            raise SparsifyError(
-                f"unknown --method {self.method!r}", expected=f"one of {tuple(METHODS)}"
-            )
-        if self.batch_size < 1:
-            raise SparsifyError("--batch-size must be >= 1", found=str(self.batch_size))
-        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise SparsifyError("batch sizes must be >= 1", found=str(self.batch_sizes))
-        if self.threads < 1:
-            raise SparsifyError("--threads must be >= 1", found=str(self.threads))
-        if self.max_length is not None and not (self.data and is_text_data(self.data)):
-            raise SparsifyError(
-                "--max-length applies to text --data only",
-                fix="pass a text file or .jsonl with --data, or drop --max-length",
-            )
-        if self.max_length is not None and self.max_length < 1:
-            raise SparsifyError("--max-length must be >= 1", found=str(self.max_length))
-
-    def quantize_config(self) -> QuantizeConfig:
-        return QuantizeConfig(
-            self.quantize or "int8",
-            self.calib_method,
-            self.calib_size,
-            self.max_accuracy_drop,
-            self.reduce_range,
-        )
 
 
 @dataclass
@@ -254,6 +128,8 @@ def _accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
 
 
 def _dataset(opts: ConvertOptions, loaded: LoadedModel) -> Dataset | None:
+    """``--data`` for this model: text (tokenized with a Hugging Face folder's tokenizer), an
+    ``.npz`` of named inputs, or one array / a dataset name for a single-input model."""
     spec = opts.data or (loaded.sample.dataset if loaded.sample else None)
     if spec and is_text_data(spec):
         if loaded.hf_folder is None:
@@ -267,6 +143,22 @@ def _dataset(opts: ConvertOptions, loaded: LoadedModel) -> Dataset | None:
     if spec and not isinstance(loaded.example, torch.Tensor):
         return load_input_data(spec, loaded.specs)
     return load_data(spec, tuple(loaded.example.shape[1:])) if spec else None
+
+
+def _check_training_data(opts: ConvertOptions, data: Dataset | None, loaded: LoadedModel) -> None:
+    """A training run has data; labels (cross-entropy) fit the model's logits. One line naming
+    the pass otherwise."""
+    trains = f"--dst {opts.dst}" if opts.dst else f"--method {opts.method}"
+    if data is None:
+        raise SparsifyError(
+            f"{trains} trains the model and needs training data",
+            fix="pass --data (a dataset name such as digits, an .npz with x[, y], or a text "
+            "file for a Hugging Face folder)",
+        )
+    if data.y_train is not None and not opts.distill:
+        with torch.no_grad():
+            output = call(loaded.model.eval(), loaded.example)
+        check_labels(output, torch.as_tensor(data.y_train), trains)
 
 
 def _device(name: str | None) -> torch.device:
@@ -324,158 +216,47 @@ def _layer_rows(choices, manifest: dict, flops: dict, model) -> list[dict[str, A
     return rows
 
 
-def _tensorrt_artifact(
-    opts: ConvertOptions,
-    staging: Path,
-    sparse_onnx: Path,
-    choices,
-    manifest: Manifest,
-    check_x: np.ndarray,
-    torch_out: np.ndarray,
-) -> dict[str, Any]:
-    """Dense and 2:4 fp16 engines of the sparse ONNX: which layers run sparse, parity, latency."""
-    import onnx
+@dataclass
+class Run:
+    """What the stages of one ``convert`` share."""
 
-    from sparsify_cli.exporters.tensorrt.export import export_tensorrt
-    from sparsify_cli.exporters.tensorrt.runtime import TimingSettings
+    opts: ConvertOptions
+    hooks: Hooks
+    out: Path
+    loaded: LoadedModel | None = None
+    data: Dataset | None = None
+    staging: Path | None = None
+    configs: list[Any] = field(default_factory=list)
+    selection: Selection | None = None
+    choices: list[Any] = field(default_factory=list)
+    ctx: PassContext | None = None
+    dense_out: np.ndarray | None = None
+    manifest: Manifest | None = None
+    recipe: dict[str, Any] | None = None
+    sparse_out: np.ndarray | None = None
+    trace: ModelTrace | None = None
+    """One traced forward of the model (again after Sparse-IFT changed its structure)."""
 
-    refs = weight_refs(onnx.load(str(sparse_onnx)), [c.name for c in choices])
-    artifact = export_tensorrt(
-        sparse_onnx,
-        staging,
-        node_map={module: [r.node for r in found] for module, found in refs.items()},
-        patterns={e.module: e.pattern for e in manifest.entries.values()},
-        check_x=check_x,
-        reference=torch_out,
-        batch_sizes=opts.batch_sizes,
-        timing=TimingSettings(duration_s=opts.bench_seconds),
-    )
-    artifact["sha256"] = file_sha256(staging / artifact["path"])
-    if not artifact["parity"]["ok"]:
-        raise SparsifyError(
-            "the TensorRT engine does not match the PyTorch model",
-            expected=f"max abs difference <= {artifact['parity_atol']:.3g}",
-            found=f"{artifact['parity_max_abs']:.3g}",
-        )
-    return artifact
+    @property
+    def labels(self) -> np.ndarray | None:
+        return self.data.y_test if self.data is not None else None
 
 
-def _parity(
-    path: Path, what: str, check_x: Any, torch_out: np.ndarray, atol: float
-) -> tuple[np.ndarray, float]:
-    """Outputs of ``path`` in ONNX Runtime and their max abs difference from PyTorch's.
-
-    A difference above ``atol`` is an error naming the artifact.
-    """
-    outputs = runtime.run(runtime.session(path), check_x)
-    parity = max_abs_diff(outputs, torch_out)
-    if parity > atol:
-        raise SparsifyError(
-            f"the {what} does not match the PyTorch model",
-            expected=f"max abs difference <= {atol:g}",
-            found=f"{parity:.3g}",
-        )
-    return outputs, parity
+def _check_early(run: Run) -> None:
+    """Refuse what would fail later before any expensive work: an existing ``--out`` without
+    ``--force``, and a format whose requirements are missing (TensorRT without a GPU)."""
+    if run.out.exists() and not run.opts.force:
+        _prepare_out(run.out, force=False)
+    for name in run.opts.formats():
+        if EXPORTERS[name].check is not None:
+            EXPORTERS[name].check(run.opts)
 
 
-def _condensed_artifact(
-    opts: ConvertOptions,
-    staging: Path,
-    sparse_onnx: Path,
-    manifest: Manifest,
-    check_x: np.ndarray,
-    torch_out: np.ndarray,
-    labels: np.ndarray | None,
-) -> dict[str, Any]:
-    """Constant fan-in layers as values + indices (``CondensedLinear`` or stock ops), checked.
-
-    The pattern check compares each condensed layer's fan-in with the manifest's; parity is
-    against the same PyTorch outputs as the plain ONNX, with the same tolerance.
-    """
-    path = staging / "model_condensed.onnx"
-    results = condense_onnx(sparse_onnx, manifest, path, ops=opts.condensed_ops)
-    entries = manifest.by_module()
-    checks = [
-        {
-            "module": r.module,
-            "pattern": entries[r.module].pattern,
-            "ok": r.skipped is not None or r.fan_in == entries[r.module].fan_in,
-            "detail": r.skipped or f"k={r.fan_in} over {r.active_rows}/{r.out_features} rows",
-        }
-        for r in results
-    ]
-    outputs, parity = _parity(path, "condensed ONNX", check_x, torch_out, opts.parity_atol)
-    return {
-        "format": "condensed",
-        "path": path.name,
-        "size_bytes": path.stat().st_size,
-        "sha256": file_sha256(path),
-        "condensed_ops": opts.condensed_ops,
-        # which kernel set produced the latency below (avx512, avx2 or portable)
-        "kernels": kernel_isa() if opts.condensed_ops == "custom" else None,
-        "layers_condensed": sum(r.skipped is None for r in results),
-        "parity_max_abs": parity,
-        "parity_atol": opts.parity_atol,
-        "pattern_ok": all(c["ok"] for c in checks),
-        "pattern_checks": checks,
-        "accuracy": _accuracy(outputs, labels),
-    }
-
-
-def resolve_passes(opts: ConvertOptions) -> list[Any]:
-    """The pass configs a run with ``opts`` executes (recorded in, and checked by, recipes).
-
-    ``--ift`` / ``--dst`` run Sparse-IFT, then dynamic sparse training and the removal of
-    ablated neurons; otherwise ``--method`` picks the N:M pass. Fold always comes last.
-    """
-    if not (opts.ift or opts.dst):
-        return [METHODS[opts.method](opts, NMPattern.parse(opts.nm)), FoldConfig()]
-    configs: list[Any] = []
-    if opts.ift:
-        configs.append(SparseIFTConfig(opts.ift, opts.sparsity))
-    if opts.dst:
-        configs += [
-            DSTConfig(opts.dst, opts.sparsity, opts.mask_init, epochs=opts.epochs),
-            ShrinkConfig(),
-        ]
-    return configs + [FoldConfig()]
-
-
-QUANT_FILES = {"int8": "model_int8.onnx", "int8-dynamic": "model_int8_dynamic.onnx"}
-QUANT_FORMATS = {"int8": "onnx-int8", "int8-dynamic": "onnx-int8-dynamic"}
-
-
-def _quant_artifact(quant, checks, latency, fp32_latency) -> dict[str, Any]:
-    """The int8 artifact's report entry; each latency row adds ``speedup_vs_fp32`` (fp32 sparse
-    median / int8 median, same measure_latency run)."""
-    return {
-        "format": QUANT_FORMATS[quant.mode],
-        "path": quant.path.name,
-        "size_bytes": quant.path.stat().st_size,
-        "sha256": file_sha256(quant.path),
-        "parity_max_abs": quant.max_abs_diff,
-        "sqnr_db": quant.sqnr_db,
-        "accuracy": quant.accuracy,
-        "accuracy_fp32_sparse": quant.fp32_accuracy,
-        "quantization": quant.to_dict(),
-        "pattern_ok": all(c.ok for c in checks),
-        "pattern_checks": [asdict(c) for c in checks],
-        "latency": [
-            {**r.to_dict(), "speedup_vs_fp32": f.p50_ms / r.p50_ms}
-            for r, f in zip(latency, fp32_latency, strict=True)
-        ],
-    }
-
-
-def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any], Path]:
-    """Run the whole conversion; returns the report and the output folder."""
-    pattern = NMPattern.parse(opts.nm)
-    out = Path(opts.out) if opts.out else default_out(opts)
-    if out.exists() and not opts.force:  # fail before any expensive work
-        _prepare_out(out, force=False)
-    if "tensorrt" in opts.export:
-        require_tensorrt()  # no GPU / no TensorRT: say so now, not after fine-tuning
-    hooks.status("loading the checkpoint")
+def _load(run: Run) -> None:
+    """The model, its example input, the data, and the passes to run with the layers they
+    may sparsify (eligibility by the first pass's group size, not by ``--nm``)."""
+    opts = run.opts
+    run.hooks.status("loading the checkpoint")
     loaded = load_model(
         opts.source,
         opts.arch,
@@ -484,213 +265,204 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
         opts.inputs,
         opts.example_input,
     )
-    multi_input = not isinstance(loaded.example, torch.Tensor)
-    if multi_input and "tensorrt" in opts.export:
-        raise SparsifyError(
-            "--export tensorrt takes models with one float input",
-            found=f"inputs {', '.join(loaded.example)}",
-        )
-    data = _dataset(opts, loaded)
-    torch.manual_seed(opts.seed)
-    model, example = loaded.model, loaded.example
-    trains = f"--dst {opts.dst}" if opts.dst else f"--method {opts.method}"
-    trained = opts.method in TRAINED or bool(opts.dst)
-    if trained and data is None:
-        raise SparsifyError(
-            f"{trains} trains the model and needs training data",
-            fix="pass --data (a dataset name such as digits, an .npz with x[, y], or a text "
-            "file for a Hugging Face folder)",
-        )
-    if trained and data.y_train is not None and not opts.distill:
-        with torch.no_grad():
-            check_labels(call(model, example), torch.as_tensor(data.y_train), trains)
-    selection = Selection(opts.include, opts.exclude, opts.sparsify_head, head=loaded.head)
-    choices = select_layers(model, pattern.m, example, selection)
-    targets = [c.name for c in choices if c.selected]
-    if not targets:
-        raise SparsifyError(
-            f"no layer can be sparsified at {pattern}",
-            expected=f"Linear / Conv2d layers whose input size divides by {pattern.m}",
-            found="; ".join(f"{c.name}: {c.reason}" for c in choices[:6]) or "no layers",
-            fix="check --include/--exclude, or choose a smaller M",
-        )
-    if distributed.is_main():
-        staging = _prepare_out(out, opts.force)
-    else:  # other ranks never write beside --out; their scratch is private and removed
-        staging = Path(tempfile.mkdtemp(prefix=f"sparsify-rank{distributed.rank()}-"))
-    try:
-        hooks.status("exporting the dense baseline")
-        dense_onnx = staging / "model_dense.onnx"
-        export_onnx(model, example, dense_onnx, loaded.specs)
-        dense_out = predict(model, data.x_test) if data is not None else None
-
-        hooks.status(f"sparsifying {len(targets)} layers at {pattern} ({opts.method})")
-        ctx = PassContext(targets=targets, example=example, seed=opts.seed, track=hooks.track)
-        configs = resolve_passes(opts)
-        sparse_training = bool(opts.ift or opts.dst)
-        if sparse_training:
-            ctx.targets = ift_targets(model, example, selection)
-        if opts.method in TRAINED or sparse_training:
-            ctx.device = _device(opts.device)
-            loader = distributed.sharded_loader if distributed.is_distributed() else make_loader
-            ctx.train = loader(
-                data.x_train, data.y_train, opts.batch_size, shuffle=True, seed=opts.seed
-            )
-            ctx.eval = make_loader(data.x_test, data.y_test, 256, shuffle=False)
-        if opts.method in TRAINED:
-            workdir = _workdir(out)
-            if workdir.exists() and not opts.resume and distributed.is_main():
-                shutil.rmtree(workdir)
-            if distributed.is_main():
-                workdir.mkdir(parents=True, exist_ok=True)
-            ctx.workdir, ctx.resume = workdir, opts.resume
-        distributed.agree()  # every rank is ready to train (or all stop, with one message)
-        model = run_passes(model, configs, ctx).cpu()
-        if distributed.handoff():  # rank 0 alone writes the artifacts; this rank is done
-            return ctx.metrics, out
-        if sparse_training:  # the report lists the transformed model's layers
-            choices = select_layers(model, 1, example, selection)
-        recipe = recipe_dict(opts, configs)
-        write_recipe(staging / "recipe.yaml", recipe)
-        manifest = Manifest(
-            ctx.manifest,
-            recipe=recipe,
-            versions={
-                "sparsify": tool_version(),
-                "torch": torch.__version__,
-            },
-        )
-        manifest.save(staging / "manifest.safetensors")
-        with atomic_path(staging / "model_sparse.safetensors") as tmp:
-            save_file(
-                {k: v.contiguous() for k, v in model.state_dict().items()},
-                str(tmp),
-                metadata={"sparsify_sample": loaded.sample.name} if loaded.sample else None,
-            )
-        if loaded.hf_folder is not None:
-            save_hf_folder(model, loaded.hf_folder, staging / HF_FOLDER)
-
-        hooks.status("exporting and verifying the sparse ONNX")
-        sparse_onnx = staging / "model.onnx"
-        export_onnx(model, example, sparse_onnx, loaded.specs)
-        checks = verify_pattern(sparse_onnx, manifest)
-        bad = [c for c in checks if not c.ok]
-        if bad:
+    if not isinstance(loaded.example, torch.Tensor):
+        single = [n for n in opts.formats() if EXPORTERS[n].single_input]
+        if single:
             raise SparsifyError(
-                "the exported ONNX does not hold the sparsity pattern",
-                found="; ".join(f"{c.module}: {c.detail}" for c in bad),
+                f"{', '.join(single)} take models with one float input",
+                found=f"inputs {', '.join(loaded.example)}",
+                fix="leave them out of --export / --quantize",
             )
-        check_x = data.x_test if data is not None else as_arrays(example)
-        torch_out = predict(model, check_x)
-        onnx_out, parity = _parity(
-            sparse_onnx, "exported ONNX", check_x, torch_out, opts.parity_atol
+    run.loaded, run.data = loaded, _dataset(opts, loaded)
+    torch.manual_seed(opts.seed)
+    if opts.trains:
+        _check_training_data(opts, run.data, loaded)
+    run.configs = resolve_passes(opts)
+    group = group_size(run.configs)
+    run.selection = Selection(opts.include, opts.exclude, opts.sparsify_head, head=loaded.head)
+    run.trace = trace_model(loaded.model, loaded.example)  # the one forward of the dense model
+    run.choices = select_layers(loaded.model, group, loaded.example, run.selection, run.trace)
+    if not any(c.selected for c in run.choices):
+        what = f"at {opts.pattern}" if group > 1 else "with this run's passes"
+        raise SparsifyError(
+            f"no layer can be sparsified {what}",
+            expected=f"Linear / Conv2d layers whose input size divides by {group}",
+            found="; ".join(f"{c.name}: {c.reason}" for c in run.choices[:6]) or "no layers",
+            fix="check --include/--exclude" + (", or choose a smaller M" if group > 1 else ""),
         )
 
-        quant = None
-        if opts.quantize is not None:
-            hooks.status(f"quantizing the sparse ONNX ({opts.quantize})")
-            quant = quantize_model(
-                sparse_onnx,
-                staging / QUANT_FILES[opts.quantize],
-                opts.quantize_config(),
-                data.x_train if data is not None else None,
-                check_x,
-                data.y_test if data is not None else None,
-            )
-            quant_checks = verify_pattern(quant.path, manifest)
-            bad = [c for c in quant_checks if not c.ok]
-            if bad:
-                raise SparsifyError(
-                    "the int8 ONNX does not hold the sparsity pattern",
-                    found="; ".join(f"{c.module}: {c.detail}" for c in bad),
-                )
 
-        condensed = None
-        if "condensed" in opts.export:
-            hooks.status(f"condensing constant fan-in layers ({opts.condensed_ops} ops)")
-            condensed = _condensed_artifact(
-                opts,
-                staging,
-                sparse_onnx,
-                manifest,
-                check_x,
-                torch_out,
-                data.y_test if data is not None else None,
-            )
+def _training_context(run: Run) -> PassContext:
+    """Targets, data loaders, device, work folder and (for DST after Sparse-IFT) the teacher."""
+    opts, loaded, data = run.opts, run.loaded, run.data
+    targets = [c.name for c in run.choices if c.selected]
+    ctx = PassContext(
+        targets=targets, example=loaded.example, seed=opts.seed, track=run.hooks.track
+    )
+    if opts.sparse_training:
+        ctx.targets = ift_targets(loaded.model, loaded.example, run.selection, run.trace)
+    if opts.trains:
+        ctx.device = _device(opts.device)
+        loader = distributed.sharded_loader if distributed.is_distributed() else make_loader
+        ctx.train = loader(
+            data.x_train, data.y_train, opts.batch_size, shuffle=True, seed=opts.seed
+        )
+        ctx.eval = make_loader(data.x_test, data.y_test, 256, shuffle=False)
+        workdir = _workdir(run.out)
+        if workdir.exists() and not opts.resume and distributed.is_main():
+            shutil.rmtree(workdir)
+        if distributed.is_main():
+            workdir.mkdir(parents=True, exist_ok=True)
+        ctx.workdir, ctx.resume = workdir, opts.resume
+    if opts.ift and opts.dst and (opts.distill or data.y_train is None):
+        ctx.teacher = copy.deepcopy(loaded.model)  # the dense model, before Sparse-IFT
+    return ctx
 
-        hooks.status("timing dense and sparse in ONNX Runtime")
-        settings = LatencySettings(
-            tuple(opts.batch_sizes), opts.threads, seconds=opts.bench_seconds
-        )
-        latency = measure_latency(
-            {
-                "dense": dense_onnx,
-                "onnx": sparse_onnx,
-                **({"int8": quant.path} if quant else {}),
-                **({"condensed": staging / condensed["path"]} if condensed else {}),
-            },
-            loaded.specs,
-            settings,
-            baseline="dense",
-            track=hooks.track,
-        )
 
-        report = new_report(loaded.source, loaded.sha256, asdict(opts), opts.threads)
-        report["recipe"] = recipe
-        report["training"] = ctx.metrics
-        report["layers"] = _layer_rows(
-            choices, manifest.entries, layer_flops(model, example), model
+def _sparsify(run: Run) -> bool:
+    """Export the dense baseline, run the passes; ``False`` on a torchrun rank that is done."""
+    loaded, data = run.loaded, run.data
+    run.hooks.status("exporting the dense baseline")
+    export_onnx(loaded.model, loaded.example, run.staging / "model_dense.onnx", loaded.specs)
+    run.dense_out = predict(loaded.model, data.x_test) if data is not None else None
+    names = " -> ".join(c.name for c in run.configs)
+    run.hooks.status(f"sparsifying: {names}")
+    run.ctx = _training_context(run)
+    distributed.agree()  # every rank is ready to train (or all stop, with one message)
+    loaded.model = run_passes(loaded.model, run.configs, run.ctx).cpu()
+    if distributed.handoff():  # rank 0 alone writes the artifacts; this rank is done
+        return False
+    if run.opts.sparse_training:  # the report lists the transformed model's layers
+        run.trace = trace_model(loaded.model, loaded.example)
+        run.choices = select_layers(loaded.model, 1, loaded.example, run.selection, run.trace)
+    return True
+
+
+def _save(run: Run) -> None:
+    """Recipe, manifest, sparse weights (and the Hugging Face folder) into staging."""
+    loaded, staging = run.loaded, run.staging
+    run.recipe = recipe_dict(run.opts, run.configs)
+    write_recipe(staging / "recipe.yaml", run.recipe)
+    versions = {"sparsify": tool_version(), "torch": torch.__version__}
+    run.manifest = Manifest(run.ctx.manifest, recipe=run.recipe, versions=versions)
+    run.manifest.save(staging / "manifest.safetensors")
+    with atomic_path(staging / "model_sparse.safetensors") as tmp:
+        save_file(
+            {k: v.contiguous() for k, v in loaded.model.state_dict().items()},
+            str(tmp),
+            metadata={"sparsify_sample": loaded.sample.name} if loaded.sample else None,
         )
-        if data is not None and data.y_test is not None:
-            report["accuracy"] = {
-                "metric": "top1",
-                "samples": int(len(data.y_test)),
-                "dense": _accuracy(dense_out, data.y_test),
-                "sparse": _accuracy(torch_out, data.y_test),
-                "sparse_onnx": _accuracy(onnx_out, data.y_test),
-                "quantized": quant.accuracy if quant else None,
-            }
-        report["baseline"] = {
-            "format": "onnx",
-            "path": dense_onnx.name,
-            "size_bytes": dense_onnx.stat().st_size,
-            "latency": [r.to_dict() for r in latency["dense"]],
-            "accuracy": report["accuracy"]["dense"] if report["accuracy"] else None,
+    if loaded.hf_folder is not None:
+        save_hf_folder(loaded.model, loaded.hf_folder, staging / HF_FOLDER)
+
+
+def _export_all(run: Run) -> dict[str, Artifact]:
+    """Every requested format through the exporter registry, ``onnx`` first (by name)."""
+    loaded, data = run.loaded, run.data
+    run.hooks.status("exporting and verifying the sparse ONNX")
+    sparse_onnx = run.staging / "model.onnx"
+    export_onnx(loaded.model, loaded.example, sparse_onnx, loaded.specs)
+    check_x = data.x_test if data is not None else as_arrays(loaded.example)
+    stage = ExportStage(
+        folder=run.staging,
+        onnx=sparse_onnx,
+        manifest=run.manifest,
+        check_x=check_x,
+        reference=predict(loaded.model, check_x),
+        labels=run.labels,
+        calib_x=data.x_train if data is not None else None,
+        options=run.opts,
+        layers=[c.name for c in run.choices],
+        status=run.hooks.status,
+    )
+    for name in run.opts.formats():
+        exporter = EXPORTERS[name]
+        if name != "onnx":
+            run.hooks.status(f"exporting {exporter.description}")
+        stage.built[name] = exporter.build(stage)
+    run.sparse_out = stage.reference
+    return stage.built
+
+
+def _measure(run: Run, artifacts: dict[str, Artifact]) -> list[Any]:
+    """Time the dense baseline and every ONNX Runtime artifact in one interleaved run; returns
+    the baseline's rows. int8 rows also get ``speedup_vs_fp32`` (same run)."""
+    opts, staging = run.opts, run.staging
+    run.hooks.status("timing dense and sparse in ONNX Runtime")
+    settings = LatencySettings(tuple(opts.batch_sizes), opts.threads, seconds=opts.bench_seconds)
+    timed = {k: a for k, a in artifacts.items() if EXPORTERS[k].ort_timed}
+    latency = measure_latency(
+        {"dense": staging / "model_dense.onnx", **{k: staging / a.path for k, a in timed.items()}},
+        run.loaded.specs,
+        settings,
+        baseline="dense",
+        track=run.hooks.track,
+    )
+    for name, art in timed.items():
+        art.latency = latency[name]
+        ref = EXPORTERS[name].fp32_reference
+        if ref is not None and ref in timed:
+            art.latency = [
+                r.with_(speedup_vs_fp32=f.p50_ms / r.p50_ms)
+                for r, f in zip(art.latency, latency[ref], strict=True)
+            ]
+    return latency["dense"]
+
+
+def _report(run: Run, built: dict[str, Artifact], dense_latency: list[Any]) -> dict[str, Any]:
+    """``report.json``'s document (DESIGN.md schema) from the typed artifacts."""
+    opts, model, example = run.opts, run.loaded.model, run.loaded.example
+    report = new_report(run.loaded.source, run.loaded.sha256, asdict(opts), opts.threads)
+    report["recipe"] = run.recipe
+    report["training"] = run.ctx.metrics
+    flops = layer_flops(model, example, run.trace)
+    report["layers"] = _layer_rows(run.choices, run.manifest.entries, flops, model)
+    labels = run.labels
+    quantized = built.get(opts.quantize) if opts.quantize else None
+    if labels is not None:
+        report["accuracy"] = {
+            "metric": "top1",
+            "samples": int(len(labels)),
+            "dense": _accuracy(run.dense_out, labels),
+            "sparse": _accuracy(run.sparse_out, labels),
+            "sparse_onnx": built["onnx"].accuracy,
+            "quantized": quantized.accuracy if quantized else None,
         }
-        report["artifacts"].append(
-            {
-                "format": "onnx",
-                "path": sparse_onnx.name,
-                "size_bytes": sparse_onnx.stat().st_size,
-                "sha256": file_sha256(sparse_onnx),
-                "parity_max_abs": parity,
-                "parity_atol": opts.parity_atol,
-                "pattern_ok": all(c.ok for c in checks),
-                "pattern_checks": [asdict(c) for c in checks],
-                "latency": [r.to_dict() for r in latency["onnx"]],
-                "accuracy": report["accuracy"]["sparse_onnx"] if report["accuracy"] else None,
-            }
-        )
-        if quant is not None:
-            report["artifacts"].append(
-                _quant_artifact(quant, quant_checks, latency["int8"], latency["onnx"])
-            )
-        if condensed is not None:
-            condensed["latency"] = [r.to_dict() for r in latency["condensed"]]
-            report["artifacts"].append(condensed)
-        if "tensorrt" in opts.export:
-            hooks.status("building, checking and timing dense and 2:4 TensorRT engines (fp16)")
-            trt_artifact = _tensorrt_artifact(
-                opts, staging, sparse_onnx, choices, manifest, check_x, torch_out
-            )
-            report["environment"]["tensorrt"] = trt_artifact["tensorrt"]
-            report["artifacts"].append(trt_artifact)
-        write_report(staging / "report.json", report)
-        write_html(staging, report)
-        _publish(staging, out)
-        if ctx.workdir is not None:
-            shutil.rmtree(ctx.workdir, ignore_errors=True)
+    dense = run.staging / "model_dense.onnx"
+    report["baseline"] = Artifact(
+        "onnx",
+        dense.name,
+        dense.stat().st_size,
+        latency=dense_latency,
+        accuracy=report["accuracy"]["dense"] if report["accuracy"] else None,
+    ).to_dict()
+    report["artifacts"] = [a.to_dict() for a in built.values()]
+    if "tensorrt" in built:
+        report["environment"]["tensorrt"] = built["tensorrt"].extras.get("tensorrt")
+    return report
+
+
+def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any], Path]:
+    """Run the whole conversion; returns the report and the output folder."""
+    run = Run(opts, hooks, Path(opts.out) if opts.out else default_out(opts))
+    _check_early(run)
+    _load(run)
+    if distributed.is_main():
+        run.staging = _prepare_out(run.out, opts.force)
+    else:  # other ranks never write beside --out; their scratch is private and removed
+        run.staging = Path(tempfile.mkdtemp(prefix=f"sparsify-rank{distributed.rank()}-"))
+    try:
+        if not _sparsify(run):
+            return run.ctx.metrics, run.out
+        _save(run)
+        artifacts = _export_all(run)
+        report = _report(run, artifacts, _measure(run, artifacts))
+        write_report(run.staging / "report.json", report)
+        write_html(run.staging, report)
+        _publish(run.staging, run.out)
+        if run.ctx.workdir is not None:
+            shutil.rmtree(run.ctx.workdir, ignore_errors=True)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return report, out
+        if run.staging.exists():
+            shutil.rmtree(run.staging, ignore_errors=True)
+    return report, run.out

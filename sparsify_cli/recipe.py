@@ -12,8 +12,9 @@ options dataclass except ``out`` and ``force``) and the resolved pass configs
 
 Reading is strict: an unknown key anywhere is an error naming it, and a value of the wrong type
 is an error naming the option (YAML reads an unquoted ``2:4`` as the base-60 number 124).
-Options given on the command line override the recipe's; ``passes`` is checked against the
-passes the options resolve to, unless an override changed them.
+Options given on the command line override the recipe's. The recipe's ``passes`` are
+authoritative: a list edited by hand (a DST ``delta_t``, a pass's decay) runs as written, and an
+override that would re-resolve edited passes is refused rather than silently dropping the edit.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.registry import config_from_dict, config_to_dict
 
 RECIPE_VERSION = 1
-NOT_RECORDED = ("out", "force", "resume")
-"""Per-invocation settings (where to write, whether to replace or resume) never replayed."""
+NOT_RECORDED = ("out", "force", "resume", "passes")
+"""Per-invocation settings (where to write, whether to replace or resume) never replayed, and
+the pass configs (recorded apart, under ``passes``)."""
 
 Opts = TypeVar("Opts")
 
@@ -161,13 +163,24 @@ def read_recipe(
         opts = options_type(**merged)
     except (TypeError, ValueError) as err:
         raise SparsifyError(f"invalid options in recipe {path}: {err}") from err
-    if recorded and not set(overrides) - set(NOT_RECORDED):
-        resolved = list(resolve_passes(opts))
-        if resolved != recorded:
-            raise SparsifyError(
-                f"the passes in recipe {path} differ from what its options resolve to",
-                expected=", ".join(str(config_to_dict(c)) for c in resolved),
-                found=", ".join(str(config_to_dict(c)) for c in recorded),
-                fix="change the options (e.g. nm, method) instead of editing passes",
-            )
-    return opts
+    if not recorded:
+        return opts
+    try:
+        own = list(resolve_passes(options_type(**{**values, **_only(overrides, NOT_RECORDED)})))
+    except (SparsifyError, TypeError, ValueError):
+        return opts  # the recipe's options alone are incomplete: the merged ones resolve
+    if recorded == own:  # passes as the options resolve them: overrides apply normally
+        return opts
+    changed = sorted(set(overrides) - set(NOT_RECORDED))
+    if changed and list(resolve_passes(opts)) != own:
+        raise SparsifyError(
+            f"the passes in recipe {path} were edited, and --{changed[0].replace('_', '-')} "
+            "would replace them",
+            expected=", ".join(str(config_to_dict(c)) for c in recorded),
+            fix="edit the recipe's passes instead, or drop the override",
+        )
+    return dataclasses.replace(opts, passes=tuple(recorded))  # the recipe's passes run
+
+
+def _only(mapping: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    return {k: v for k, v in mapping.items() if k in keys}

@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from sparsify_cli.exporters.artifact import parse_artifacts
 from sparsify_cli.passes.atomic import atomic_write_text
 
 SCHEMA = 1
@@ -126,33 +127,27 @@ def render(report: dict[str, Any], console: Console) -> None:
         "vs fp32",
     ):
         arts.add_column(col, justify="left" if col in ("artifact", "pattern ok") else "right")
-    rows = []
-    if report.get("baseline"):
-        rows.append(
-            (report["baseline"]["path"] + " (dense)", "", None, report["baseline"]["latency"])
-        )
-    for art in report["artifacts"]:
-        rows.append(
-            (
-                art["path"],
-                "yes" if art["pattern_ok"] else "NO",
-                art["parity_max_abs"],
-                art["latency"],
-            )
-        )
+    base, artifacts = parse_artifacts(report)
+    rows = [(base.path + " (dense)", "", None, base.latency)] if base else []
+    for art in artifacts:
+        parity = art.parity.value if art.parity else None
+        rows.append((art.path, "yes" if art.pattern_holds else "NO", parity, art.latency))
     for name, ok, parity, latency in rows:
-        for i, lat in enumerate(latency or [{}]):
-            speed = lat.get("speedup_vs_dense")
+        for i, lat in enumerate(latency or [None]):
+            first = i == 0
+            speed = lat.speedup_vs_dense if lat else None
+            fp32 = lat.extras.get("speedup_vs_fp32") if lat else None
             arts.add_row(
-                name if i == 0 else "",
-                ok if i == 0 else "",
-                f"{parity:.2e}" if parity is not None and i == 0 else "",
-                str(lat.get("batch", "-")),
-                f"{lat.get('p50_ms', 0):.3f}",
-                f"{lat.get('p90_ms', 0):.3f}",
-                f"{lat.get('p99_ms', 0):.3f}",
-                f"{lat.get('throughput', 0):,.0f}",
+                name if first else "",
+                ok if first else "",
+                f"{parity:.2e}" if parity is not None and first else "",
+                str(lat.batch) if lat else "-",
+                *(
+                    f"{getattr(lat, k, 0) if lat else 0:.3f}"
+                    for k in ("p50_ms", "p90_ms", "p99_ms")
+                ),
+                f"{lat.throughput if lat else 0:,.0f}",
                 "-" if speed is None else f"{speed:.2f}x",
-                f"{lat['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in lat else "",
+                "" if fp32 is None else f"{fp32:.2f}x",
             )
     console.print(arts)

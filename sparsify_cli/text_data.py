@@ -26,12 +26,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sparsify_cli.passes.errors import SparsifyError
-from sparsify_cli.passes.inputs import DTYPES, InputSpec
-from sparsify_cli.samples.datasets import Dataset, holdout_split
+
+if TYPE_CHECKING:  # torch is imported only when text is tokenized (``--help`` stays light)
+    from sparsify_cli.passes.inputs import InputSpec
+    from sparsify_cli.samples.datasets import Dataset
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 TEXT_SUFFIXES = (".txt", ".text", *JSONL_SUFFIXES)
@@ -187,6 +190,8 @@ def tokenize(
     ``L`` is the longest tokenized text, at most ``max_length``; shorter ones are padded and the
     attention mask is 0 on their padding.
     """
+    from sparsify_cli.passes.inputs import DTYPES
+
     if max_length < 1:
         raise SparsifyError("--max-length must be >= 1", found=str(max_length))
     tokenizer = load_tokenizer(folder)
@@ -228,6 +233,8 @@ def load_text_data(
     held-out split is the project's fixed 10% (:func:`holdout_split`), unless there is only one
     example, which then serves both.
     """
+    from sparsify_cli.samples.datasets import Dataset, holdout_split
+
     label2id = _config_value(folder, "label2id")
     examples = read_text_file(Path(spec), label2id if isinstance(label2id, dict) else None)
     texts, labels = examples.texts, examples.labels

@@ -72,9 +72,6 @@ def test_unknown_keys_and_bad_types_are_named(tmp_path):
         base.replace("- {pass: fold}", "- {pass: fold, when: now}"): "unknown key 'when'",
         base.replace("nm: '2:4'", "nm: 2:4"): "option 'nm'",
         base.replace("seed: 0", "seed: zero"): "option 'seed'",
-        base.replace(
-            "{pass: magnitude, n: 2, m: 4}", "{pass: magnitude, n: 1, m: 4}"
-        ): "differ from what its options resolve to",
     }
     for text, message in cases.items():
         with pytest.raises(SparsifyError, match=message):
@@ -90,3 +87,19 @@ def test_command_line_overrides_recipe(tmp_path):
     assert resolve_passes(opts)[0].n == 1
     plain = read_recipe(path, ConvertOptions, {}, resolve_passes)
     assert plain.nm == "2:4" and plain.out is None and plain.force is False
+
+
+def test_the_recipes_passes_are_authoritative(tmp_path):
+    """An edited pass list runs as written; an override that would re-resolve it is refused."""
+    base = (cnn_output() / "recipe.yaml").read_text()
+    edited = _write(
+        tmp_path, base.replace("{pass: magnitude, n: 2, m: 4}", "{pass: magnitude, n: 1, m: 4}")
+    )
+    opts = read_recipe(edited, ConvertOptions, {"out": "x"}, resolve_passes)
+    assert [c.name for c in resolve_passes(opts)] == ["magnitude", "fold"]
+    assert resolve_passes(opts)[0].n == 1
+    with pytest.raises(SparsifyError, match="were edited, and --nm would replace them"):
+        read_recipe(edited, ConvertOptions, {"nm": "2:8"}, resolve_passes)
+    # an override that leaves the passes alone keeps the edit
+    kept = read_recipe(edited, ConvertOptions, {"threads": 2}, resolve_passes)
+    assert resolve_passes(kept)[0].n == 1 and kept.threads == 2

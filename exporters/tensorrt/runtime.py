@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from sparsify_cli.exporters.artifact import LatencyRow
 from sparsify_cli.exporters.tensorrt.availability import import_tensorrt
 from sparsify_cli.exporters.tensorrt.stats import LatencyStats, latency_stats, speedup, throughput
 
@@ -68,6 +69,27 @@ class TrtLatencyRow:
             "samples_per_s": self.samples_per_s,
             "speedup_vs_dense": self.speedup_vs_dense,
         }
+
+    def to_row(self) -> LatencyRow:
+        """The common latency row: GPU compute time percentiles (what the speedup compares),
+        samples per second; host latency and queries per second kept in its extras."""
+        gpu = self.gpu_compute
+        return LatencyRow(
+            batch=self.batch,
+            p50_ms=gpu.median_ms,
+            p90_ms=gpu.p90_ms,
+            p99_ms=gpu.p99_ms,
+            mean_ms=gpu.mean_ms,
+            throughput=self.samples_per_s,
+            iterations=gpu.count,
+            speedup_vs_dense=self.speedup_vs_dense,
+            extras={
+                "timed": "gpu_compute",
+                "gpu_compute_ms": gpu.to_dict(),
+                "host_latency_ms": self.host_latency.to_dict(),
+                "queries_per_s": self.queries_per_s,
+            },
+        )
 
 
 class EngineRunner:
