@@ -18,9 +18,14 @@ setup(
     ext_modules=[
         Extension(
             "sparsify_cli.exporters._condensed_ort",
-            sources=[f"{CSRC}/condensed_kernel.cc", f"{CSRC}/condensed_op.cc"],
+            sources=[
+                f"{CSRC}/condensed_kernel.cc",
+                f"{CSRC}/condensed_conv.cc",
+                f"{CSRC}/condensed_op.cc",
+            ],
             depends=[
                 f"{CSRC}/condensed_kernel.h",
+                f"{CSRC}/condensed_conv.h",
                 f"{CSRC}/third_party/onnxruntime/onnxruntime_c_api.h",
             ],
             include_dirs=[f"{CSRC}/third_party"],

@@ -1,9 +1,18 @@
-"""Condensed (CondensedLinear custom op) vs dense ONNX Runtime latency, printed as a table.
+"""Condensed (CondensedLinear / CondensedConv custom ops) vs dense ONNX Runtime latency, as tables.
 
 Part 1, single layers: a Linear of each size (in x out) as a one-node dense ONNX model (Gemm,
 as torch exports it) and its condensed rewrite, at every sparsity, batch and thread count.
 Part 2, end to end: the DigitsTransformer sample at 90% constant fan-in (per row, the k = in/10
 largest |w| kept), exported dense by torch's TorchScript exporter, then condensed.
+Part 3, convolutions: ResNet-like Conv + Relu layers (3x3 64->64 at 56x56, 128->128 at 28x28,
+256->256 at 14x14; 1x1 expansions) at 2:4 (along input channels) and 90% constant fan-in.
+Part 4, the DigitsResNet sample (BatchNorm folded by the export) with its convs at 1:8 and 2:4.
+
+DeepSparse columns (Parts 1 and 3): with ``--deepsparse-python PATH`` (the python of a venv where
+``pip install deepsparse==1.8.0`` worked; it is no dependency of this project), or when this
+interpreter imports deepsparse, the same sparse models (zeros stored in the weights, which
+DeepSparse exploits itself) are compiled and timed by DeepSparse in a subprocess right after the
+ORT pair; its ratio is dense ORT (this process) / DeepSparse, so it is not interleaved.
 
 Both models of a pair live in real ORT sessions with the same options and are timed in
 alternating blocks (dense, condensed, dense, ...) so drift hits both alike; the table shows
@@ -14,12 +23,19 @@ on an AVX-512 machine.
     python benchmarks/bench_condensed.py            # full table (about a minute)
     python benchmarks/bench_condensed.py --quick    # fewer repetitions
     python benchmarks/bench_condensed.py --sizes 768x3072 --sparsities 0.9 --batches 1
+    python -m benchmarks.bench_condensed --no-layers --no-transformer --convs 64x64x56x3 \
+        --conv-sparsities 0.9 --batches 1 --threads 1     # one conv layer
+    python -m benchmarks.bench_condensed --only-cnn --threads 1       # the digits CNN only
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import logging
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,24 +57,38 @@ from sparsify_cli.passes.masks import (
     manifest_entries,
 )
 from sparsify_cli.passes.pattern import NMPattern
-from sparsify_cli.samples.models import DigitsTransformer
+from sparsify_cli.samples.models import DigitsResNet, DigitsTransformer
 
 logger = logging.getLogger(__name__)
 
 SIZES = [(768, 3072), (3072, 768), (4096, 4096)]  # (in, out)
 SPARSITIES = [("2:4", 0.5), ("0.75", 0.75), ("0.9", 0.9), ("0.95", 0.95)]
-CHECKPOINT = Path(__file__).resolve().parents[1] / "samples" / "digits_transformer.pt"
+CONVS = [(64, 64, 56, 3), (128, 128, 28, 3), (256, 256, 14, 3), (64, 256, 56, 1), (128, 512, 28, 1)]
+CONV_SPARSITIES = [("2:4", 0.5), ("0.9", 0.9)]
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+CHECKPOINT = SAMPLES / "digits_transformer.pt"
+CNN_CHECKPOINT = SAMPLES / "digits_cnn.pt"
+DEEPSPARSE_TIMER = Path(__file__).resolve().parent / "deepsparse_timer.py"
 
 
-def constant_fan_in_mask(weight: np.ndarray, sparsity: float, nm: bool) -> np.ndarray:
-    """2:4 by magnitude (the project's N:M mask), or the k = in * (1 - s) largest |w| per row."""
-    if nm:
-        return magnitude_nm_mask(torch.from_numpy(weight), NMPattern(2, 4)).numpy()
-    k = max(1, round(weight.shape[1] * (1 - sparsity)))
-    keep = np.argsort(-np.abs(weight), axis=1, kind="stable")[:, :k]
-    mask = np.zeros(weight.shape, dtype=bool)
+def constant_fan_in_mask(weight: np.ndarray, sparsity: float, nm: NMPattern | None) -> np.ndarray:
+    """N:M by magnitude (the project's mask: groups of M along the input channels), or the
+    k = fan_in * (1 - s) largest |w| of each output row (over in x kh x kw for a conv)."""
+    if nm is not None:
+        return magnitude_nm_mask(torch.from_numpy(weight), nm).numpy()
+    flat = weight.reshape(weight.shape[0], -1)
+    k = max(1, round(flat.shape[1] * (1 - sparsity)))
+    keep = np.argsort(-np.abs(flat), axis=1, kind="stable")[:, :k]
+    mask = np.zeros(flat.shape, dtype=bool)
     np.put_along_axis(mask, keep, True, axis=1)
-    return mask
+    return mask.reshape(weight.shape)
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> None:
+    """Opset 13, IR version 8: what DeepSparse 1.8's bundled ONNX Runtime can load too."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
 
 
 def dense_linear_onnx(weight: np.ndarray, bias: np.ndarray, path: Path) -> None:
@@ -74,15 +104,50 @@ def dense_linear_onnx(weight: np.ndarray, bias: np.ndarray, path: Path) -> None:
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", out_features])],
         [numpy_helper.from_array(weight, "fc.weight"), numpy_helper.from_array(bias, "fc.bias")],
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    _save(graph, path)
 
 
-def linear_manifest(mask: np.ndarray, pattern: str) -> Manifest:
-    counts = mask.sum(axis=1)
+def dense_conv_onnx(
+    weight: np.ndarray, bias: np.ndarray, stride: int, pad: int, size: int, path: Path
+) -> None:
+    """Conv + Relu as torch's exporter writes a conv layer (BatchNorm folded), dynamic batch,
+    ``size x size`` input."""
+    out_c, in_c, kh, kw = weight.shape
+    nodes = [
+        helper.make_node(
+            "Conv",
+            ["input", "conv.weight", "conv.bias"],
+            ["conv_out"],
+            kernel_shape=[kh, kw],
+            strides=[stride, stride],
+            pads=[pad] * 4,
+            dilations=[1, 1],
+            group=1,
+            name="/conv/Conv",
+        ),
+        helper.make_node("Relu", ["conv_out"], ["output"], name="/relu/Relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", in_c, size, size])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", out_c, size, size])],
+        [
+            numpy_helper.from_array(weight, "conv.weight"),
+            numpy_helper.from_array(bias, "conv.bias"),
+        ],
+    )
+    _save(graph, path)
+
+
+def linear_manifest(
+    mask: np.ndarray, pattern: str, module: str = "fc", op: str = "Linear"
+) -> Manifest:
+    counts = mask.reshape(mask.shape[0], -1).sum(axis=1)
     entry = TensorEntry(
-        name="fc.weight",
-        module="fc",
-        op="Linear",
+        name=f"{module}.weight",
+        module=module,
+        op=op,
         shape=mask.shape,
         pattern=pattern,
         density=float(mask.mean()),
@@ -91,6 +156,11 @@ def linear_manifest(mask: np.ndarray, pattern: str) -> Manifest:
         mask=mask,
     )
     return Manifest({entry.name: entry})
+
+
+# "median" (default), or "min" with --best: the fastest call, for a loaded machine, where
+# contention only ever adds time and medians of two sessions drift apart by whom it hit.
+STATISTIC = "median"
 
 
 def interleaved(
@@ -121,7 +191,8 @@ def interleaved(
                 sess.run(None, feed)
                 ts.append(time.perf_counter() - t0)
                 calls += 1
-    return [float(np.median(ts)) * 1e3 for ts in times]
+    pick = np.min if STATISTIC == "min" else np.median
+    return [float(pick(ts)) * 1e3 for ts in times]
 
 
 def options(threads: int, custom: bool) -> ort.SessionOptions:
@@ -140,6 +211,7 @@ def bench_layers(
     sparsities: list[tuple[str, float]],
     batches: list[int],
     thread_counts: list[int],
+    ds_python: str | None,
 ) -> list[tuple]:
     rng = np.random.default_rng(0)
     rows = []
@@ -149,9 +221,11 @@ def bench_layers(
         dense_path = tmp / f"dense_{in_features}x{out_features}.onnx"
         dense_linear_onnx(weight, bias, dense_path)
         for label, sparsity in sparsities:
-            mask = constant_fan_in_mask(weight, sparsity, nm=label == "2:4")
+            mask = constant_fan_in_mask(
+                weight, sparsity, NMPattern(2, 4) if label == "2:4" else None
+            )
             folded = np.where(mask, weight, 0).astype(np.float32)
-            sparse_path = tmp / "sparse.onnx"
+            sparse_path = tmp / f"sparse_{in_features}x{out_features}_{label.replace(':', '')}.onnx"
             cond_path = tmp / "condensed.onnx"
             dense_linear_onnx(folded, bias, sparse_path)
             pattern = "2:4" if label == "2:4" else "fanin"
@@ -164,23 +238,147 @@ def bench_layers(
                     feed = {"input": x}
                     err = float(np.abs(cond.run(None, feed)[0] - (x @ folded.T + bias)).max())
                     d_ms, c_ms = interleaved([dense, cond], feed, budget_s, min_reps)
-                    rows.append(
-                        (
-                            f"{in_features}x{out_features}",
-                            label,
-                            batch,
-                            threads,
-                            d_ms,
-                            c_ms,
-                            d_ms / c_ms,
-                            err,
-                        )
-                    )
+                    job = {
+                        "path": str(sparse_path),
+                        "shape": list(x.shape),
+                        "threads": threads,
+                        "seconds": budget_s,
+                        "statistic": STATISTIC,
+                    }
+                    (ds_ms,) = deepsparse_ms(ds_python, [job])
+                    name = f"{in_features}x{out_features}"
+                    rows.append((name, label, batch, threads, d_ms, c_ms, ds_ms, err))
                     print(
-                        f"  {rows[-1][0]:>10} s={label:<5} b={batch:<3} t={threads} "
-                        f"dense {d_ms:8.3f} ms  condensed {c_ms:8.3f} ms  x{d_ms / c_ms:5.2f}",
+                        f"  {name:>10} s={label:<5} b={batch:<3} t={threads} "
+                        f"dense {d_ms:8.3f} ms  condensed {c_ms:8.3f} ms  x{d_ms / c_ms:5.2f}"
+                        + (f"  deepsparse x{d_ms / ds_ms:5.2f}" if ds_ms else ""),
                         flush=True,
                     )
+    return rows
+
+
+def deepsparse_python(flag: str | None) -> str | None:
+    """The interpreter that runs DeepSparse: --deepsparse-python, or this one if it has it."""
+    if flag:
+        return flag
+    return sys.executable if importlib.util.find_spec("deepsparse") else None
+
+
+def deepsparse_ms(python: str | None, jobs: list[dict]) -> list[float | None]:
+    """Median ms of each job under DeepSparse (None without DeepSparse, or where it failed)."""
+    if python is None or not jobs:
+        return [None] * len(jobs)
+    run = subprocess.run(
+        [python, str(DEEPSPARSE_TIMER)], input=json.dumps(jobs), capture_output=True, text=True
+    )
+    if run.returncode != 0:
+        logger.warning("DeepSparse timer failed: %s", run.stderr[-500:])
+        return [None] * len(jobs)
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    for job, value in zip(jobs, out, strict=True):
+        if isinstance(value, str):
+            logger.warning("DeepSparse on %s: %s", job["path"], value)
+    return [v if isinstance(v, float) else None for v in out]
+
+
+def bench_convs(
+    tmp: Path,
+    budget_s: float,
+    min_reps: int,
+    convs: list[tuple[int, int, int, int]],
+    sparsities: list[tuple[str, float]],
+    batches: list[int],
+    thread_counts: list[int],
+    ds_python: str | None,
+) -> list[tuple]:
+    """Each Conv + Relu layer dense vs CondensedConv (and DeepSparse on the sparse model)."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for cin, cout, size, k in convs:
+        weight = (rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)).astype(np.float32)
+        bias = rng.standard_normal(cout).astype(np.float32) * 0.1
+        name = f"{k}x{k} {cin}->{cout}@{size}"
+        dense_path = tmp / f"conv_{cin}_{cout}_{size}_{k}.onnx"
+        dense_conv_onnx(weight, bias, 1, k // 2, size, dense_path)
+        for label, sparsity in sparsities:
+            nm = NMPattern(2, 4) if label == "2:4" else None
+            mask = constant_fan_in_mask(weight, sparsity, nm)
+            folded = np.where(mask, weight, 0).astype(np.float32)
+            sparse_path = tmp / f"conv_sparse_{cin}_{cout}_{size}_{k}_{label.replace(':', '')}.onnx"
+            cond_path = tmp / "conv_condensed.onnx"
+            dense_conv_onnx(folded, bias, 1, k // 2, size, sparse_path)
+            manifest = linear_manifest(mask, "2:4" if nm else "fanin", "conv", "Conv2d")
+            results = condensed.condense_onnx(sparse_path, manifest, cond_path)
+            assert results[0].kernel == condensed.CONV_OP_TYPE, results
+            for threads in thread_counts:
+                dense = ort.InferenceSession(str(dense_path), options(threads, False))
+                cond = ort.InferenceSession(str(cond_path), options(threads, True))
+                sparse_ort = ort.InferenceSession(str(sparse_path), options(threads, False))
+                for batch in batches:
+                    x = rng.standard_normal((batch, cin, size, size)).astype(np.float32)
+                    feed = {"input": x}
+                    want = sparse_ort.run(None, feed)[0]
+                    err = float(np.abs(cond.run(None, feed)[0] - want).max())
+                    d_ms, c_ms = interleaved([dense, cond], feed, budget_s, min_reps)
+                    job = {
+                        "path": str(sparse_path),
+                        "shape": list(x.shape),
+                        "threads": threads,
+                        "seconds": budget_s,
+                        "statistic": STATISTIC,
+                    }
+                    (ds_ms,) = deepsparse_ms(ds_python, [job])
+                    rows.append((name, label, batch, threads, d_ms, c_ms, ds_ms, err))
+                    print(
+                        f"  {name:>18} s={label:<4} b={batch:<3} t={threads} dense {d_ms:8.3f} ms"
+                        f"  condensed {c_ms:8.3f} ms  x{d_ms / c_ms:5.2f}"
+                        + (f"  deepsparse x{d_ms / ds_ms:5.2f}" if ds_ms else ""),
+                        flush=True,
+                    )
+    return rows
+
+
+def sparse_cnn(pattern: NMPattern) -> tuple[torch.nn.Module, Manifest]:
+    """The sample CNN with every conv whose input channels divide by M at N:M, folded (the
+    stem, 1 input channel, and the head stay dense, as `sparsify convert --nm` leaves them)."""
+    model = DigitsResNet()
+    model.load_state_dict(torch.load(CNN_CHECKPOINT, weights_only=True)["state_dict"])
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d) and module.in_channels % pattern.m == 0:
+            mask = constant_fan_in_mask(module.weight.detach().numpy(), 0.0, pattern)
+            attach_mask(module, WeightMask(torch.from_numpy(mask), str(pattern)))
+    manifest = Manifest(manifest_entries(model))
+    return fold(model), manifest
+
+
+def bench_cnn(
+    tmp: Path,
+    budget_s: float,
+    min_reps: int,
+    patterns: list[str],
+    batches: list[int],
+    thread_counts: list[int],
+) -> list[tuple]:
+    rows = []
+    rng = np.random.default_rng(3)
+    for label in patterns:
+        n, m = (int(v) for v in label.split(":"))
+        model, manifest = sparse_cnn(NMPattern(n, m))
+        dense_path, cond_path = tmp / "cnn.onnx", tmp / "cnn.condensed.onnx"
+        export_onnx(model, torch.zeros(1, 1, 8, 8), dense_path)
+        results = condensed.condense_onnx(dense_path, manifest, cond_path)
+        n_conv = sum(r.kernel == condensed.CONV_OP_TYPE for r in results)
+        for threads in thread_counts:
+            dense = ort.InferenceSession(str(dense_path), options(threads, False))
+            cond = ort.InferenceSession(str(cond_path), options(threads, True))
+            for batch in batches:
+                feed = {"input": rng.standard_normal((batch, 1, 8, 8)).astype(np.float32)}
+                with torch.no_grad():
+                    ref = model(torch.from_numpy(feed["input"])).numpy()
+                parity = float(np.abs(cond.run(None, feed)[0] - ref).max())
+                d_ms, c_ms = interleaved([dense, cond], feed, budget_s, min_reps)
+                rows.append((label, n_conv, batch, threads, d_ms, c_ms, d_ms / c_ms, parity))
     return rows
 
 
@@ -191,7 +389,7 @@ def sparse_transformer(sparsity: float = 0.9) -> tuple[torch.nn.Module, Manifest
     model.eval()
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and module.in_features >= 10:
-            mask = constant_fan_in_mask(module.weight.detach().numpy(), sparsity, nm=False)
+            mask = constant_fan_in_mask(module.weight.detach().numpy(), sparsity, None)
             attach_mask(module, WeightMask(torch.from_numpy(mask), "fanin"))
     manifest = Manifest(manifest_entries(model))
     return fold(model), manifest
@@ -249,23 +447,58 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="intra-op thread counts, e.g. 1,2")
     parser.add_argument("--no-layers", action="store_true", help="skip the single-layer part")
     parser.add_argument("--no-transformer", action="store_true", help="skip the end-to-end part")
+    parser.add_argument(
+        "--convs",
+        default=",".join("x".join(str(v) for v in c) for c in CONVS),
+        help="conv layers CINxCOUTxSIZExK, e.g. 64x64x56x3; '' skips the conv part",
+    )
+    parser.add_argument(
+        "--conv-sparsities",
+        default=",".join(label for label, _ in CONV_SPARSITIES),
+        help="e.g. 2:4,0.9",
+    )
+    parser.add_argument(
+        "--cnn-patterns", default="1:8,2:4", help="N:M of the digits CNN; '' skips it"
+    )
+    parser.add_argument(
+        "--only-cnn", action="store_true", help="only the digits CNN part (batch 1 unless given)"
+    )
+    parser.add_argument(
+        "--best",
+        action="store_true",
+        help="report each session's fastest call instead of its median (loaded machines)",
+    )
+    parser.add_argument(
+        "--deepsparse-python",
+        default=None,
+        help="python of a venv with deepsparse==1.8.0, for DeepSparse columns",
+    )
     args = parser.parse_args()
+    global STATISTIC
+    STATISTIC = "min" if args.best else "median"
+    if args.only_cnn:
+        args.no_layers = args.no_transformer = True
+        args.convs = ""
     budget_s, min_reps = (0.15, 10) if args.quick else (0.6, 25)
     sizes = [tuple(int(d) for d in s.split("x")) for s in args.sizes.split(",")]
     known = dict(SPARSITIES)
     sparsities = [(label, known[label]) for label in args.sparsities.split(",")]
+    convs = [tuple(int(v) for v in c.split("x")) for c in args.convs.split(",") if c]
+    conv_sparsities = [(label, known[label]) for label in args.conv_sparsities.split(",")]
+    cnn_patterns = [p for p in args.cnn_patterns.split(",") if p]
+    ds_python = deepsparse_python(args.deepsparse_python)
     batches = [int(b) for b in args.batches.split(",")]
     thread_counts = [int(t) for t in args.threads.split(",")]
     print(
         f"onnxruntime {ort.__version__}, kernel library {condensed.library_path().name}, "
-        f"kernels: {condensed.kernel_isa()}"
+        f"kernels: {condensed.kernel_isa()}, statistic: {STATISTIC} of each session's calls"
     )
     with tempfile.TemporaryDirectory() as tmp:
         layers = (
             []
             if args.no_layers
             else bench_layers(
-                Path(tmp), budget_s, min_reps, sizes, sparsities, batches, thread_counts
+                Path(tmp), budget_s, min_reps, sizes, sparsities, batches, thread_counts, ds_python
             )
         )
         e2e = (
@@ -273,28 +506,61 @@ def main() -> None:
             if args.no_transformer
             else bench_transformer(Path(tmp), budget_s, min_reps, batches, thread_counts)
         )
-    print("\nSingle layers (in x out), median ms, ratio = dense / condensed")
-    print(
-        f"| {'layer':>10} | {'s':>5} | {'batch':>5} | {'thr':>3} | {'dense ms':>9} | "
-        f"{'cond ms':>9} | {'ratio':>6} | {'max err':>8} |"
-    )
-    print("|" + "|".join("-" * w for w in (12, 7, 7, 5, 11, 11, 8, 10)) + "|")
-    for name, label, batch, threads, d_ms, c_ms, ratio, err in layers:
-        print(
-            f"| {name:>10} | {label:>5} | {batch:>5} | {threads:>3} | {d_ms:9.3f} | "
-            f"{c_ms:9.3f} | {ratio:5.2f}x | {err:8.1e} |"
+        conv_rows = bench_convs(
+            Path(tmp), budget_s, min_reps, convs, conv_sparsities, batches, thread_counts, ds_python
         )
-    print("\nDigitsTransformer, 90% constant fan-in, dense ONNX vs condensed ONNX")
-    print(
-        f"| {'batch':>5} | {'thr':>3} | {'dense ms':>9} | {'cond ms':>9} | {'ratio':>6} | "
-        f"{'vs dense onnx':>13} | {'vs torch':>8} |"
-    )
-    print("|" + "|".join("-" * w for w in (7, 5, 11, 11, 8, 15, 10)) + "|")
-    for _, _, batch, threads, d_ms, c_ms, ratio, parity, vs_torch in e2e:
+        cnn = bench_cnn(Path(tmp), budget_s, min_reps, cnn_patterns, batches, thread_counts)
+    if layers:
+        print("\nSingle layers (in x out), ms, ratio = dense / condensed (and / DeepSparse)")
         print(
-            f"| {batch:>5} | {threads:>3} | {d_ms:9.3f} | {c_ms:9.3f} | {ratio:5.2f}x | "
-            f"{parity:13.1e} | {vs_torch:8.1e} |"
+            f"| {'layer':>10} | {'s':>5} | {'batch':>5} | {'thr':>3} | {'dense ms':>9} | "
+            f"{'cond ms':>9} | {'ratio':>6} | {'DS ms':>8} | {'DS ratio':>8} | {'max err':>8} |"
         )
+        print("|" + "|".join("-" * w for w in (12, 7, 7, 5, 11, 11, 8, 10, 10, 10)) + "|")
+        for name, label, batch, threads, d_ms, c_ms, ds_ms, err in layers:
+            ds = f"{ds_ms:8.3f} | {d_ms / ds_ms:7.2f}x" if ds_ms else f"{'-':>8} | {'-':>8}"
+            print(
+                f"| {name:>10} | {label:>5} | {batch:>5} | {threads:>3} | {d_ms:9.3f} | "
+                f"{c_ms:9.3f} | {d_ms / c_ms:5.2f}x | {ds} | {err:8.1e} |"
+            )
+    if e2e:
+        print("\nDigitsTransformer, 90% constant fan-in, dense ONNX vs condensed ONNX")
+        print(
+            f"| {'batch':>5} | {'thr':>3} | {'dense ms':>9} | {'cond ms':>9} | {'ratio':>6} | "
+            f"{'vs dense onnx':>13} | {'vs torch':>8} |"
+        )
+        print("|" + "|".join("-" * w for w in (7, 5, 11, 11, 8, 15, 10)) + "|")
+        for _, _, batch, threads, d_ms, c_ms, ratio, parity, vs_torch in e2e:
+            print(
+                f"| {batch:>5} | {threads:>3} | {d_ms:9.3f} | {c_ms:9.3f} | {ratio:5.2f}x | "
+                f"{parity:13.1e} | {vs_torch:8.1e} |"
+            )
+
+    if conv_rows:
+        print("\nConv + Relu layers, ms, ratio = dense ORT / condensed (and / DeepSparse)")
+        print(
+            f"| {'layer':>18} | {'s':>4} | {'batch':>5} | {'thr':>3} | {'dense ms':>9} | "
+            f"{'cond ms':>9} | {'ratio':>6} | {'DS ms':>8} | {'DS ratio':>8} | {'max err':>8} |"
+        )
+        print("|" + "|".join("-" * w for w in (20, 6, 7, 5, 11, 11, 8, 10, 10, 10)) + "|")
+        for name, label, batch, threads, d_ms, c_ms, ds_ms, err in conv_rows:
+            ds = f"{ds_ms:8.3f} | {d_ms / ds_ms:7.2f}x" if ds_ms else f"{'-':>8} | {'-':>8}"
+            print(
+                f"| {name:>18} | {label:>4} | {batch:>5} | {threads:>3} | {d_ms:9.3f} | "
+                f"{c_ms:9.3f} | {d_ms / c_ms:5.2f}x | {ds} | {err:8.1e} |"
+            )
+    if cnn:
+        print("\nDigitsResNet, convs at N:M (BatchNorm folded), dense ONNX vs condensed ONNX")
+        print(
+            f"| {'N:M':>4} | {'convs':>5} | {'batch':>5} | {'thr':>3} | {'dense ms':>9} | "
+            f"{'cond ms':>9} | {'ratio':>6} | {'vs torch':>8} |"
+        )
+        print("|" + "|".join("-" * w for w in (6, 7, 7, 5, 11, 11, 8, 10)) + "|")
+        for label, n_conv, batch, threads, d_ms, c_ms, ratio, parity in cnn:
+            print(
+                f"| {label:>4} | {n_conv:>5} | {batch:>5} | {threads:>3} | {d_ms:9.3f} | "
+                f"{c_ms:9.3f} | {ratio:5.2f}x | {parity:8.1e} |"
+            )
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ def build_onnx(stage: ExportStage) -> Artifact:
 
 
 def build_condensed(stage: ExportStage) -> Artifact:
-    """Constant fan-in layers as values + indices (``CondensedLinear`` or stock ops), checked.
+    """Constant fan-in layers as values + indices (``CondensedLinear`` / ``CondensedConv`` or
+    stock ops), checked; each layer's check names the kernel that runs it, or why it stays dense.
 
     The pattern check compares each condensed layer's fan-in with the manifest's; parity is
     against the same PyTorch outputs as the plain ONNX, with the same tolerance.
@@ -78,6 +79,9 @@ def build_condensed(stage: ExportStage) -> Artifact:
             "pattern": entries[r.module].pattern,
             "ok": r.skipped is not None or r.fan_in == entries[r.module].fan_in,
             "detail": r.skipped or f"k={r.fan_in} over {r.active_rows}/{r.out_features} rows",
+            # what runs the layer (CondensedLinear / CondensedConv / stock ops / dense: detail)
+            "kernel": r.kernel,
+            "fused": list(r.fused),
         }
         for r in results
     ]

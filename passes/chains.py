@@ -9,7 +9,10 @@ consumer's input columns change together, and the block's input / output width s
 
 In the samples this finds ``conv1 -> bn1 -> relu -> conv2`` of every residual block and
 ``fc1 -> GELU -> fc2`` of every transformer block; attention projections feed a reshape into
-heads, so they are never chains.
+heads, so they are never chains. With ``through_pooling`` (Sparse Wide), a conv's channels may
+also pass per-channel pooling and a flatten into a Linear (a plain CNN's
+``conv -> relu -> maxpool -> flatten -> fc``): widening channel ``c`` then widens the Linear's
+inputs at every position of ``c``.
 
 Models that torch.fx cannot trace as a whole are traced with their untraceable submodules as
 leaves (found bottom-up), so one data-dependent module does not hide the rest of the graph.
@@ -44,6 +47,10 @@ ELEMENTWISE_MODULES = (
 )
 ELEMENTWISE_FUNCTIONS = (torch.relu, F.relu, F.gelu, F.silu, torch.sigmoid, torch.tanh, F.relu6)
 ELEMENTWISE_METHODS = ("relu", "sigmoid", "tanh")
+# Per-channel ops that change the spatial size but never mix channels (Sparse Wide widens
+# through them; see hidden_chains(through_pooling=True)).
+POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+POOL_FUNCTIONS = (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d)
 
 
 class _Tracer(fx.Tracer):
@@ -86,16 +93,20 @@ def _channels(module: nn.Module, side: str) -> int:
 
 @dataclass(frozen=True)
 class Chain:
-    """``producer`` output channels == ``consumer`` input channels, private to this path.
+    """``producer`` output channels feed ``consumer``'s inputs, and nothing else reads them.
 
     ``norms`` are the BatchNorms on the path (resized with the channels); ``path`` are the fx
     nodes between producer and consumer, in order (used to evaluate a constant channel).
+    ``positions`` is the number of consumer input columns per hidden channel: 1, or the spatial
+    positions a flatten turned into features (conv -> pool -> flatten -> Linear: channel ``c``
+    feeds columns ``c * positions ... (c + 1) * positions - 1``).
     """
 
     producer: str
     consumer: str
     norms: tuple[str, ...]
     path: tuple[fx.Node, ...] = field(compare=False, repr=False)
+    positions: int = 1
 
 
 def _is_elementwise(node: fx.Node, prev: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -108,8 +119,49 @@ def _is_elementwise(node: fx.Node, prev: fx.Node, modules: dict[str, nn.Module])
     return node.op == "call_method" and node.target in ELEMENTWISE_METHODS
 
 
-def hidden_chains(model: nn.Module) -> list[Chain]:
-    """Every producer -> (norm, activation)* -> consumer chain with a private hidden dimension."""
+def _is_pool(node: fx.Node, prev: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if not node.args or node.args[0] is not prev:
+        return False
+    if node.op == "call_module":
+        return isinstance(modules[node.target], POOL_MODULES)
+    return node.op == "call_function" and node.target in POOL_FUNCTIONS
+
+
+def _is_flatten(node: fx.Node, prev: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """``[N, C, H, W] -> [N, C * H * W]``: flatten from dim 1 (module, function or method), or
+    ``x.view(x.size(0), -1)`` / ``reshape``; these keep channel ``c``'s values contiguous."""
+    if not node.args or node.args[0] is not prev:
+        return False
+    args, kwargs = node.args[1:], node.kwargs
+    if node.op == "call_module":
+        module = modules[node.target]
+        return isinstance(module, nn.Flatten) and module.start_dim == 1 and module.end_dim == -1
+    if (node.op == "call_function" and node.target is torch.flatten) or (
+        node.op == "call_method" and node.target == "flatten"
+    ):
+        start = args[0] if args else kwargs.get("start_dim", 0)
+        end = args[1] if len(args) > 1 else kwargs.get("end_dim", -1)
+        return start == 1 and end == -1
+    if node.op == "call_method" and node.target in ("view", "reshape") and len(args) == 2:
+        size = args[0]
+        return (
+            isinstance(size, fx.Node)
+            and size.op == "call_method"
+            and size.target == "size"
+            and size.args[:2] == (prev, 0)
+            and args[1] == -1
+        )
+    return False
+
+
+def hidden_chains(model: nn.Module, through_pooling: bool = False) -> list[Chain]:
+    """Every producer -> (norm, activation)* -> consumer chain with a private hidden dimension.
+
+    ``through_pooling`` also follows per-channel pooling and a flatten into a Linear consumer
+    (``conv -> relu -> maxpool -> flatten -> fc``), which Sparse Wide can widen. Off for callers
+    that evaluate the path on a single position or fold constants per consumer column (removing
+    ablated neurons).
+    """
     graph = trace(model)
     if graph is None:
         return []
@@ -125,31 +177,53 @@ def hidden_chains(model: nn.Module) -> list[Chain]:
         producer = modules[node.target]
         if not _weight_layer(producer):
             continue
-        cur, path = node, []
-        while len(cur.users) == 1:
-            nxt = next(iter(cur.users))
+        cur, path, flattened = node, [], False
+        while (nxt := _sole_user(cur)) is not None:
             if nxt.op == "call_module" and _weight_layer(modules[nxt.target]):
                 consumer = modules[nxt.target]
-                if (
-                    nxt.args
-                    and nxt.args[0] is cur
-                    and calls[nxt.target] == 1
-                    and isinstance(consumer, nn.Linear) == isinstance(producer, nn.Linear)
-                    and _channels(consumer, "in") == _channels(producer, "out")
-                ):
+                positions = _positions(producer, consumer, flattened)
+                if nxt.args and nxt.args[0] is cur and calls[nxt.target] == 1 and positions:
                     norms = tuple(
                         n.target
                         for n in path
                         if n.op == "call_module" and isinstance(modules[n.target], NORMS)
                     )
                     if all(calls[n] == 1 for n in norms):
-                        chains.append(Chain(node.target, nxt.target, norms, tuple(path)))
+                        chains.append(Chain(node.target, nxt.target, norms, tuple(path), positions))
                 break
-            if not _is_elementwise(nxt, cur, modules):
+            conv_side = isinstance(producer, nn.Conv2d) and not flattened
+            if through_pooling and conv_side and _is_pool(nxt, cur, modules):
+                pass
+            elif through_pooling and conv_side and _is_flatten(nxt, cur, modules):
+                flattened = True
+            elif not _is_elementwise(nxt, cur, modules):
                 break
             path.append(nxt)
             cur = nxt
     return chains
+
+
+def _sole_user(node: fx.Node) -> fx.Node | None:
+    """The one node that reads ``node`` (``x.size(0)`` calls feeding only it do not count: they
+    read the shape, not the values, as in ``x.view(x.size(0), -1)``)."""
+    users = list(node.users)
+    values = [
+        u for u in users if not (u.op == "call_method" and u.target == "size" and len(u.users) == 1)
+    ]
+    if len(values) != 1:
+        return None
+    sizes = [u for u in users if u is not values[0]]
+    return values[0] if all(next(iter(u.users)) is values[0] for u in sizes) else None
+
+
+def _positions(producer: nn.Module, consumer: nn.Module, flattened: bool) -> int:
+    """Consumer input columns per producer channel, or 0 when the two do not line up."""
+    out = _channels(producer, "out")
+    if flattened:  # conv channels flattened with their positions into a Linear
+        ins = consumer.in_features if isinstance(consumer, nn.Linear) else 0
+        return ins // out if ins and ins % out == 0 else 0
+    same_kind = isinstance(consumer, nn.Linear) == isinstance(producer, nn.Linear)
+    return 1 if same_kind and _channels(consumer, "in") == out else 0
 
 
 def norm_after(model: nn.Module) -> dict[str, str]:
@@ -267,5 +341,13 @@ def resize_chain(model: nn.Module, chain: Chain, index: torch.Tensor) -> None:
     set_module(model, chain.producer, reindex(producer, out_index=index))
     for norm in chain.norms:
         set_module(model, norm, reindex(model.get_submodule(norm), out_index=index))
-    consumer = reindex(model.get_submodule(chain.consumer), in_index=index, zero_fresh_inputs=True)
+    columns = index
+    if chain.positions > 1:  # channel c owns consumer columns c * P ... c * P + P - 1
+        offsets = torch.arange(chain.positions)
+        columns = torch.where(
+            index[:, None] >= 0, index[:, None] * chain.positions + offsets, -1
+        ).flatten()
+    consumer = reindex(
+        model.get_submodule(chain.consumer), in_index=columns, zero_fresh_inputs=True
+    )
     set_module(model, chain.consumer, consumer)

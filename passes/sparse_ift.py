@@ -11,8 +11,10 @@ dense cost is ``P D_in D_out`` (paper, sec. 3.1):
   ``producer -> [BatchNorm] -> act -> consumer`` between two targets
   (:func:`sparsify_cli.passes.chains.hidden_chains`: ``conv1 -> bn1 -> relu -> conv2`` inside a
   residual block,
-  ``fc1 -> act -> fc2`` of a transformer MLP); block input / output widths and the classifier do
-  not change. A layer widened on both sides costs ``(1-s) k^2 F``, on one side ``(1-s) k F``,
+  ``fc1 -> act -> fc2`` of a transformer MLP, and in a plain CNN ``conv -> relu -> maxpool ->
+  flatten -> fc``, where widening a conv's channels by ``k`` widens the Linear's inputs by ``k``
+  at every pooled position); block input / output widths, the stem's input and the classifier
+  do not change. A layer widened on both sides costs ``(1-s) k^2 F``, on one side ``(1-s) k F``,
   not at all ``(1-s) F``; ``k`` solves ``(1-s)(A k^2 + B k + C) = A + B + C`` (``A``, ``B``,
   ``C``: dense FLOPs of targets widened on two, one, no side). With only two-sided layers this
   is the paper's ``k_sw = sqrt(1/(1-s))``, with only one-sided ``1/(1-s)``; targets that cannot be
@@ -173,11 +175,16 @@ def _svd_into(u: nn.Module, v: nn.Module, matrix: torch.Tensor, rank: int, fill:
 
 
 def _wide(model, targets, sparsity, example, generator) -> tuple[dict[str, float], list[str]]:
-    chains = [c for c in hidden_chains(model) if c.producer in targets and c.consumer in targets]
+    chains = [
+        c
+        for c in hidden_chains(model, through_pooling=True)
+        if c.producer in targets and c.consumer in targets
+    ]
     if not chains:
         raise SparsifyError(
             "Sparse Wide found no hidden dimension to widen",
-            expected="producer -> [BatchNorm] -> activation -> consumer chains between targets",
+            expected="producer -> [BatchNorm] -> activation / pooling / flatten -> consumer "
+            "chains between targets",
             fix="use --ift parallel, factorized or doped for this model",
         )
     flops = layer_flops(model, example)

@@ -151,3 +151,20 @@ def render(report: dict[str, Any], console: Console) -> None:
                 "" if fp32 is None else f"{fp32:.2f}x",
             )
     console.print(arts)
+    _render_condensed_kernels(report, console)
+
+
+def _render_condensed_kernels(report: dict[str, Any], console: Console) -> None:
+    """Which kernel runs each layer of the condensed artifact, and why a layer stays dense."""
+    for art in report["artifacts"]:
+        checks = art.get("pattern_checks") or []
+        if art.get("format") != "condensed" or not checks:
+            continue
+        table = Table(title=f"{art['path']}: kernel per layer")
+        for col in ("layer", "kernel", "fused", "detail"):
+            table.add_column(col)
+        for c in checks:
+            table.add_row(
+                c["module"], c.get("kernel", ""), ", ".join(c.get("fused", [])), c["detail"]
+            )
+        console.print(table)

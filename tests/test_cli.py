@@ -16,7 +16,9 @@ from tests.conftest import FAST, run_cli
 def test_convert_sample_in_process(tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(
-        app, ["convert", "digits_cnn", "--nm", "2:4", "--out", str(out), *FAST]
+        app,
+        ["convert", "digits_cnn", "--nm", "2:4", "--export", "onnx,condensed", "--out", str(out)]
+        + list(FAST),
     )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
@@ -35,6 +37,16 @@ def test_convert_sample_in_process(tmp_path):
     assert art["latency"][0]["batch"] == 1 and art["latency"][0]["speedup_vs_dense"] > 0
     assert report["accuracy"]["dense"] > 0.95
     assert report["accuracy"]["sparse"] == report["accuracy"]["sparse_onnx"]
+    # --export condensed: every 2:4 conv runs as CondensedConv (BatchNorm folded, ReLU fused
+    # where a Relu follows), within the plain ONNX's tolerance of torch
+    cond = next(a for a in report["artifacts"] if a["format"] == "condensed")
+    sparse_convs = {row["name"] for row in report["layers"] if row["pattern"]}
+    assert len(sparse_convs) == 7 and cond["layers_condensed"] == 7
+    kernels = {c["module"]: c["kernel"] for c in cond["pattern_checks"]}
+    assert {m for m, k in kernels.items() if k == "CondensedConv"} == sparse_convs
+    assert cond["pattern_ok"] and cond["parity_max_abs"] <= 1e-4
+    assert any("Relu" in c["fused"] for c in cond["pattern_checks"])
+    assert "kernel per layer" in result.output and "CondensedConv" in result.output
     spectral = {row["name"]: row["spectral"] for row in report["layers"]}
     assert spectral["fc"] is None  # dense layers have no mask graph
     gaps = spectral["layer1.conv1"]

@@ -382,3 +382,181 @@ def test_transformer_end_to_end(tmp_path: Path) -> None:
         options = condensed.session_options(2) if ops == "custom" else ort.SessionOptions()
         got = ort.InferenceSession(str(out), options).run(None, {"input": x})[0]
         np.testing.assert_allclose(got, want, atol=ATOL)
+
+
+def conv_kernel_model(
+    c: condensed.CondensedWeight, bias: np.ndarray | None, geometry: dict, relu: bool
+) -> bytes:
+    """A one-node CondensedConv model over the stored rows of ``c`` (flattened [in, kh, kw])."""
+    out_channels = c.shape[0]
+    inits = [
+        numpy_helper.from_array(c.values, "values"),
+        numpy_helper.from_array(c.indices, "indices"),
+    ]
+    inputs = ["x", "values", "indices", ""]
+    attrs = dict(geometry, relu=int(relu))
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias, "bias"))
+        inputs[3] = "bias"
+    if c.active_rows.size < out_channels:
+        inits.append(numpy_helper.from_array(c.active_rows.astype(np.int32), "rows"))
+        inputs.append("rows")
+        attrs["out_channels"] = out_channels
+    while inputs[-1] == "":
+        inputs.pop()
+    node = helper.make_node(condensed.CONV_OP_TYPE, inputs, ["y"], domain=condensed.DOMAIN, **attrs)
+    graph = helper.make_graph(
+        [node],
+        "k",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "c", "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(condensed.DOMAIN, 1)]
+    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("cin", "cout", "kernel", "stride", "pads", "dilation", "hw", "batch", "k", "threads"),
+    [
+        (8, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (9, 11), 1, 36, 1),  # 2:4-like density
+        (5, 7, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), (13, 10), 3, 4, 1),  # odd channels, stride 2
+        (3, 9, (3, 2), (1, 3), (0, 2, 1, 0), (2, 1), (12, 15), 2, 7, 1),  # asymmetric everything
+        (16, 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), (7, 7), 1, 4, 1),  # 1x1 expansion
+        (16, 12, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), (9, 8), 2, 3, 1),  # 1x1 strided shortcut
+        (12, 70, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), (30, 33), 1, 10, 2),  # dilated, wide map
+        (4, 6, (5, 5), (3, 2), (2, 1, 2, 1), (1, 1), (4, 4), 5, 100, 1),  # k = every weight
+        (3, 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (1, 1), 2, 2, 1),  # 1x1 input, pads only
+        (64, 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (20, 20), 4, 58, 2),  # batch on 2 threads
+        (3700, 3, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (2, 3), 1, 9, 1),  # int32 indices
+    ],
+)
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv_kernel_matches_torch(
+    cin: int,
+    cout: int,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    pads: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    hw: tuple[int, int],
+    batch: int,
+    k: int,
+    threads: int,
+    relu: bool,
+) -> None:
+    """CondensedConv against torch's conv2d: every geometry attribute, odd channel counts,
+    ablated output channels (bias, then ReLU, in their planes), batch 1 and > 1."""
+    rng = np.random.default_rng(cin * cout + k + batch + relu)
+    fan = cin * kernel[0] * kernel[1]
+    mask = fan_in_mask(rng, cout, fan, k, ablated=min(2, cout - 1)).reshape(cout, cin, *kernel)
+    weight = rng.standard_normal(mask.shape).astype(np.float32) * mask
+    bias = rng.standard_normal(cout).astype(np.float32) if cout % 2 == 0 else None
+    c = condensed.condense(weight, mask)
+    assert c.indices.dtype == (np.int16 if fan <= 32767 else np.int32)
+    geometry = {
+        "kernel_shape": list(kernel),
+        "strides": list(stride),
+        "pads": list(pads),
+        "dilations": list(dilation),
+    }
+    model = conv_kernel_model(c, bias, geometry, relu)
+    sess = ort.InferenceSession(model, condensed.session_options(threads))
+    x = rng.standard_normal((batch, cin, *hw)).astype(np.float32)
+    padded = torch.nn.functional.pad(torch.from_numpy(x), (pads[1], pads[3], pads[0], pads[2]))
+    want = torch.nn.functional.conv2d(
+        padded,
+        torch.from_numpy(weight),
+        None if bias is None else torch.from_numpy(bias),
+        stride=stride,
+        dilation=dilation,
+    )
+    if relu:
+        want = want.relu()
+    got = sess.run(None, {"x": x})[0]
+    assert got.shape == tuple(want.shape)
+    np.testing.assert_allclose(got, want.numpy(), atol=ATOL, rtol=1e-5)
+    if batch == 1:  # a second input size on the same session: the offsets are rebuilt
+        x2 = rng.standard_normal((1, cin, hw[0] + 3, hw[1] + 1)).astype(np.float32)
+        padded = torch.nn.functional.pad(torch.from_numpy(x2), (pads[1], pads[3], pads[0], pads[2]))
+        want2 = torch.nn.functional.conv2d(
+            padded,
+            torch.from_numpy(weight),
+            None if bias is None else torch.from_numpy(bias),
+            stride=stride,
+            dilation=dilation,
+        )
+        want2 = want2.relu() if relu else want2
+        np.testing.assert_allclose(sess.run(None, {"x": x2})[0], want2.numpy(), atol=ATOL)
+
+
+def test_conv_kernel_rejects_bad_inputs() -> None:
+    mask = np.ones((2, 3, 3, 3), bool)
+    c = condensed.condense(mask.astype(np.float32), mask)
+    geometry = {
+        "kernel_shape": [3, 3],
+        "strides": [1, 1],
+        "pads": [0, 0, 0, 0],
+        "dilations": [1, 1],
+    }
+    sess = ort.InferenceSession(
+        conv_kernel_model(c, None, geometry, False), condensed.session_options(1)
+    )
+    with pytest.raises(Exception, match="channel 2, but X has 2"):
+        sess.run(None, {"x": np.ones((1, 2, 5, 5), np.float32)})
+    with pytest.raises(Exception, match="smaller than the kernel"):
+        sess.run(None, {"x": np.ones((1, 3, 2, 5), np.float32)})
+
+
+class ConvNet(torch.nn.Module):
+    """conv -> BN -> relu, strided conv (no relu: its output feeds two consumers), 1x1 conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(8, 16, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(16)
+        self.conv2 = torch.nn.Conv2d(16, 12, 3, stride=2, padding=1)
+        self.conv3 = torch.nn.Conv2d(12, 20, 1)
+        self.grouped = torch.nn.Conv2d(20, 20, 3, padding=1, groups=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn1(self.conv1(x)))
+        h = self.conv2(h)
+        return self.grouped(torch.relu(self.conv3(h)) + h.mean())
+
+
+@pytest.mark.parametrize("ops", ["custom", "standard"])
+def test_condense_onnx_convs(tmp_path: Path, ops: str) -> None:
+    """Conv2d layers with constant fan-in become CondensedConv (BatchNorm folded by the export,
+    a sole Relu consumer fused); grouped convs and the stock-op form stay dense, with reasons."""
+    torch.manual_seed(0)
+    model = ConvNet()
+    model.bn1.running_mean.uniform_(-1, 1)
+    model.bn1.running_var.uniform_(0.5, 2)
+    model.eval()
+    rng = np.random.default_rng(0)
+    for conv in (model.conv1, model.conv2, model.conv3, model.grouped):
+        out, fan = conv.weight.shape[0], conv.weight[0].numel()
+        keep = fan_in_mask(rng, out, fan, max(1, fan // 4), ablated=1)
+        attach_mask(conv, WeightMask(torch.from_numpy(keep.reshape(conv.weight.shape)), "fanin"))
+    manifest = Manifest(manifest_entries(model))
+    fold(model)
+    dense_path = tmp_path / "model.onnx"
+    export_onnx(model, torch.zeros(1, 8, 10, 10), dense_path)
+    results = condensed.condense_onnx(dense_path, manifest, tmp_path / "c.onnx", ops=ops)
+    by = {r.module: r for r in results}
+    if ops == "standard":
+        assert all(r.kernel == "dense" and "stock ONNX ops" in r.skipped for r in results)
+        return
+    assert "grouped convolution" in by["grouped"].skipped and by["grouped"].kernel == "dense"
+    assert [by[m].kernel for m in ("conv1", "conv2", "conv3")] == [condensed.CONV_OP_TYPE] * 3
+    assert by["conv1"].fused == ("Relu",) and by["conv3"].fused == ("Relu",)
+    assert by["conv2"].fused == ()  # its output also feeds the mean
+    graph = onnx.load(str(tmp_path / "c.onnx")).graph
+    assert sum(n.op_type == "Conv" for n in graph.node) == 1
+    assert not any(n.op_type == "BatchNormalization" for n in graph.node)
+    sess = ort.InferenceSession(str(tmp_path / "c.onnx"), condensed.session_options(1))
+    x = rng.standard_normal((3, 8, 10, 10)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(sess.run(None, {"input": x})[0], want, atol=ATOL)

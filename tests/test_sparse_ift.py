@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from sparsify_cli.passes.chains import hidden_chains, resize_chain
 from sparsify_cli.passes.flops import layer_flops
 from sparsify_cli.passes.masks import get_mask, masked_modules
 from sparsify_cli.passes.registry import PassContext, run_passes
@@ -110,3 +112,58 @@ def test_spectral_gaps() -> None:
     report = spectral_report(model)
     assert [r.layer for r in report] == list(ctx.targets)
     assert all(np.isfinite(r.weighted_gap) and r.d_avg > 1 for r in report)
+
+
+class PlainCNN(torch.nn.Module):
+    """conv -> relu -> conv -> relu -> maxpool -> flatten -> fc -> relu -> fc, no residuals, no
+    BatchNorm: the only private hidden dimension runs through the pooling and the flatten."""
+
+    def __init__(self, flatten: str) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 16, 3, padding=1)
+        self.pool = torch.nn.MaxPool2d(2)
+        self.flat = torch.nn.Flatten()
+        self.fc1 = torch.nn.Linear(16 * 4 * 4, 32)
+        self.fc2 = torch.nn.Linear(32, 10)
+        self.flatten = flatten
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.conv2(torch.relu(self.conv1(x)))))
+        if self.flatten == "module":
+            x = self.flat(x)
+        elif self.flatten == "view":
+            x = x.view(x.size(0), -1)
+        else:
+            x = torch.flatten(x, 1)
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.mark.parametrize("flatten", ["function", "module", "view"])
+def test_wide_widens_through_pooling_and_flatten(flatten: str) -> None:
+    """A plain CNN (held out from the samples): conv2's channels widen, and with them fc1's
+    inputs at every pooled position; the stem's input and the head's output stay, FLOPs equal."""
+    torch.manual_seed(0)
+    model, example = PlainCNN(flatten).eval(), torch.randn(2, 1, 8, 8)
+    dense = sum(f.dense for f in layer_flops(model, example).values())
+    targets = ift_targets(model, example)
+    assert targets == ["conv2", "fc1"]
+    with torch.no_grad():
+        before = model(example)
+    # widened before masking: fresh conv2 rows feed zero fc1 columns, the function is unchanged
+    chain = next(c for c in hidden_chains(model, through_pooling=True) if c.producer == "conv2")
+    assert (chain.consumer, chain.positions) == ("fc1", 16)
+    widened = copy.deepcopy(model)
+    resize_chain(widened, chain, torch.cat([torch.arange(16), torch.full((5,), -1)]))
+    assert widened.fc1.in_features == 21 * 16
+    with torch.no_grad():
+        torch.testing.assert_close(widened(example), before)
+    ctx = PassContext(targets=targets, example=example)
+    model = run_passes(model, [SparseIFTConfig("wide", 0.75)], ctx)
+    assert model.conv1.weight.shape == (8, 1, 3, 3) and model.fc2.weight.shape == (10, 32)
+    assert model.conv2.out_channels == 64 and model.fc1.in_features == 64 * 16  # k = 1/(1-s)
+    sparse = sum(f.sparse for f in layer_flops(model, example).values())
+    assert abs(sparse / dense - 1) < 0.01
+    assert model(example).shape == (2, 10)
+    # without through_pooling (removing ablated neurons) no chain crosses the pool
+    assert all(c.positions == 1 and c.producer != "conv2" for c in hidden_chains(model))

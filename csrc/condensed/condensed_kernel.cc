@@ -693,6 +693,7 @@ std::string build_layouts(Packed& p, const Idx* idx) {
 }  // namespace
 
 const char* isa_name() { return kIsaNames[static_cast<int>(kIsa)]; }
+int isa_level() { return static_cast<int>(kIsa); }
 
 std::string pack(const float* values, const void* indices, bool indices_are_int16, int64_t rows,
                  int64_t k, const float* bias, int64_t bias_len, const int32_t* cols,

@@ -139,5 +139,7 @@ class Plan {
 // environment variable SPARSIFY_CONDENSED_ISA (same names), read when the library loads, caps it
 // (to compare paths, or to test the narrower ones on a wider CPU).
 const char* isa_name();
+// The same choice as a level: 0 portable, 1 AVX2+FMA, 2 AVX-512 (for the conv kernels).
+int isa_level();
 
 }  // namespace sparsify
