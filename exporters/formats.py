@@ -25,6 +25,7 @@ from sparsify_cli.exporters.artifact import (
     require_pattern,
 )
 from sparsify_cli.exporters.verify import max_abs_diff, verify_pattern
+from sparsify_cli.passes.errors import SparsifyError
 
 PARITY_ATOL = 1e-4
 """fp32 ONNX Runtime vs PyTorch: max abs difference allowed on the outputs (``--parity-atol``)."""
@@ -44,6 +45,12 @@ def _fp32_atol(stage: ExportStage) -> float:
 def _checked_ort(art: Artifact, stage: ExportStage, tolerance: float, what: str) -> Artifact:
     """Run ``art``'s file in ONNX Runtime on the check inputs: parity and accuracy, checked."""
     outputs = runtime.run(runtime.session(stage.folder / art.path), stage.check_x)
+    if not np.isfinite(outputs).all():  # before parity: NaN would read as a mere mismatch
+        raise SparsifyError(
+            f"the {what} gives NaN or Inf outputs",
+            found=f"{int((~np.isfinite(outputs)).sum())} non-finite values of {outputs.size}",
+            fix="check the model and the data: a NaN never passes verification",
+        )
     art.parity = Parity("pytorch", "max_abs", max_abs_diff(outputs, stage.reference), tolerance)
     art.accuracy = top1(outputs, stage.labels)
     return require_parity(art, what)

@@ -21,7 +21,12 @@ import onnx
 import onnxruntime as ort
 
 from sparsify_cli.exporters.onnx_export import WEIGHT_OPS, initializers, module_of
+from sparsify_cli.exporters.onnx_file import read_onnx
+from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.pattern import LayerStats, weight_pattern
+
+PROBE_MAX = 1 << 24
+"""Inputs with more elements per sample than this get static shape inference, not a probe run."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,14 +60,29 @@ def _shapes(model: onnx.ModelProto, outputs: list[str]) -> dict[str, list[int | 
     dims = [
         d.dim_value if d.HasField("dim_value") else None for d in first.type.tensor_type.shape.dim
     ]
-    if dims and all(dims[1:]) and first.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+    probe_ok = dims and all(d and d > 0 for d in dims[1:]) and prod(dims[1:]) <= PROBE_MAX
+    if probe_ok and first.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
         probe = onnx.ModelProto()
         probe.CopyFrom(model)
         probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in outputs)
-        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
         feed = {first.name: np.zeros([1, *dims[1:]], dtype=np.float32)}
-        return {n: list(a.shape) for n, a in zip(outputs, sess.run(outputs, feed), strict=True)}
-    inferred = onnx.shape_inference.infer_shapes(model)
+        try:
+            quiet = ort.SessionOptions()
+            quiet.log_severity_level = 3
+            sess = ort.InferenceSession(
+                probe.SerializeToString(), quiet, providers=["CPUExecutionProvider"]
+            )
+            ran = sess.run(outputs, feed)
+        except Exception as err:  # ORT refuses graphs the checker let through
+            raise SparsifyError(
+                f"ONNX Runtime cannot run the model: {str(err).strip().splitlines()[0][:200]}",
+                fix="check the file is a complete ONNX model",
+            ) from err
+        return {n: list(a.shape) for n, a in zip(outputs, ran, strict=True)}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception as err:  # inference errors on inconsistent graphs
+        raise SparsifyError(f"cannot infer the model's shapes: {type(err).__name__}") from err
     values = [*inferred.graph.value_info, *inferred.graph.output]
     return {
         v.name: [
@@ -79,7 +99,7 @@ def inspect_onnx(path: str | os.PathLike[str], m: int = 4) -> list[OnnxLayerInfo
     FLOPs are MACs per sample: output positions (from one batch-1 run) times the nonzero
     (sparse) or all (dense) weights, as :func:`sparsify_cli.passes.flops.layer_flops` counts them.
     """
-    model = onnx.load(str(path))
+    model = read_onnx(path)
     weights = initializers(model)
     nodes = [
         n

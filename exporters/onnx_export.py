@@ -67,7 +67,7 @@ def export_onnx(
                 dynamic_axes={**axes, OUTPUT_NAME: {0: "batch"}},
             )
             onnx.checker.check_model(str(tmp), full_check=True)
-    except SparsifyError:
+    except (SparsifyError, OSError):  # OSError: the disk, not the model (full, read-only)
         raise
     except Exception as err:  # torch's exporter raises many types; say which model and why
         raise SparsifyError(

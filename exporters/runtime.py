@@ -5,18 +5,22 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from sparsify_cli.exporters.condensed import DOMAIN, library_path
+from sparsify_cli.exporters.onnx_file import read_onnx
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.inputs import Arrays, rows
 from sparsify_cli.passes.inputs import batch_size as inputs_batch
 
 
 def uses_condensed_ops(path: str | os.PathLike[str]) -> bool:
-    """Whether the model imports the project's custom-op domain (so needs the kernel library)."""
-    model = onnx.load(str(path), load_external_data=False)
+    """Whether the model imports the project's custom-op domain (so needs the kernel library).
+
+    The file is checked first (:func:`read_onnx`): ONNX Runtime would otherwise read external
+    data from wherever the file points.
+    """
+    model = read_onnx(path, load_weights=False)
     return any(op.domain == DOMAIN for op in model.opset_import)
 
 

@@ -68,4 +68,11 @@ def verify_pattern(path: str | os.PathLike[str], manifest: Manifest) -> list[Pat
 
 
 def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+    """Largest ``|a - b|``; ``inf`` when either side holds NaN or Inf (``nan > atol`` is False,
+    so a NaN difference would otherwise pass every tolerance)."""
+    if not a.size:
+        return 0.0
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    if not (np.isfinite(a64).all() and np.isfinite(b64).all()):
+        return float("inf")
+    return float(np.max(np.abs(a64 - b64)))

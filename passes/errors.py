@@ -8,6 +8,8 @@ traceback.
 
 from __future__ import annotations
 
+import errno
+
 
 class SparsifyError(Exception):
     """A problem with the user's input or environment, explained in one message."""
@@ -38,6 +40,27 @@ class SparsifyError(Exception):
         if self.fix is not None:
             parts.append(f"Fix: {self.fix}")
         return ". ".join(parts)
+
+
+_OS_ERRORS = {
+    errno.ENOSPC: ("the disk is full", "free disk space, or choose an --out on another disk"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free space, or choose an --out elsewhere"),
+    errno.EFBIG: ("a file grew larger than allowed", "raise the file size limit (ulimit -f)"),
+    errno.EROFS: ("the file system is read-only", "choose a writable --out"),
+    errno.EACCES: ("permission denied", "choose a folder you can write, or fix its permissions"),
+    errno.EPERM: ("operation not permitted", "choose a folder you can write"),
+}
+
+
+def os_error(err: OSError) -> SparsifyError:
+    """One line for a failed file operation: what, where, the system's reason and the fix.
+
+    A full disk is named as such, never blamed on the model (export failures otherwise suggest
+    checking the model's ops).
+    """
+    what, fix = _OS_ERRORS.get(err.errno or -1, ("a file operation failed", "check the path"))
+    where = f" at {err.filename}" if err.filename else ""
+    return SparsifyError(f"{what}{where}", found=err.strerror or type(err).__name__, fix=fix)
 
 
 class PeerFailed(Exception):

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sparsify_cli.passes.errors import PeerFailed, SparsifyError
+from sparsify_cli.passes.errors import PeerFailed, SparsifyError, os_error
 
 # Options shared by several commands, declared once.
 DebugOpt = Annotated[bool, typer.Option(help="Show tracebacks.")]
@@ -67,6 +67,13 @@ def user_errors(debug: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]: no partial artifact was written")
         raise typer.Exit(130) from None
+    except OSError as err:  # disk full, read-only folder, permissions: the environment's
+        if debug:
+            raise
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(os_error(err)))}", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(1) from None
     except Exception as err:
         if debug:
             raise
@@ -414,6 +421,7 @@ def bench(
     """
     import json
 
+    from sparsify_cli import validation
     from sparsify_cli.bench import bench as run_bench
     from sparsify_cli.bench import render_bench
     from sparsify_cli.exporters.latency import LatencySettings
@@ -423,6 +431,7 @@ def bench(
     with user_errors(debug):
         if threads < 1:
             raise SparsifyError("--threads must be >= 1", found=str(threads))
+        validation.positive_finite("--bench-seconds", bench_seconds)
         settings = LatencySettings(_batches(batch_sizes), threads, seconds=bench_seconds)
         shape = parse_input_shape(input_shape)[1:] if input_shape else None
         with progress_hooks(quiet or json_out) as hooks:
@@ -446,11 +455,12 @@ def report_cmd(
     import json
 
     from sparsify_cli.html_report import write_html
+    from sparsify_cli.validation import report_document
 
     with user_errors(debug):
         source = outdir / "report.json"
         try:
-            report = json.loads(source.read_text(encoding="utf-8"))
+            report = report_document(json.loads(source.read_text(encoding="utf-8")), str(source))
         except (OSError, ValueError) as err:
             raise SparsifyError(
                 f"cannot read {source}",

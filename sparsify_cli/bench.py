@@ -27,14 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
+from sparsify_cli import validation
 from sparsify_cli.data import load_data
 from sparsify_cli.exporters import runtime
 from sparsify_cli.exporters.artifact import LatencyRow, parse_artifacts
 from sparsify_cli.exporters.latency import LatencySettings, measure_latency
+from sparsify_cli.exporters.onnx_file import read_onnx
 from sparsify_cli.passes.atomic import file_sha256
 from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.inputs import InputSpec
 from sparsify_cli.report import environment, tool_version
 
 BENCH_KIND = "sparsify-bench"
@@ -80,17 +82,16 @@ def collect(
 
 def sample_shape(path: Path) -> tuple[int, ...]:
     """The input shape of one sample (the first input without its batch axis), from the file."""
-    try:
-        graph = onnx.load(str(path), load_external_data=False).graph
-    except Exception as err:
-        raise SparsifyError(f"cannot read ONNX file {path}", found=type(err).__name__) from err
+    graph = read_onnx(path, load_weights=False).graph
     inits = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in inits]
+    if not inputs or not inputs[0].type.HasField("tensor_type"):
+        raise SparsifyError(f"{path} has no tensor input to time")
     dims = [
         d.dim_value if d.HasField("dim_value") else None
         for d in inputs[0].type.tensor_type.shape.dim[1:]
     ]
-    if any(d is None for d in dims):
+    if any(d is None or d < 1 for d in dims):
         raise SparsifyError(
             f"{path} has a dynamic input shape besides the batch axis",
             fix="pass --input-shape for one sample, batch first, e.g. 1,3,32,32",
@@ -132,6 +133,9 @@ def bench(
             expected=f"{list(shape)} for every one",
             found="; ".join(odd),
         )
+    validation.batch_allocation(
+        "--batch-sizes", settings.batch_sizes, [InputSpec("input", (1, *shape))]
+    )
     names = {str(p): p for p in models}
     latency = measure_latency(
         names, shape, settings, baseline=str(base) if base else None, track=track

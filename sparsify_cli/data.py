@@ -11,6 +11,7 @@ for the held-out split, and labels ``y`` (``y_test``).
 
 from __future__ import annotations
 
+import math
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ def _inputs(arr: np.ndarray, name: str, sample_shape: Sequence[int], source: str
         raise SparsifyError(
             f"array {name!r} in {source} has dtype {arr.dtype}", expected="a numeric array"
         )
-    if len(arr) == 0:
+    if arr.ndim == 0 or len(arr) == 0:
         raise SparsifyError(f"array {name!r} in {source} has no rows", expected="at least 1 row")
     if tuple(arr.shape[1:]) != tuple(sample_shape):
         raise SparsifyError(
@@ -106,6 +107,54 @@ def load_input_data(spec: str, specs: Sequence[InputSpec]) -> Dataset:
     return Dataset(x, y, x_test, y_test)
 
 
+def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` at ``path``; ``what`` names it in errors (``data file x``).
+
+    Each member's header is read first: a member that is not an ``.npy`` array, holds Python
+    objects, or claims more bytes than the file stores (a header asking for a TiB) is refused
+    before anything is allocated.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                _check_member(archive, info, what)
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise SparsifyError(
+            f"cannot read {what}",
+            expected="an .npz written by numpy.savez",
+            found=f"{type(err).__name__}: {err}",
+        ) from err
+
+
+def _check_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, what: str) -> None:
+    name = info.filename
+    if not name.endswith(".npy"):
+        raise SparsifyError(f"member {name!r} of {what} is not an array", expected=".npy members")
+    with archive.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read_header(fh)
+        header = fh.tell()
+    if dtype.hasobject:
+        raise SparsifyError(
+            f"array {name[:-4]!r} in {what} holds Python objects",
+            expected="numeric arrays (objects would need unpickling)",
+        )
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > info.file_size - header:
+        raise SparsifyError(
+            f"array {name[:-4]!r} in {what} is truncated or its header is corrupt",
+            expected=f"{claimed:,} bytes of data for shape {list(shape)}",
+            found=f"{info.file_size - header:,} bytes",
+        )
+
+
 def _read_npz(spec: str) -> dict[str, np.ndarray]:
     path = Path(spec)
     if not path.is_file():
@@ -113,15 +162,7 @@ def _read_npz(spec: str) -> dict[str, np.ndarray]:
             f"data not found: {spec}",
             expected=f"a dataset name ({', '.join(DATASETS)}) or an .npz file",
         )
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise SparsifyError(
-            f"cannot read data file {spec}",
-            expected="an .npz written by numpy.savez",
-            found=f"{type(err).__name__}: {err}",
-        ) from err
+    return read_npz(path, f"data file {spec}")
 
 
 def load_data(spec: str, sample_shape: Sequence[int]) -> Dataset:

@@ -9,12 +9,17 @@ The example is derived from the config: token ids in ``[0, vocab_size)`` and an 
 of ones, ``[1, seq]`` with ``seq = min(128, max_position_embeddings)``, batch and sequence axes
 dynamic in the ONNX file. The sparse model is written back with ``save_pretrained`` so it loads
 with ``from_pretrained`` like the original.
+
+No code from the folder runs: ``trust_remote_code=False`` is passed to every transformers call
+and a folder that needs custom code is refused first (:func:`check_no_code`); files that link
+outside the folder are not copied into the output.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import logging
 import os
 import shutil
@@ -111,15 +116,51 @@ def head_modules(hf: nn.Module, prefix: str = "hf.") -> tuple[str, ...]:
     return tuple(names)
 
 
-def load_hf_folder(folder: Path) -> nn.Module:
-    """The model in ``folder`` (eval mode), built only from local files."""
-    transformers = _transformers()
+def check_no_code(folder: Path) -> None:
+    """Refuse a folder that would make transformers run code: ``auto_map`` (the model's own
+    classes, ``trust_remote_code``), Python files, or pickled ``.bin`` weights.
+
+    transformers would otherwise ask ``[y/N]`` on a terminal; sparsify never asks and never
+    runs code from a folder. ``.bin`` files are read with ``torch.load(weights_only=True)``
+    first, which refuses anything but tensors.
+    """
+    from sparsify_cli.loading import read_checkpoint
+
     try:
-        config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise SparsifyError(
+            f"cannot read {folder / 'config.json'}",
+            expected="the JSON file save_pretrained writes",
+            found=type(err).__name__,
+        ) from err
+    if not isinstance(config, dict):
+        raise SparsifyError(f"{folder / 'config.json'} is not a JSON object")
+    code = (["auto_map in config.json"] if "auto_map" in config else []) + sorted(
+        p.name for p in folder.glob("*.py")
+    )
+    if code:
+        raise SparsifyError(
+            f"the model folder {folder} holds custom code ({', '.join(code[:4])})",
+            expected="a model built by transformers' own classes",
+            fix="sparsify never runs code from a model folder: build the model yourself, save "
+            "its state_dict and pass --arch MODULE:CALLABLE",
+        )
+    for weights in sorted(folder.glob("*.bin")):
+        read_checkpoint(weights)  # weights_only: a pickle of objects is refused here
+
+
+def load_hf_folder(folder: Path) -> nn.Module:
+    """The model in ``folder`` (eval mode), built only from local files, running no code."""
+    check_no_code(folder)
+    transformers = _transformers()
+    safe = {"local_files_only": True, "trust_remote_code": False}
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(folder), **safe)
         archs = getattr(config, "architectures", None) or []
         cls = getattr(transformers, archs[0], None) if archs else None
         cls = cls or transformers.AutoModel
-        model = cls.from_pretrained(str(folder), local_files_only=True)
+        model = cls.from_pretrained(str(folder), weights_only=True, **safe)
     except (OSError, ValueError, KeyError) as err:
         raise SparsifyError(
             f"transformers cannot load the model folder {folder}",

@@ -126,6 +126,11 @@ def latency_plot(report: dict[str, Any]) -> str | None:
     return _png(fig)
 
 
+def _esc(value: Any) -> str:
+    """Every value from report.json is text to show, never markup (whatever its type)."""
+    return html.escape(str(value))
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
@@ -158,17 +163,17 @@ def render_html(report: dict[str, Any]) -> str:
     env = report.get("environment", {})
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>sparsify report: {html.escape(report['input']['path'])}</title>",
+        f"<title>sparsify report: {_esc(report['input']['path'])}</title>",
         f"<style>{_STYLE}</style></head><body>",
-        f"<h1>sparsify report: {html.escape(report['input']['path'])}</h1>",
-        f"<p>created {html.escape(report.get('created', ''))}, sparsify "
-        f"{html.escape(report.get('tool_version', ''))}; {html.escape(str(env.get('cpu')))}, "
-        f"{env.get('threads')} thread(s), onnxruntime {html.escape(str(env.get('onnxruntime')))}, "
-        f"torch {html.escape(str(env.get('torch')))}</p>",
+        f"<h1>sparsify report: {_esc(report['input']['path'])}</h1>",
+        f"<p>created {_esc(report.get('created', ''))}, sparsify "
+        f"{_esc(report.get('tool_version', ''))}; {_esc(env.get('cpu'))}, "
+        f"{_esc(env.get('threads'))} thread(s), onnxruntime {_esc(env.get('onnxruntime'))}, "
+        f"torch {_esc(env.get('torch'))}</p>",
     ]
     acc = report.get("accuracy")
     if acc:
-        parts.append(f"<h2>Accuracy ({html.escape(acc['metric'])}, {acc['samples']} samples)</h2>")
+        parts.append(f"<h2>Accuracy ({_esc(acc['metric'])}, {_esc(acc['samples'])} samples)</h2>")
         parts.append(
             _table(
                 ["dense", "sparse (torch)", "sparse (onnx)", "quantized"],

@@ -2,8 +2,9 @@
 
 * an ``.onnx`` file: :func:`sparsify_cli.exporters.inspect_onnx.inspect_onnx` (any ONNX model);
 * an output folder of ``convert``, or its ``model_sparse.safetensors``: the folded sparse
-  model rebuilt with the architecture its manifest's recipe names (``--arch`` overrides), with
-  the declared pattern of every manifest entry beside the pattern read from the weights;
+  model (a shipped sample's, or the one ``--arch`` builds), with the declared pattern of every
+  manifest entry beside the pattern read from the weights. A folder is data: the module its
+  recipe names is never imported; without ``--arch`` its ``model.onnx`` is read instead;
 * anything else (a checkpoint or a sample name): the dense model as ``convert`` would load it,
   which tells what a run at ``--nm`` would sparsify and why it would leave a layer dense.
 
@@ -18,6 +19,7 @@ from typing import Any
 
 from sparsify_cli.exporters.inspect_onnx import inspect_onnx
 from sparsify_cli.loading import load_model
+from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.inspect import inspect_model
 from sparsify_cli.passes.manifest import Manifest
 from sparsify_cli.passes.pattern import NMPattern
@@ -69,7 +71,8 @@ def inspect_path(
         manifest = Manifest.load(manifest_path)
         options = manifest.recipe.get("options", {})
         declared = {e.module: e.pattern for e in manifest.entries.values()}
-        arch = arch or options.get("arch")
+        if arch is None and options.get("arch"):
+            return _folder_as_data(path.parent, str(options["arch"]), nm, declared)
         input_shape = input_shape or options.get("input_shape")
         nm = nm or options.get("nm")
         selection = selection or Selection(
@@ -84,6 +87,30 @@ def inspect_path(
     )
     layers = [{**r.to_dict(), "declared": declared.get(r.name)} for r in rows]
     return _doc(source, "torch", nm, layers)
+
+
+def _folder_as_data(
+    folder: Path, arch: str, nm: str | None, declared: dict[str, str]
+) -> dict[str, Any]:
+    """An output folder whose model is built by a user's module: read its ``model.onnx``.
+
+    The recipe names the module, but a file never decides what code runs: rebuilding the torch
+    model takes ``--arch`` on the command line.
+    """
+    onnx_path = folder / "model.onnx"
+    rebuild = f"sparsify inspect {folder} --arch {arch}"
+    if not onnx_path.is_file():
+        raise SparsifyError(
+            f"{folder} has no model.onnx, and its model is built by code its recipe names",
+            fix=f"to rebuild it with that code, run: {rebuild}",
+        )
+    m = NMPattern.parse(nm or "2:4").m
+    layers = [
+        {**r.to_dict(), "declared": declared.get(r.module)} for r in inspect_onnx(onnx_path, m)
+    ]
+    doc = _doc(str(folder), "onnx", nm or "2:4", layers)
+    doc["note"] = f"read from model.onnx without importing {arch}; torch view: {rebuild}"
+    return doc
 
 
 def add_tensorrt_prediction(doc: dict[str, Any], precision: str = "fp16") -> dict[str, Any]:
@@ -155,6 +182,8 @@ def render_inspect(doc: dict[str, Any], console: Any) -> None:
         row += [f"{r['tensorrt_2of4']}: {r['tensorrt_reason']}"] if tensorrt else []
         table.add_row(*row)
     console.print(table)
+    if doc.get("note"):
+        console.print(doc["note"], highlight=False, markup=False)
     t = doc["totals"]
     console.print(
         f"{t['layers']} layers, {t['eligible']} eligible, {t['nm_layers']} hold an N:M pattern; "

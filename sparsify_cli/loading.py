@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparsify_cli import validation
 from sparsify_cli.passes.atomic import file_sha256
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.inputs import (
@@ -228,6 +229,18 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], arch: str) -> N
         for k in sorted(set(own) & set(state))
         if state[k].shape != own[k].shape
     ]
+    kinds = [
+        f"{k}: {str(state[k].dtype).removeprefix('torch.')}"
+        for k in sorted(set(own) & set(state))
+        if own[k].is_floating_point() and not state[k].is_floating_point()
+    ]
+    if kinds:  # integer values for float parameters: truncated weights, not a model
+        raise SparsifyError(
+            f"the checkpoint holds integer tensors for float parameters of {arch}",
+            expected="floating-point weights",
+            found="; ".join(kinds[:3]) + (" ..." if len(kinds) > 3 else ""),
+            fix="save the float state_dict (an integer copy has lost the weights' fractions)",
+        )
     if missing or unexpected or shapes:
         found = []
         if missing:
@@ -268,17 +281,9 @@ def check_example(model: nn.Module, example: Example, shape_text: str) -> None:
 
 def read_example_input(path: str) -> dict[str, torch.Tensor]:
     """``--example-input x.npz``: one array per input, in forward's order, named as in ONNX."""
-    import numpy as np
+    from sparsify_cli.data import read_npz
 
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise SparsifyError(
-            f"cannot read --example-input {path}",
-            expected="an .npz written by numpy.savez with one array per input",
-            found=f"{type(err).__name__}: {err}",
-        ) from err
+    arrays = read_npz(Path(path), f"--example-input {path}")
     if not arrays:
         raise SparsifyError(f"--example-input {path} holds no arrays")
     for name, array in arrays.items():
@@ -302,6 +307,8 @@ def _named_example(
         return example, tuple(spec_of(k, v.numpy()) for k, v in example.items())
     if inputs:
         specs = tuple(parse_input_spec(text) for text in inputs)
+        for spec in specs:
+            validation.allocation(f"--input {spec.name}", spec.shape, validation.itemsize(spec))
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise SparsifyError("--input names repeat", found=", ".join(names))
@@ -366,7 +373,7 @@ def load_model(
                 "no --input-shape given for this model",
                 fix="pass --input-shape with the batch first, e.g. --input-shape 1,3,32,32",
             )
-        shape = parse_input_shape(input_shape)
+        shape = validation.allocation("--input-shape", parse_input_shape(input_shape))
         example = torch.zeros(shape).normal_(generator=torch.Generator().manual_seed(0))
         specs, shape_text = (InputSpec("input", shape),), f"--input-shape {input_shape}"
     model.eval()

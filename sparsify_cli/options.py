@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sparsify_cli import validation
 from sparsify_cli.passes.errors import SparsifyError
 
 PARITY_ATOL = 1e-4
@@ -138,6 +139,11 @@ class ConvertOptions:
                 raise SparsifyError(f"{flag} must be >= 1", found=str(value))
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise SparsifyError("batch sizes must be >= 1", found=str(self.batch_sizes))
+        validation.positive_finite("--lr", self.lr)
+        validation.positive_finite("--bench-seconds", self.bench_seconds)
+        validation.at_least("--epochs", self.epochs, 0)
+        validation.seed(self.seed)
+        validation.parity_atol(self.parity_atol, PARITY_ATOL)
         refuse_ineffective(self)
         resolve_passes(self)  # every pass config validates its own settings
 

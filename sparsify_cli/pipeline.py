@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -27,6 +26,7 @@ import torch
 from safetensors.torch import save_file
 
 import sparsify_cli.exporters.formats  # noqa: F401  (registers the built-in exporters)
+from sparsify_cli import validation
 from sparsify_cli.data import load_data, load_input_data
 from sparsify_cli.exporters.artifact import EXPORTERS, Artifact, ExportStage
 from sparsify_cli.exporters.latency import LatencySettings, measure_latency
@@ -35,12 +35,21 @@ from sparsify_cli.hf import HF_FOLDER, save_hf_folder
 from sparsify_cli.html_report import write_html
 from sparsify_cli.loading import LoadedModel, load_model
 from sparsify_cli.options import ConvertOptions, group_size, resolve_passes
+from sparsify_cli.outdir import (
+    check_out,
+    drop_idle_workdir,
+    prepare_out,
+    prepare_workdir,
+    publish,
+    run_inputs,
+)
 from sparsify_cli.passes import PassContext, Selection, distributed, run_passes, select_layers
-from sparsify_cli.passes.atomic import atomic_path
+from sparsify_cli.passes.atomic import atomic_path, file_sha256
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.flops import layer_flops
-from sparsify_cli.passes.inputs import as_arrays, call
+from sparsify_cli.passes.inputs import as_arrays, batch_size, call
 from sparsify_cli.passes.manifest import Manifest
+from sparsify_cli.passes.registry import config_to_dict
 from sparsify_cli.passes.sparse_ift import ift_targets
 from sparsify_cli.passes.spectral import layer_gaps
 from sparsify_cli.passes.trace import ModelTrace, trace_model
@@ -66,61 +75,6 @@ class Hooks:
 def default_out(opts: ConvertOptions) -> Path:
     stem = Path(opts.source).stem if opts.source else (opts.arch or "model").rpartition(":")[2]
     return Path(f"{stem}_sparse_{opts.nm.replace(':', 'of')}")
-
-
-def _remove_stale_staging(parent: Path, name: str) -> None:
-    """Delete staging folders left by runs that were killed (their process no longer exists)."""
-    for stale in parent.glob(f".{name}.partial-*"):
-        pid = stale.name.split("partial-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _prepare_out(out: Path, force: bool) -> Path:
-    """Check ``out`` can be written; return a fresh staging folder beside it.
-
-    The staging folder's name carries this process id, so a later run can tell a folder left by
-    a killed run (removed) from one that another live run is filling (kept).
-    """
-    if out.exists() and not force:
-        raise SparsifyError(
-            f"output folder {out} already exists",
-            fix="choose another --out, or pass --force to replace it",
-        )
-    if out.exists() and not out.is_dir():
-        raise SparsifyError(f"--out {out} is a file, not a folder")
-    parent = out.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_staging(parent, out.name)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=parent))
-    except OSError as err:
-        raise SparsifyError(
-            f"cannot write the output folder {out}",
-            found=f"{type(err).__name__}: {err}",
-            fix="choose a writable --out",
-        ) from err
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Move the finished staging folder to ``out`` (replacing an old one only now)."""
-    if out.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.resolve().parent))
-        os.replace(out, trash / out.name)
-        os.replace(staging, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, out)
 
 
 def _accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
@@ -174,6 +128,32 @@ def _device(name: str | None) -> torch.device:
             "--device cuda was asked for but CUDA is not available", fix="--device cpu"
         )
     return device
+
+
+def _inputs(opts: ConvertOptions) -> list[Path]:
+    return run_inputs(opts.source, opts.data, opts.arch, opts.example_input)
+
+
+def _fingerprint(run: Run) -> dict[str, Any]:
+    """What determines a training's result; ``--resume`` refuses a checkpoint if it differs."""
+    opts, loaded = run.opts, run.loaded
+    data = opts.data or (loaded.sample.dataset if loaded.sample else None)
+    return {
+        "input_sha256": loaded.sha256,
+        "seed": opts.seed,
+        "batch_size": opts.batch_size,
+        "data_sha256": file_sha256(Path(data)) if data and Path(data).is_file() else data,
+        "passes": [config_to_dict(c) for c in run.configs],
+    }
+
+
+def _check_trainable(data: Dataset, model, example, source: str) -> None:
+    """Training needs samples left after the held-out split, and labels the outputs can index."""
+    validation.trainable_rows(batch_size(data.x_train), source)
+    if data.y_train is not None:
+        classes = int(predict(model, as_arrays(example)).shape[-1])
+        for labels in (data.y_train, data.y_test):
+            validation.labels_in_range(labels, classes, source)
 
 
 def _workdir(out: Path) -> Path:
@@ -244,9 +224,9 @@ class Run:
 
 def _check_early(run: Run) -> None:
     """Refuse what would fail later before any expensive work: an existing ``--out`` without
-    ``--force``, and a format whose requirements are missing (TensorRT without a GPU)."""
-    if run.out.exists() and not run.opts.force:
-        _prepare_out(run.out, force=False)
+    ``--force`` (or, with it, one that holds an input of the run), and a format whose
+    requirements are missing (TensorRT without a GPU)."""
+    check_out(run.out, run.opts.force, _inputs(run.opts))
     for name in run.opts.formats():
         if EXPORTERS[name].check is not None:
             EXPORTERS[name].check(run.opts)
@@ -265,6 +245,8 @@ def _load(run: Run) -> None:
         opts.inputs,
         opts.example_input,
     )
+    validation.finite_weights(loaded.model.state_dict())  # before any other check
+    validation.batch_allocation("--batch-sizes", opts.batch_sizes, loaded.specs)
     if not isinstance(loaded.example, torch.Tensor):
         single = [n for n in opts.formats() if EXPORTERS[n].single_input]
         if single:
@@ -277,6 +259,7 @@ def _load(run: Run) -> None:
     torch.manual_seed(opts.seed)
     if opts.trains:
         _check_training_data(opts, run.data, loaded)
+        _check_trainable(run.data, loaded.model, loaded.example, opts.data or "the data")
     run.configs = resolve_passes(opts)
     group = group_size(run.configs)
     run.selection = Selection(opts.include, opts.exclude, opts.sparsify_head, head=loaded.head)
@@ -309,10 +292,8 @@ def _training_context(run: Run) -> PassContext:
         )
         ctx.eval = make_loader(data.x_test, data.y_test, 256, shuffle=False)
         workdir = _workdir(run.out)
-        if workdir.exists() and not opts.resume and distributed.is_main():
-            shutil.rmtree(workdir)
         if distributed.is_main():
-            workdir.mkdir(parents=True, exist_ok=True)
+            prepare_workdir(workdir, _fingerprint(run), opts.resume)
         ctx.workdir, ctx.resume = workdir, opts.resume
     if opts.ift and opts.dst and (opts.distill or data.y_train is None):
         ctx.teacher = copy.deepcopy(loaded.model)  # the dense model, before Sparse-IFT
@@ -447,8 +428,9 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
     run = Run(opts, hooks, Path(opts.out) if opts.out else default_out(opts))
     _check_early(run)
     _load(run)
+    lock = None
     if distributed.is_main():
-        run.staging = _prepare_out(run.out, opts.force)
+        run.staging, lock = prepare_out(run.out, opts.force, _inputs(opts))
     else:  # other ranks never write beside --out; their scratch is private and removed
         run.staging = Path(tempfile.mkdtemp(prefix=f"sparsify-rank{distributed.rank()}-"))
     try:
@@ -459,10 +441,13 @@ def convert(opts: ConvertOptions, hooks: Hooks = Hooks()) -> tuple[dict[str, Any
         report = _report(run, artifacts, _measure(run, artifacts))
         write_report(run.staging / "report.json", report)
         write_html(run.staging, report)
-        _publish(run.staging, run.out)
+        publish(run.staging, run.out)
         if run.ctx.workdir is not None:
             shutil.rmtree(run.ctx.workdir, ignore_errors=True)
     finally:
         if run.staging.exists():
             shutil.rmtree(run.staging, ignore_errors=True)
+        if lock is not None:
+            lock.release()
+        drop_idle_workdir(run.ctx.workdir if run.ctx else None)
     return report, run.out

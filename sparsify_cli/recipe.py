@@ -30,11 +30,13 @@ import yaml
 from sparsify_cli.passes.atomic import atomic_write_text
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.registry import config_from_dict, config_to_dict
+from sparsify_cli.validation import SECURITY_OPTIONS, no_security_options
 
 RECIPE_VERSION = 1
-NOT_RECORDED = ("out", "force", "resume", "passes")
-"""Per-invocation settings (where to write, whether to replace or resume) never replayed, and
-the pass configs (recorded apart, under ``passes``)."""
+NOT_RECORDED = ("out", "force", "resume", "passes", *SECURITY_OPTIONS)
+"""Per-invocation settings (where to write, whether to replace or resume) never replayed, the
+pass configs (recorded apart, under ``passes``), and the security options, which only the
+command line may turn on (a recipe is a file)."""
 
 Opts = TypeVar("Opts")
 
@@ -71,9 +73,13 @@ def _coerce(name: str, value: Any, annotation: str, source: str) -> Any:
         "bool": (bool,),
     }
     if base.startswith("tuple"):
-        if isinstance(value, list | tuple):
+        item = base.removeprefix("tuple[").split(",")[0].strip()
+        if isinstance(value, list | tuple) and all(
+            item not in kinds or (isinstance(v, kinds[item]) and not isinstance(v, bool))
+            for v in value
+        ):
             return tuple(value)
-        expected = "a list"
+        expected = f"a list of {item}" if item in kinds else "a list"
     elif base in kinds:
         ok = isinstance(value, kinds[base]) and not (base != "bool" and isinstance(value, bool))
         if ok:
@@ -103,7 +109,7 @@ def read_recipe(
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
         raise SparsifyError(
             f"cannot read recipe {path}",
             expected="a recipe.yaml written by sparsify convert",
@@ -136,6 +142,7 @@ def read_recipe(
             f"'passes' in recipe {path} is not a list of mappings",
             found=type(passes).__name__,
         )
+    no_security_options(options, str(path))
     for key in options:
         if key not in fields or key in NOT_RECORDED:
             raise SparsifyError(

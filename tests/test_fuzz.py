@@ -122,3 +122,62 @@ def test_npz_data_loader(tmp_path, arrays):
     assert np.isfinite(data.x_train).all() and len(data.x_test) >= 1
     if data.y_train is not None:
         assert data.y_train.dtype == np.int64 and len(data.y_train) == len(data.x_train)
+
+
+def _tiny_onnx(folder) -> bytes:
+    """A real exported model small enough to mutate quickly (Linear -> ReLU -> Linear)."""
+    import torch
+
+    from sparsify_cli.exporters.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    export_onnx(model, torch.zeros(1, 8), folder / "tiny.onnx")
+    return (folder / "tiny.onnx").read_bytes()
+
+
+MUTATIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["flip", "truncate", "overwrite", "insert"]),
+        st.floats(0, 1),
+        st.binary(min_size=1, max_size=8),
+    ),
+    min_size=1,
+    max_size=3,
+)
+
+
+def _mutate(data: bytes, mutations) -> bytes:
+    for kind, where, noise in mutations:
+        at = int(where * max(len(data) - 1, 0))
+        if kind == "flip" and data:
+            data = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+        elif kind == "truncate":
+            data = data[:at]
+        elif kind == "overwrite":
+            data = data[:at] + noise + data[at + len(noise) :]
+        elif kind == "insert":
+            data = data[:at] + noise + data[at:]
+    return data
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(MUTATIONS)
+def test_inspect_and_bench_on_mutated_onnx(tmp_path, mutations):
+    """Mutated real ONNX files: inspect and bench exit 0 or 1 with one line, never a traceback."""
+    from typer.testing import CliRunner
+
+    from sparsify_cli.app import app
+
+    tiny = tmp_path / "tiny.onnx"
+    original = tiny.read_bytes() if tiny.exists() else _tiny_onnx(tmp_path)
+    path = tmp_path / "mutated.onnx"
+    path.write_bytes(_mutate(original, mutations))
+    bench = ["bench", str(path), "--bench-seconds", "0.01", "--batch-sizes", "1"]
+    for args in (["inspect", str(path)], bench):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code in (0, 1), (args, result.output, result.exception)
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        assert "Traceback" not in result.output and "internal error" not in result.output
