@@ -109,6 +109,7 @@ def _check_training_data(opts: ConvertOptions, data: Dataset | None, loaded: Loa
             fix="pass --data (a dataset name such as digits, an .npz with x[, y], or a text "
             "file for a Hugging Face folder)",
         )
+    _check_trainable(data, loaded.model, loaded.example, opts.data or "the data")
     if data.y_train is not None and not opts.distill:
         with torch.no_grad():
             output = call(loaded.model.eval(), loaded.example)
@@ -259,7 +260,6 @@ def _load(run: Run) -> None:
     torch.manual_seed(opts.seed)
     if opts.trains:
         _check_training_data(opts, run.data, loaded)
-        _check_trainable(run.data, loaded.model, loaded.example, opts.data or "the data")
     run.configs = resolve_passes(opts)
     group = group_size(run.configs)
     run.selection = Selection(opts.include, opts.exclude, opts.sparsify_head, head=loaded.head)
