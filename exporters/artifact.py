@@ -113,7 +113,8 @@ class Artifact:
     latency: list[LatencyRow] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
     pattern_ok: bool | None = None
-    """``None``: derived from ``pattern_checks`` (all ok)."""
+    """``None``: derived from ``pattern_checks`` (all ok; ``None`` when there are none, as for
+    the dense baseline or a TensorRT engine, whose sparse layers are reported apart)."""
 
     @classmethod
     def of_file(cls, format: str, path: Path, **kwargs: Any) -> Artifact:
@@ -121,8 +122,8 @@ class Artifact:
         return cls(format, path.name, path.stat().st_size, file_sha256(path), **kwargs)
 
     @property
-    def pattern_holds(self) -> bool:
-        if self.pattern_ok is not None:
+    def pattern_holds(self) -> bool | None:
+        if self.pattern_ok is not None or not self.pattern_checks:
             return self.pattern_ok
         return all(c.get("ok", False) for c in self.pattern_checks)
 

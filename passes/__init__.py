@@ -25,6 +25,7 @@ _WHERE = {
     "SRSTEConfig": "srste",
     "Selection": "selection",
     "ShrinkConfig": "dst",
+    "SparseGPTConfig": "oneshot",
     "SparseIFTConfig": "sparse_ift",
     "SparsifyError": "errors",
     "config_from_dict": "registry",
@@ -32,6 +33,7 @@ _WHERE = {
     "registered_passes": "registry",
     "run_passes": "registry",
     "select_layers": "selection",
+    "WandaConfig": "oneshot",
 }
 """Public name -> the module of this package that defines it."""
 

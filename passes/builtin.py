@@ -13,6 +13,7 @@ from sparsify_cli.passes import (  # noqa: F401  (each import registers its pass
     fold,
     magnitude,
     maxq,
+    oneshot,
     sparse_ift,
     srste,
 )

@@ -47,7 +47,9 @@ class PassContext:
     :func:`sparsify_cli.passes.selection.select_layers`;
     ``train`` / ``eval`` are data loaders when the run has data; ``track`` wraps a long loop in a
     progress display (the CLI passes a rich progress bar, the library default shows nothing);
-    ``workdir`` is where resumable passes keep their checkpoints; ``teacher`` is the frozen dense
+    ``calibration`` is the ``(inputs, token mask)`` batch one-shot passes that measure
+    activations run once (SparseGPT, Wanda); ``workdir`` is where resumable passes keep their
+    checkpoints; ``teacher`` is the frozen dense
     model a distilling pass learns from when an earlier pass already changed the model (the
     pass copies the model it receives otherwise). Passes write ``metrics``
     (training history) and the fold pass records the ``manifest`` entries before masks vanish.
@@ -60,6 +62,7 @@ class PassContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     track: Track = _no_progress
+    calibration: Any = None
     workdir: Any = None
     resume: bool = False
     teacher: nn.Module | None = None

@@ -17,6 +17,21 @@ from sparsify_cli.passes.inputs import Example, batch_size, call
 
 TRACED = (nn.Linear, nn.Conv2d)
 
+SHAPE_ONLY_NODES = (
+    "ViewBackward",
+    "UnsafeViewBackward",
+    "ReshapeAliasBackward",
+    "SqueezeBackward",
+    "UnsqueezeBackward",
+    "PermuteBackward",
+    "TransposeBackward",
+    "TBackward",
+    "CloneBackward",
+    "AliasBackward",
+    "ToCopyBackward",
+)
+"""Autograd nodes that only reshape, copy or cast: a head followed by them is still the head."""
+
 
 @dataclass(frozen=True)
 class ModelTrace:
@@ -30,12 +45,18 @@ class ModelTrace:
     positions: dict[str, int] = field(default_factory=dict)
 
 
-@torch.no_grad()
 def trace_model(model: nn.Module, example: Example) -> ModelTrace:
-    """Run ``example`` through ``model`` once, in eval mode (the mode is restored)."""
+    """Run ``example`` through ``model`` once, in eval mode (the mode is restored).
+
+    The head is read from the autograd graph of the output, not from tensor ids: Python reuses
+    the id of a freed tensor, so an id-keyed lookup once named an attention projection of a
+    6-layer BERT encoder as its head (issue 16). Each layer's output node is held alive while
+    the model runs, and the output's graph is followed back through shape-only nodes (view,
+    squeeze, flatten, cast) to the node that computed it; the layer owning that node is the head.
+    """
     order: list[str] = []
     positions: dict[str, int] = {}
-    produced: dict[int, str] = {}
+    produced: list[tuple[str, object]] = []  # strong references: nodes cannot be recycled
     batch = batch_size(example)
 
     def hook(name: str):
@@ -44,22 +65,38 @@ def trace_model(model: nn.Module, example: Example) -> ModelTrace:
                 order.append(name)
             channels = out.shape[1 if isinstance(mod, nn.Conv2d) else -1]
             positions[name] = positions.get(name, 0) + out.numel() // (batch * channels)
-            produced[id(out)] = name
+            produced.append((name, out.grad_fn))
 
         return record
 
-    hooks = [
-        mod.register_forward_hook(hook(name))
-        for name, mod in model.named_modules()
-        if isinstance(mod, TRACED)
-    ]
+    layers = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, TRACED)]
+    frozen = [p for _, m in layers for p in m.parameters(recurse=False) if not p.requires_grad]
+    hooks = [mod.register_forward_hook(hook(name)) for name, mod in layers]
     was_training = model.training
     model.eval()
     try:
-        result = call(model, example)
+        for param in frozen:  # a graph needs a leaf that requires grad
+            param.requires_grad_(True)
+        with torch.enable_grad():
+            result = call(model, example)
     finally:
         model.train(was_training)
         for h in hooks:
             h.remove()
-    head = produced.get(id(result)) if isinstance(result, torch.Tensor) else None
-    return ModelTrace(tuple(order), head, positions)
+        for param in frozen:
+            param.requires_grad_(False)
+    return ModelTrace(tuple(order), _head(result, produced), positions)
+
+
+def _head(result: object, produced: list[tuple[str, object]]) -> str | None:
+    """The layer whose output node computed ``result`` (through shape-only nodes), if any."""
+    node = result.grad_fn if isinstance(result, torch.Tensor) else None
+    chain = []
+    while node is not None:
+        chain.append(node)
+        if not node.name().startswith(SHAPE_ONLY_NODES):
+            break
+        node = next((fn for fn, _ in node.next_functions if fn is not None), None)
+    return next(
+        (name for name, fn in produced if fn is not None and any(fn is c for c in chain)), None
+    )

@@ -250,7 +250,13 @@ def convert(
     ift: Annotated[
         str | None, typer.Option(help="Sparse-IFT family: wide, parallel, factorized, doped.")
     ] = None,
-    sparsity: Annotated[float, typer.Option(help="Sparsity for --ift / --dst.")] = 0.75,
+    sparsity: Annotated[
+        float | None,
+        typer.Option(
+            help="Sparsity for --ift / --dst (default 0.75), or constant fan-in sparsity for "
+            "--method wanda / sparsegpt (instead of --nm)."
+        ),
+    ] = None,
     dst: Annotated[
         str | None, typer.Option(help="Dynamic sparse training: static, set, rigl, srigl.")
     ] = None,

@@ -24,6 +24,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
+from sparsify_cli.advice import advice_line  # noqa: E402
 from sparsify_cli.bench import LATENCY_COLUMNS, latency_cells  # noqa: E402
 from sparsify_cli.exporters.artifact import LatencyRow, parse_artifacts  # noqa: E402
 from sparsify_cli.passes.atomic import atomic_write_text  # noqa: E402
@@ -155,6 +156,7 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;p
 text-align:right;font-size:13px}th{background:#f3f3f3}td:first-child{text-align:left}
 img{max-width:100%}.note{color:#666;font-style:italic}pre{background:#f6f6f6;padding:1em;
 overflow:auto;font-size:12px}
+.warning{background:#fff4d6;border-left:4px solid #e0a000;padding:.5em 1em}
 """
 
 
@@ -171,7 +173,17 @@ def render_html(report: dict[str, Any]) -> str:
         f"{_esc(env.get('threads'))} thread(s), onnxruntime {_esc(env.get('onnxruntime'))}, "
         f"torch {_esc(env.get('torch'))}</p>",
     ]
+    parts += [
+        f"<p class='warning'><b>warning:</b> {html.escape(advice_line(w))}</p>"
+        for w in report.get("warnings") or []
+    ]
     acc = report.get("accuracy")
+    agree = report.get("agreement")
+    if agree and not acc:
+        parts.append(
+            f"<p>Output agreement with dense: mean cosine <b>{agree['sparse']:.4f}</b> over "
+            f"{agree['samples']} held-out samples</p>"
+        )
     if acc:
         parts.append(f"<h2>Accuracy ({_esc(acc['metric'])}, {_esc(acc['samples'])} samples)</h2>")
         parts.append(

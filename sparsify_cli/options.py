@@ -28,7 +28,12 @@ CONDENSED_OPS = ("custom", "standard")
 QUANTIZE_MODES = ("int8", "int8-dynamic")
 TRAINED = ("asp", "srste", "maxq")
 """N:M methods that fine-tune and so need training data."""
-ONE_SHOT = ("magnitude",)
+CALIBRATED = ("wanda", "sparsegpt")
+"""One-shot methods that measure activations on calibration data (``--data``, ``--calib-size``)
+and take ``--sparsity`` for constant fan-in instead of ``--nm``."""
+ONE_SHOT = ("magnitude", *CALIBRATED)
+DEFAULT_SPARSITY = 0.75
+"""``--ift`` / ``--dst`` sparsity when ``--sparsity`` is not given."""
 TENSORRT_PRECISIONS = ("fp16", "int8")
 """``inspect --tensorrt``: precisions the 2:4 prediction knows."""
 
@@ -46,10 +51,20 @@ def _finetune_settings(opts: ConvertOptions) -> dict[str, Any]:
 
 
 def _method_pass(opts: ConvertOptions) -> Any:
-    from sparsify_cli.passes import ASPConfig, MaxQConfig, NMConfig, SRSTEConfig
+    from sparsify_cli.passes import (
+        ASPConfig,
+        MaxQConfig,
+        NMConfig,
+        SparseGPTConfig,
+        SRSTEConfig,
+        WandaConfig,
+    )
 
+    n, m, fanin = opts.pattern.n, opts.pattern.m, opts.sparsity
     build: dict[str, Callable[[], Any]] = {
-        "magnitude": lambda: NMConfig(opts.pattern.n, opts.pattern.m),
+        "magnitude": lambda: NMConfig(n, m),
+        "wanda": lambda: WandaConfig(n, m, sparsity=fanin),
+        "sparsegpt": lambda: SparseGPTConfig(n, m, sparsity=fanin),
         "asp": lambda: ASPConfig(**_finetune_settings(opts)),
         "srste": lambda: SRSTEConfig(**_finetune_settings(opts)),
         "maxq": lambda: MaxQConfig(**_finetune_settings(opts)),
@@ -57,7 +72,7 @@ def _method_pass(opts: ConvertOptions) -> Any:
     return build[opts.method]()
 
 
-METHODS = ("magnitude", *TRAINED)
+METHODS = (*ONE_SHOT, *TRAINED)
 """``--method`` values; each picks the config of its sparsifying pass (fold always follows)."""
 
 
@@ -107,7 +122,7 @@ class ConvertOptions:
     resume: bool = False
     device: str | None = None
     ift: str | None = None
-    sparsity: float = 0.75
+    sparsity: float | None = None
     dst: str | None = None
     mask_init: str = "uniform"
     inputs: tuple[str, ...] = ()
@@ -159,6 +174,16 @@ class ConvertOptions:
         return bool(self.ift or self.dst)
 
     @property
+    def training_sparsity(self) -> float:
+        """``--ift`` / ``--dst`` sparsity: ``--sparsity``, else :data:`DEFAULT_SPARSITY`."""
+        return DEFAULT_SPARSITY if self.sparsity is None else self.sparsity
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the method measures activations on calibration rows (Wanda, SparseGPT)."""
+        return self.method in CALIBRATED and not self.sparse_training
+
+    @property
     def trains(self) -> bool:
         """Whether a pass of this run trains (and so needs data, a device and a work folder)."""
         return self.method in TRAINED or self.dst is not None
@@ -197,13 +222,23 @@ def _ineffective(opts: ConvertOptions) -> list[tuple[str, str]]:
     changed = {name for name, default in DEFAULTS.items() if getattr(opts, name) != default}
     rules: list[tuple[tuple[str, ...], bool, str]] = [
         (
-            ("calib_size", "calib_method", "max_accuracy_drop", "reduce_range"),
+            ("calib_method", "max_accuracy_drop", "reduce_range"),
             opts.quantize is None,
             "it applies to int8 quantization; add --quantize int8",
         ),
         (
-            ("calib_size", "calib_method", "max_accuracy_drop"),
+            ("calib_size",),
+            opts.quantize is None and not opts.calibrated,
+            "it applies to int8 quantization and --method wanda / sparsegpt",
+        ),
+        (
+            ("calib_method", "max_accuracy_drop"),
             opts.quantize == "int8-dynamic",
+            "int8-dynamic has no calibration; use --quantize int8",
+        ),
+        (
+            ("calib_size",),
+            opts.quantize == "int8-dynamic" and not opts.calibrated,
             "int8-dynamic has no calibration; use --quantize int8",
         ),
         (
@@ -213,8 +248,14 @@ def _ineffective(opts: ConvertOptions) -> list[tuple[str, str]]:
         ),
         (
             ("sparsity",),
-            not opts.sparse_training,
-            "it applies to --ift / --dst; N:M sparsity is set by --nm",
+            not opts.sparse_training and opts.method not in CALIBRATED,
+            "it applies to --ift / --dst and to --method wanda / sparsegpt (constant fan-in); "
+            "N:M sparsity is set by --nm",
+        ),
+        (
+            ("nm",),
+            opts.calibrated and opts.sparsity is not None,
+            "--sparsity asks for constant fan-in instead of N:M; drop one of them",
         ),
         (("mask_init",), opts.dst is None, "it applies to --dst"),
         (
@@ -228,7 +269,12 @@ def _ineffective(opts: ConvertOptions) -> list[tuple[str, str]]:
             "--ift / --dst replace the N:M method; drop it, or drop --ift / --dst",
         ),
         (
-            ("epochs", "lr", "batch_size", "optimizer", "distill", "resume", "device"),
+            ("device",),
+            not opts.trains and not opts.calibrated,
+            f"--method {opts.method} neither trains nor calibrates on a device",
+        ),
+        (
+            ("epochs", "lr", "batch_size", "optimizer", "distill", "resume"),
             not opts.trains,
             f"--method {opts.method} is one-shot (no training); use --method asp, srste, maxq "
             "or --dst",
@@ -276,11 +322,11 @@ def resolve_passes(opts: ConvertOptions) -> list[Any]:
         return [_method_pass(opts), FoldConfig()]
     configs: list[Any] = []
     if opts.ift:
-        configs.append(SparseIFTConfig(opts.ift, opts.sparsity))
+        configs.append(SparseIFTConfig(opts.ift, opts.training_sparsity))
     if opts.dst:
         dst = DSTConfig(
             opts.dst,
-            opts.sparsity,
+            opts.training_sparsity,
             opts.mask_init,
             epochs=opts.epochs,
             lr=opts.lr,

@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 import sparsify_cli.exporters.formats  # noqa: F401  (registers the built-in exporters)
 from sparsify_cli import validation
+from sparsify_cli.advice import AdviceLog, accuracy_guard, output_agreement
 from sparsify_cli.data import load_data, load_input_data
 from sparsify_cli.exporters.artifact import EXPORTERS, Artifact, ExportStage
 from sparsify_cli.exporters.latency import LatencySettings, measure_latency
@@ -49,6 +50,7 @@ from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.flops import layer_flops
 from sparsify_cli.passes.inputs import as_arrays, batch_size, call
 from sparsify_cli.passes.manifest import Manifest
+from sparsify_cli.passes.oneshot import calibration_batch
 from sparsify_cli.passes.registry import config_to_dict
 from sparsify_cli.passes.sparse_ift import ift_targets
 from sparsify_cli.passes.spectral import layer_gaps
@@ -260,6 +262,12 @@ def _load(run: Run) -> None:
     torch.manual_seed(opts.seed)
     if opts.trains:
         _check_training_data(opts, run.data, loaded)
+    if opts.calibrated and run.data is None:
+        raise SparsifyError(
+            f"--method {opts.method} measures activations and needs calibration data",
+            fix="pass --data (a dataset name such as digits, or an .npz with the model's inputs); "
+            "--calib-size sets how many training rows are used",
+        )
     run.configs = resolve_passes(opts)
     group = group_size(run.configs)
     run.selection = Selection(opts.include, opts.exclude, opts.sparsify_head, head=loaded.head)
@@ -295,6 +303,9 @@ def _training_context(run: Run) -> PassContext:
         if distributed.is_main():
             prepare_workdir(workdir, _fingerprint(run), opts.resume)
         ctx.workdir, ctx.resume = workdir, opts.resume
+    if opts.calibrated:  # SparseGPT / Wanda: one batch of training rows, on the device
+        ctx.device = _device(opts.device)
+        ctx.calibration = calibration_batch(data.x_train, opts.calib_size, ctx.device)
     if opts.ift and opts.dst and (opts.distill or data.y_train is None):
         ctx.teacher = copy.deepcopy(loaded.model)  # the dense model, before Sparse-IFT
     return ctx
@@ -302,10 +313,10 @@ def _training_context(run: Run) -> PassContext:
 
 def _sparsify(run: Run) -> bool:
     """Export the dense baseline, run the passes; ``False`` on a torchrun rank that is done."""
-    loaded, data = run.loaded, run.data
+    loaded = run.loaded
     run.hooks.status("exporting the dense baseline")
     export_onnx(loaded.model, loaded.example, run.staging / "model_dense.onnx", loaded.specs)
-    run.dense_out = predict(loaded.model, data.x_test) if data is not None else None
+    run.dense_out = predict(loaded.model, _check_x(run))  # the accuracy guard compares with it
     names = " -> ".join(c.name for c in run.configs)
     run.hooks.status(f"sparsifying: {names}")
     run.ctx = _training_context(run)
@@ -337,13 +348,47 @@ def _save(run: Run) -> None:
         save_hf_folder(loaded.model, loaded.hf_folder, staging / HF_FOLDER)
 
 
+def _check_x(run: Run) -> Any:
+    """The held-out inputs parity, accuracy and the agreement guard use (the example without
+    data)."""
+    return run.data.x_test if run.data is not None else as_arrays(run.loaded.example)
+
+
+def _agreement(dense: np.ndarray, sparse: np.ndarray, check_x: Any) -> dict[str, Any]:
+    """Mean cosine of sparse vs dense outputs on the held-out inputs (real tokens only when the
+    model takes an attention mask shaped like its outputs' leading axes)."""
+    mask = check_x.get("attention_mask") if isinstance(check_x, dict) else None
+    if mask is not None and tuple(mask.shape) != tuple(dense.shape[:-1]):
+        mask = None
+    return {
+        "metric": "cosine",
+        "samples": int(dense.shape[0]),
+        "sparse": output_agreement(dense, sparse, mask),
+    }
+
+
+def _guard(run: Run, report: dict[str, Any]) -> None:
+    """The accuracy guard (:func:`sparsify_cli.advice.accuracy_guard`) into ``warnings``."""
+    opts = run.opts
+    if opts.sparse_training:
+        method = f"--dst {opts.dst}" if opts.dst else f"--ift {opts.ift}"
+        pattern = f"sparsity {opts.training_sparsity:g}"
+    else:
+        method, pattern = opts.method, getattr(run.configs[0], "label", opts.nm)
+    advice = AdviceLog()
+    accuracy_guard(
+        advice, method, pattern, opts.epochs, report["accuracy"], report["agreement"]["sparse"]
+    )
+    report["warnings"] = advice.to_list()
+
+
 def _export_all(run: Run) -> dict[str, Artifact]:
     """Every requested format through the exporter registry, ``onnx`` first (by name)."""
     loaded, data = run.loaded, run.data
     run.hooks.status("exporting and verifying the sparse ONNX")
     sparse_onnx = run.staging / "model.onnx"
     export_onnx(loaded.model, loaded.example, sparse_onnx, loaded.specs)
-    check_x = data.x_test if data is not None else as_arrays(loaded.example)
+    check_x = _check_x(run)
     stage = ExportStage(
         folder=run.staging,
         onnx=sparse_onnx,
@@ -409,6 +454,8 @@ def _report(run: Run, built: dict[str, Artifact], dense_latency: list[Any]) -> d
             "sparse_onnx": built["onnx"].accuracy,
             "quantized": quantized.accuracy if quantized else None,
         }
+    report["agreement"] = _agreement(run.dense_out, run.sparse_out, _check_x(run))
+    _guard(run, report)
     dense = run.staging / "model_dense.onnx"
     report["baseline"] = Artifact(
         "onnx",

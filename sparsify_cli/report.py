@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from sparsify_cli.advice import advice_line
 from sparsify_cli.exporters.artifact import parse_artifacts
 from sparsify_cli.passes.atomic import atomic_write_text
 
@@ -66,6 +68,7 @@ def new_report(input_path: str, sha256: str | None, recipe: dict[str, Any], thre
         "accuracy": None,
         "baseline": None,
         "artifacts": [],
+        "warnings": [],
     }
 
 
@@ -111,6 +114,12 @@ def render(report: dict[str, Any], console: Console) -> None:
             _pct(acc.get("quantized")),
         )
         console.print(table)
+    agree = report.get("agreement")
+    if agree and not acc:
+        console.print(
+            f"Output agreement with dense: mean cosine {agree['sparse']:.4f} "
+            f"over {agree['samples']} held-out samples"
+        )
     arts = Table(
         title=f"Artifacts (ONNX Runtime CPU, {report['environment']['threads']} thread(s))"
     )
@@ -131,7 +140,8 @@ def render(report: dict[str, Any], console: Console) -> None:
     rows = [(base.path + " (dense)", "", None, base.latency)] if base else []
     for art in artifacts:
         parity = art.parity.value if art.parity else None
-        rows.append((art.path, "yes" if art.pattern_holds else "NO", parity, art.latency))
+        ok = {True: "yes", False: "NO", None: "-"}[art.pattern_holds]
+        rows.append((art.path, ok, parity, art.latency))
     for name, ok, parity, latency in rows:
         for i, lat in enumerate(latency or [None]):
             first = i == 0
@@ -152,6 +162,8 @@ def render(report: dict[str, Any], console: Console) -> None:
             )
     console.print(arts)
     _render_condensed_kernels(report, console)
+    for warning in report.get("warnings") or []:
+        console.print(f"[bold yellow]warning:[/] {escape(advice_line(warning))}", soft_wrap=True)
 
 
 def _render_condensed_kernels(report: dict[str, Any], console: Console) -> None:

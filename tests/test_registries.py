@@ -108,6 +108,7 @@ def test_every_pass_runs_before_fold_on_a_tiny_model(name):
     y = torch.as_tensor(rng.integers(0, 3, 64))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
     ctx = PassContext(targets=["0", "2"], example=x[:1], train=loader, eval=loader)
+    ctx.calibration = (x, None)  # one-shot passes that measure activations (wanda, sparsegpt)
     model = run_passes(_tiny_mlp(), chain, ctx)
     assert not any(hasattr(m, "parametrizations") for m in model.modules())
     assert ctx.manifest, f"{name}: fold recorded no manifest entry"
@@ -147,7 +148,9 @@ def test_every_exporter_builds_a_checked_artifact(name, stage):
     assert art.size_bytes == (stage.folder / art.path).stat().st_size and len(art.sha256) == 64
     assert art.parity is not None and art.parity.ok
     assert exporter.tolerance(stage) > 0
-    assert art.pattern_holds and art.accuracy is not None
+    # TensorRT reports its sparse layers apart (sparse_layers); every ONNX form is read back
+    assert art.pattern_holds is (None if name == "tensorrt" else True)
+    assert art.accuracy is not None
     again = Artifact.from_dict(json.loads(json.dumps(art.to_dict())))
     assert again.to_dict() == art.to_dict()
 

@@ -129,6 +129,7 @@ def test_tensorrt_run_publishes_report_html_and_passes_both_gates(trt_out):
     assert trt["path"] == "model_fp16_2of4.engine" and (out / trt["path"]).is_file()
     assert trt["accuracy"] is not None and trt["accuracy"] > 0.5
     assert trt["parity"]["ok"] and trt["parity"]["reference"] == "pytorch"
+    assert trt["pattern_ok"] is None  # its sparse layers are in sparse_layers instead
     assert trt["sparse_layers"]["picked_sparse"] == trt["sparse_layers"]["masked"] > 0
     assert report["environment"]["tensorrt"] == "10.0-fake"
     rows = [LatencyRow.from_dict(r) for r in trt["latency"]]
