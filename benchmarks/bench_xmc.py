@@ -110,7 +110,8 @@ def memory(hidden: int, fan_in: int, batch: int, steps: int) -> list[dict]:
 def accuracy(args: argparse.Namespace) -> list[dict]:
     from sparsify_cli.passes.fixed_fanin import RewireConfig, SETRewiring
     from sparsify_cli.passes.registry import PassContext
-    from sparsify_cli.passes.training import CallbackList, TrainConfig, fit, make_loader
+    from sparsify_cli.passes.sparsifier import CallbackList
+    from sparsify_cli.passes.training import TrainConfig, fit, make_loader
     from sparsify_cli.passes.xmc_data import skewed_xmc
     from sparsify_cli.passes.xmc_model import (
         AuxSchedule,

@@ -189,7 +189,6 @@ for _mode in QUANT_FILES:
             lambda stage: float("inf"),  # judged by SQNR and accuracy, not elementwise
             _build_quantized(_mode),
             fp32_reference="onnx",
-            single_input=True,
         )
     )
 register_exporter(

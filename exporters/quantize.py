@@ -49,6 +49,8 @@ from sparsify_cli.exporters import runtime
 from sparsify_cli.exporters.onnx_export import INPUT_NAME, WEIGHT_OPS
 from sparsify_cli.passes.atomic import atomic_path
 from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.inputs import Arrays, rows
+from sparsify_cli.passes.inputs import batch_size as inputs_batch
 
 log = logging.getLogger(__name__)
 
@@ -141,51 +143,62 @@ def resolve_reduce_range(config: QuantizeConfig) -> bool:
 class ArrayCalibrationReader(CalibrationDataReader):
     """Feeds calibration rows to ONNX Runtime in equal-sized batches.
 
+    ``x`` is one float array (fed as ``input_name``) or ``name -> array`` for a model with
+    several inputs, fed under their own names and dtypes: integer inputs (token ids, attention
+    masks) go in as they are; only the float activations they produce inside the graph are
+    calibrated and quantized.
+
     Equal sizes matter: ORT's histogram calibrators (entropy, percentile) stack per-batch
     outputs and fail on a ragged last batch, so the batch is the largest divisor of the row
     count up to ``batch_size`` and no row is dropped.
     """
 
-    def __init__(self, x: np.ndarray, input_name: str = INPUT_NAME, batch_size: int = CALIB_BATCH):
-        self.x = np.ascontiguousarray(x, dtype=np.float32)
-        self.input_name = input_name
-        self.batch = max(b for b in range(1, min(batch_size, len(x)) + 1) if len(x) % b == 0)
+    def __init__(self, x: Arrays, input_name: str = INPUT_NAME, batch_size: int = CALIB_BATCH):
+        if isinstance(x, np.ndarray):
+            x = {input_name: x.astype(np.float32)}
+        self.x = {name: np.ascontiguousarray(a) for name, a in x.items()}
+        self.rows = inputs_batch(self.x)
+        self.batch = max(b for b in range(1, min(batch_size, self.rows) + 1) if self.rows % b == 0)
         self.rewind()
 
     def rewind(self) -> None:
         self._next = 0
 
     def __len__(self) -> int:
-        return len(self.x) // self.batch
+        return self.rows // self.batch
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._next >= len(self.x):
+        if self._next >= self.rows:
             return None
-        rows = self.x[self._next : self._next + self.batch]
+        chunk = rows(self.x, slice(self._next, self._next + self.batch))
         self._next += self.batch
-        return {self.input_name: rows}
+        return dict(chunk)
 
 
-def calibration_rows(x: np.ndarray | None, size: int, seed: int = 0) -> np.ndarray:
-    """``size`` rows of ``x`` (a fixed random subset; all rows when fewer), or a clear error."""
+def calibration_rows(x: Arrays | None, size: int, seed: int = 0) -> Arrays:
+    """``size`` rows of ``x`` (a fixed random subset; all rows when fewer), or a clear error.
+
+    ``x`` is one array or ``name -> array`` (the same rows of every input)."""
     if x is None:
         raise SparsifyError(
             "static int8 quantization needs calibration data",
-            expected="inputs from --data (a dataset name or an .npz with array 'x')",
+            expected="inputs from --data (a dataset name, an .npz with array 'x', or a text "
+            "file for a Hugging Face folder)",
             found="no data",
             fix="pass --data, or use --quantize int8-dynamic (no calibration)",
         )
-    if len(x) == 0:
+    count = inputs_batch(x)
+    if count == 0:
         raise SparsifyError(
             "the calibration data is empty",
             expected="at least 1 training row",
-            found=f"shape {list(x.shape)}",
+            found="0 rows",
             fix="pass --data with rows in 'x'",
         )
-    if len(x) <= size:
+    if count <= size:
         return x
-    order = np.random.default_rng(seed).permutation(len(x))[:size]
-    return x[np.sort(order)]
+    order = np.random.default_rng(seed).permutation(count)[:size]
+    return rows(x, np.sort(order))
 
 
 def quantized_nodes(path: str | os.PathLike[str]) -> list[str]:
@@ -195,7 +208,7 @@ def quantized_nodes(path: str | os.PathLike[str]) -> list[str]:
 
 
 def calibrate(
-    src: str | os.PathLike[str], x: np.ndarray, method: str, cache: str | os.PathLike[str]
+    src: str | os.PathLike[str], x: Arrays, method: str, cache: str | os.PathLike[str]
 ) -> None:
     """Run calibration once and store the activation ranges in ``cache`` (JSON).
 
@@ -310,8 +323,8 @@ def quantize_model(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     config: QuantizeConfig,
-    x_calib: np.ndarray | None,
-    x_eval: np.ndarray,
+    x_calib: Arrays | None,
+    x_eval: Arrays,
     y_eval: np.ndarray | None,
 ) -> QuantizeResult:
     """Quantize the fp32 ONNX ``src`` into ``dst`` and measure it on ``x_eval`` in ORT.
@@ -332,7 +345,7 @@ def quantize_model(
         acc, sqnr, diff = measure(dst)
         return QuantizeResult(dst, config.mode, reduce_range, 0, acc, fp32_acc, sqnr, diff)
 
-    rows = calibration_rows(x_calib, config.calib_size)
+    calib = calibration_rows(x_calib, config.calib_size)
     budget = config.max_accuracy_drop
     if budget is not None and y_eval is None:
         raise SparsifyError(
@@ -342,7 +355,7 @@ def quantize_model(
         )
     with tempfile.TemporaryDirectory(prefix="sparsify-ptq-") as tmp:
         cache = Path(tmp) / "calibration.json"
-        calibrate(src, rows, config.calib_method, cache)
+        calibrate(src, calib, config.calib_method, cache)
 
         def trial(exclude: tuple[str, ...], path: Path) -> tuple[float | None, float, float]:
             quantize_int8_static(src, path, cache, config.calib_method, reduce_range, exclude)
@@ -350,7 +363,7 @@ def quantize_model(
 
         acc, sqnr, diff = trial((), dst)
         result = QuantizeResult(
-            dst, config.mode, reduce_range, len(rows), acc, fp32_acc, sqnr, diff
+            dst, config.mode, reduce_range, inputs_batch(calib), acc, fp32_acc, sqnr, diff
         )
         if budget is None or _drop_points(fp32_acc, acc) <= budget:
             return result

@@ -12,7 +12,7 @@ from torch import nn
 from sparsify_cli.passes.finetune import FinetuneConfig, finetune
 from sparsify_cli.passes.magnitude import NMConfig, ensure_nm, magnitude_nm
 from sparsify_cli.passes.registry import PassContext, register_pass
-from sparsify_cli.passes.training import Callbacks
+from sparsify_cli.passes.sparsifier import Callbacks, Plan, register_attach
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,14 @@ def _ensure(model: nn.Module, config: ASPConfig, ctx: PassContext) -> None:
     ensure_nm(model, config.pattern, ctx.targets)
 
 
+@register_attach(ASPConfig)
+def attach_asp(model: nn.Module, config: ASPConfig, plan: Plan) -> Callbacks:
+    """Magnitude N:M masks, fixed for the whole training."""
+    magnitude_nm(model, NMConfig(config.n, config.m), PassContext(targets=plan.targets))
+    return Callbacks()
+
+
 @register_pass(ASPConfig, ensures=_ensure)
 def asp(model: nn.Module, config: ASPConfig, ctx: PassContext) -> nn.Module:
     """Prune once by magnitude, fine-tune with the fixed masks; returns the model in eval mode."""
-
-    def attach(model: nn.Module) -> Callbacks:
-        magnitude_nm(model, NMConfig(config.n, config.m), ctx)
-        return Callbacks()
-
-    return finetune(model, config, ctx, attach)
+    return finetune(model, config, ctx)

@@ -39,9 +39,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler
 
 from sparsify_cli.passes.errors import PeerFailed, SparsifyError
+from sparsify_cli.passes.inputs import ArrayRows, Arrays
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ def per_rank_batch(global_batch: int) -> int:
 
 
 def sharded_loader(
-    x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool, seed: int = 0
+    x: Arrays, y: np.ndarray | None, batch_size: int, shuffle: bool, seed: int = 0
 ) -> DataLoader:
     """This rank's share of a deterministic loader; ``batch_size`` is the global batch.
 
@@ -248,8 +249,7 @@ def sharded_loader(
     and deals it round-robin, so global batch ``k`` is the same set of rows on 1 or N ranks
     (when N divides the row count; otherwise it pads by repeating the first rows).
     """
-    tensors = [torch.as_tensor(x)] + ([torch.as_tensor(y)] if y is not None else [])
-    dataset = TensorDataset(*tensors)
+    dataset = ArrayRows(x, y)
     sampler = DistributedSampler(
         dataset, num_replicas=world_size(), rank=rank(), shuffle=shuffle, seed=seed
     )

@@ -25,7 +25,6 @@ at 0 and their optimizer state (momentum, Adam moments) is reset.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -40,14 +39,8 @@ from sparsify_cli.passes.checkpoint import EpochCheckpoint
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.masks import WeightMask, attach_mask, dense_weight, get_mask, is_masked
 from sparsify_cli.passes.registry import PassContext, register_pass
-from sparsify_cli.passes.training import (
-    Callbacks,
-    TrainConfig,
-    cross_entropy,
-    distillation,
-    fit,
-    make_optimizer,
-)
+from sparsify_cli.passes.sparsifier import Callbacks, Plan, prepare, register_attach
+from sparsify_cli.passes.training import TrainConfig, default_objective, fit, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -377,8 +370,12 @@ class _Rewirer(Callbacks):
         return grown
 
     def close(self) -> None:
+        """Training is over: remove the gradient hooks, leave plain masks."""
         for handle in self.handles:
             handle.remove()
+        if self.handles:
+            _release(self.layers)
+        self.handles = []
 
 
 def init_masks(
@@ -445,29 +442,28 @@ def _ensure(model: nn.Module, config: DSTConfig, ctx: PassContext) -> None:
 def dynamic_sparse_training(model: nn.Module, config: DSTConfig, ctx: PassContext) -> nn.Module:
     """Mask the targets, train with the configured rewiring, leave plain masks on the model."""
     targets = list(ctx.targets)
-    labelled = ctx.train is not None and len(next(iter(ctx.train))) > 1
-    teacher = None
-    if config.epochs and (config.distill or not labelled):
+    if config.epochs and ctx.train is None:
+        raise SparsifyError(
+            f"--dst {config.method} trains the model and needs training data",
+            fix="pass --data (a dataset name, an .npz with x[, y], or a text file for a "
+            "Hugging Face folder)",
+        )
+    objective = None
+    if config.epochs:
         # the teacher is the model as it arrives (or the dense original the caller kept in
         # ctx.teacher), copied before any training mask is attached
-        teacher = ctx.teacher if ctx.teacher is not None else copy.deepcopy(model)
-        teacher = teacher.to(ctx.device).eval().requires_grad_(False)
-    budgets = init_masks(model, config, targets, ctx.seed)
-    modules = dict(model.named_modules())
-    layers = {n: modules[n] for n in targets}
-    if config.epochs == 0:
-        _release(layers)
-        return model
-    if ctx.train is None:
-        raise SparsifyError(
-            "dynamic sparse training needs training data",
-            fix="pass --data (a dataset name or an .npz with x and y)",
+        what = f"--dst {config.method}"
+        first = next(iter(ctx.train))
+        objective = default_objective(
+            model, first, ctx.device, what, config.distill, teacher=ctx.teacher
         )
-    objective = cross_entropy() if teacher is None else distillation(teacher)
+    steps = len(ctx.train) if objective is not None else 0
+    sparsifier = prepare(model, config, targets, ctx.seed, steps_per_epoch=steps)
+    if objective is None:
+        sparsifier.close()
+        return model
+    rewirer = sparsifier.callbacks
     cfg = TrainConfig(epochs=config.epochs, lr=config.lr, optimizer=config.optimizer)
-    rewirer = _Rewirer(
-        layers, config, config.epochs * len(ctx.train), budgets, targets[-1], ctx.seed
-    )
     optimizer = make_optimizer(model.to(ctx.device), cfg)
     checkpoint = EpochCheckpoint(ctx, config)
     history, start, extra = checkpoint.resume(model, optimizer)
@@ -482,18 +478,35 @@ def dynamic_sparse_training(model: nn.Module, config: DSTConfig, ctx: PassContex
 
     try:
         history = fit(
-            model, ctx.train, cfg, ctx, objective, rewirer,
+            model, ctx.train, cfg, ctx, objective, sparsifier,
             start_epoch=start, on_epoch_end=on_epoch_end, optimizer=optimizer, history=history,
         )  # fmt: skip
     finally:
-        rewirer.close()
-    _release(layers)
+        sparsifier.close()
     ctx.metrics["dst"] = {
         "loss": history.loss,
         "updates": rewirer.updates,
         "delta_t": rewirer.delta_t,
     }
     return model
+
+
+@register_attach(DSTConfig)
+def attach_dst(model: nn.Module, config: DSTConfig, plan: Plan) -> Callbacks:
+    """Training masks on the targets and the rewiring schedule over
+    ``epochs * plan.steps_per_epoch`` steps; closing it leaves plain masks."""
+    if plan.steps_per_epoch is None:
+        raise SparsifyError(
+            f"DST ({config.method}) schedules its mask updates over the whole training",
+            expected="steps_per_epoch (optimizer steps per epoch)",
+            fix="pass steps_per_epoch=len(train_loader) to prepare",
+        )
+    targets = list(plan.targets)
+    budgets = init_masks(model, config, targets, plan.seed)
+    modules = dict(model.named_modules())
+    layers = {n: modules[n] for n in targets}
+    total = config.epochs * plan.steps_per_epoch
+    return _Rewirer(layers, config, total, budgets, targets[-1], plan.seed)
 
 
 # --- removing ablated neurons --------------------------------------------------------------

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,16 +28,15 @@ from torch import nn
 
 from sparsify_cli.passes.checkpoint import EpochCheckpoint
 from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.inputs import call, to_device
 from sparsify_cli.passes.masks import WeightMask, dense_weight, masked_modules
 from sparsify_cli.passes.pattern import NMPattern
 from sparsify_cli.passes.registry import PassContext
+from sparsify_cli.passes.sparsifier import Callbacks, prepare
 from sparsify_cli.passes.training import (
-    Callbacks,
     History,
-    Objective,
     TrainConfig,
-    cross_entropy,
-    distillation,
+    default_objective,
     fit,
     make_optimizer,
 )
@@ -124,32 +122,33 @@ class DecayedMask(WeightMask):
 
 
 class SparseDecay(Callbacks):
-    """SR-STE's sparse-refined term after every backward: ``grad += lam * (1 - mask) * W``
-    (Zhou et al., arXiv 2102.04010, Sec. 4; MaxQ reuses it with ``1 - clamp(mask, 0, 1)``)."""
+    """SR-STE's sparse-refined term on every gradient: ``grad += lam * (1 - mask) * W``
+    (Zhou et al., arXiv 2102.04010, Sec. 4; MaxQ reuses it with ``1 - clamp(mask, 0, 1)``).
 
-    def __init__(self, lam: float) -> None:
+    A tensor hook on each masked layer's dense weight, registered at attach time, so any training
+    loop gets it from ``loss.backward()`` alone; :meth:`close` removes the hooks.
+    """
+
+    def __init__(self, lam: float, model: nn.Module) -> None:
         self.lam = lam
-
-    @torch.no_grad()
-    def after_backward(self, model: nn.Module, step: int) -> None:
+        self.handles = []
         for _, module in masked_modules(model):
             mask = module.parametrizations["weight"][0]
-            weight = dense_weight(module)
-            if isinstance(mask, DecayedMask) and weight.grad is not None:
-                weight.grad.add_(self.lam * mask.decay_factor().to(weight.dtype) * weight)
+            if isinstance(mask, DecayedMask):
+                weight = dense_weight(module)
+                self.handles.append(weight.register_hook(self._hook(mask, weight)))
 
+    def _hook(self, mask: DecayedMask, weight: torch.Tensor):
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return grad + self.lam * mask.decay_factor().to(weight.dtype) * weight
 
-def is_classifier(output: torch.Tensor) -> bool:
-    return output.ndim == 2
+        return hook
 
-
-def make_objective(
-    config: FinetuneConfig, teacher: nn.Module, has_labels: bool, classifier: bool
-) -> Objective:
-    """Cross-entropy on labels, else distillation from the dense ``teacher``."""
-    if has_labels and not config.distill:
-        return cross_entropy()
-    return distillation(teacher, config.temperature, classifier=classifier)
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
 
 
 @torch.no_grad()
@@ -162,8 +161,10 @@ def loader_accuracy(model: nn.Module, loader: Any, device: torch.device) -> floa
         for batch in loader:
             if len(batch) < 2:
                 return None
-            pred = model(batch[0].to(device)).argmax(-1).cpu()
-            correct += int((pred == batch[1]).sum())
+            out = call(model, to_device(batch[0], device))
+            if out.ndim != 2:
+                return None
+            correct += int((out.argmax(-1).cpu() == batch[1]).sum())
             count += len(batch[1])
     finally:
         model.train(was_training)
@@ -184,9 +185,8 @@ def finetune(
     model: nn.Module,
     config: FinetuneConfig,
     ctx: PassContext,
-    attach: Callable[[nn.Module], Callbacks],
 ) -> nn.Module:
-    """Attach masks with ``attach(model)`` (which returns the method's callbacks) and train.
+    """Attach the method's masks (:func:`sparsify_cli.passes.sparsifier.prepare`) and train.
 
     The dense input model is the distillation teacher. Returns ``model`` in eval mode, with its
     masks frozen at their last training state; ``ctx.metrics[config.name]`` gets the history.
@@ -196,21 +196,18 @@ def finetune(
             f"--method {config.name} fine-tunes the model and needs training data",
             fix="pass --data (a dataset name such as digits, or an .npz with x[, y])",
         )
-    first = _peek(ctx.train)
-    has_labels = len(first) > 1
-    teacher = None
-    if config.distill or not has_labels:
-        teacher = copy.deepcopy(model).to(ctx.device).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-    model.to(ctx.device)
-    with torch.no_grad():
-        classifier = is_classifier(model.eval()(first[0][:2].to(ctx.device)))
-    torch.manual_seed(ctx.seed)
-    callbacks = attach(model)
+    objective = default_objective(
+        model,
+        _peek(ctx.train),
+        ctx.device,
+        f"--method {config.name}",
+        config.distill,
+        config.temperature,
+        ctx.teacher,
+    )
+    sparsifier = prepare(model, config, ctx.targets, ctx.seed)
     model.to(ctx.device)
     cfg = config.train_config(getattr(ctx.train, "batch_size", None) or 1)
-    objective = make_objective(config, teacher, has_labels, classifier)
     optimizer = make_optimizer(model, cfg)
     checkpoint = EpochCheckpoint(ctx, config)
     history, start, _ = checkpoint.resume(model, optimizer)
@@ -230,7 +227,7 @@ def finetune(
             cfg,
             ctx,
             objective,
-            callbacks,
+            sparsifier,
             evaluate=(lambda m: loader_accuracy(m, ctx.eval, ctx.device)) if ctx.eval else None,
             start_epoch=start,
             on_epoch_end=on_epoch_end,
@@ -241,5 +238,7 @@ def finetune(
         log.warning("%s stopped: %s; keeping the last good epoch", config.name, err)
         model.load_state_dict(last_good)
         ctx.metrics.setdefault(config.name, {})["stopped"] = str(err)
+    finally:
+        sparsifier.close()
     ctx.metrics.setdefault(config.name, {}).update(dataclasses.asdict(history))
     return model.eval()

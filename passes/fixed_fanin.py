@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sparsify_cli.passes.training import Callbacks
+from sparsify_cli.passes.sparsifier import Callbacks
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,14 @@ attention mask of ones), so latency runs and random examples feed the model valu
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from sparsify_cli.passes.errors import SparsifyError
 
@@ -174,3 +176,50 @@ def make_example(specs: Sequence[InputSpec], seed: int = 0) -> dict[str, torch.T
     """A deterministic example from ``specs`` at their own batch size."""
     rng = np.random.default_rng(seed)
     return {s.name: torch.from_numpy(s.random(s.shape[0], rng)) for s in specs}
+
+
+def to_tensors(arrays: Arrays) -> Example:
+    """Torch form of ``arrays`` (``as_tensor``: no copy where the dtype allows)."""
+    if isinstance(arrays, Mapping):
+        return {name: torch.as_tensor(a) for name, a in arrays.items()}
+    return torch.as_tensor(arrays)
+
+
+def to_device(example: Example, device: torch.device | str) -> Example:
+    """``example`` with every tensor on ``device`` (a mapping stays a mapping, in order)."""
+    if isinstance(example, Mapping):
+        return {name: t.to(device) for name, t in example.items()}
+    return example.to(device)
+
+
+def batches(arrays: Arrays, size: int) -> Iterator[Example]:
+    """Consecutive batches of ``arrays`` as tensors: ``name -> tensor`` for named inputs.
+
+    The form calibration (one-shot passes, int8) and prediction feed the model with.
+    """
+    for start in range(0, batch_size(arrays), size):
+        yield to_tensors(rows(arrays, slice(start, start + size)))
+
+
+class ArrayRows(Dataset):
+    """Rows of numpy inputs (one array, or ``name -> array``) with optional labels.
+
+    An item is ``(x,)`` or ``(x, y)`` with ``x`` a tensor or ``name -> tensor``; the default
+    collate turns a batch of them into ``[x_batch]`` / ``[x_batch, y_batch]``, a mapping staying
+    an ordered mapping, so every loader yields the :data:`Example` form the model is called with.
+    """
+
+    def __init__(self, x: Arrays, y: np.ndarray | None) -> None:
+        self.x = to_tensors(x)
+        self.y = None if y is None else torch.as_tensor(y)
+        self.rows = batch_size(x)
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        if isinstance(self.x, torch.Tensor):
+            x: Any = self.x[index]
+        else:
+            x = {name: t[index] for name, t in self.x.items()}
+        return (x,) if self.y is None else (x, self.y[index])

@@ -44,7 +44,7 @@ from sparsify_cli.passes.masks import (
 )
 from sparsify_cli.passes.pattern import NMPattern
 from sparsify_cli.passes.registry import PassContext, register_pass
-from sparsify_cli.passes.training import Callbacks
+from sparsify_cli.passes.sparsifier import Callbacks, Plan, register_attach
 
 SCHEDULES = ("linear", "cubic", "cos", "exp")
 EXP_RATE = 0.05
@@ -219,15 +219,29 @@ class MaxQConfig(FinetuneConfig):
 
 
 class MaxQSchedule(SparseDecay):
-    """Sets each mask's preserve rate at epoch start; applies the SR-STE decay after backward."""
+    """Sets each mask's preserve rate at epoch start; the SR-STE decay is its gradient hook.
 
-    def __init__(self, config: MaxQConfig) -> None:
-        super().__init__(config.decay)
+    :meth:`close` ends training: a mask still short of N:M (training stopped before the
+    schedule's end, e.g. a non-finite loss or a user loop with fewer epochs) is projected to
+    exact N:M from its current weight.
+    """
+
+    def __init__(self, config: MaxQConfig, model: nn.Module) -> None:
+        super().__init__(config.decay, model)
         self.config = config
+        self.model = model
 
     def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
         for mask in _maxq_masks(model):
             mask.target_rate = self.config.rate(epoch)
+
+    def close(self) -> None:
+        super().close()
+        for _, module in masked_modules(self.model):
+            mask = get_mask(module)
+            if isinstance(mask, MaxQMask) and float(mask.rate) > 0:
+                mask.refresh(dense_weight(module), 0.0)
+                mask.target_rate = 0.0
 
 
 def _maxq_masks(model: nn.Module) -> list[MaxQMask]:
@@ -238,23 +252,18 @@ def _ensure(model: nn.Module, config: MaxQConfig, ctx: PassContext) -> None:
     ensure_nm(model, config.pattern, ctx.targets)
 
 
+@register_attach(MaxQConfig)
+def attach_maxq(model: nn.Module, config: MaxQConfig, plan: Plan) -> Callbacks:
+    """:class:`MaxQMask` on every target, at the schedule's first preserve rate."""
+    modules = dict(model.named_modules())
+    rate = config.rate(0) if config.epochs else 0.0
+    for name in plan.targets:
+        module = modules[name]
+        attach_mask(module, MaxQMask(dense_weight(module), config.pattern, rate, config.tau))
+    return MaxQSchedule(config, model)
+
+
 @register_pass(MaxQConfig, ensures=_ensure)
 def maxq(model: nn.Module, config: MaxQConfig, ctx: PassContext) -> nn.Module:
     """Attach :class:`MaxQMask` to every target and fine-tune; returns the model in eval mode."""
-
-    def attach(model: nn.Module) -> Callbacks:
-        modules = dict(model.named_modules())
-        rate = config.rate(0) if config.epochs else 0.0
-        for name in ctx.targets:
-            module = modules[name]
-            mask = MaxQMask(dense_weight(module), config.pattern, rate, config.tau)
-            attach_mask(module, mask)
-        return MaxQSchedule(config)
-
-    model = finetune(model, config, ctx, attach)
-    for _, module in masked_modules(model):
-        mask = get_mask(module)
-        if isinstance(mask, MaxQMask) and float(mask.rate) > 0:
-            # stopped (non-finite loss) before the schedule reached N:M: project now
-            mask.refresh(dense_weight(module), 0.0)
-    return model
+    return finetune(model, config, ctx)

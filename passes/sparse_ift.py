@@ -54,6 +54,7 @@ from sparsify_cli.passes.chains import hidden_chains, norm_after, resize_chain, 
 from sparsify_cli.passes.dst import unstructured_mask
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.flops import layer_flops
+from sparsify_cli.passes.inputs import Example
 from sparsify_cli.passes.masks import WeightMask, attach_mask, masked_modules
 from sparsify_cli.passes.registry import PassContext, register_pass
 from sparsify_cli.passes.selection import Selection, select_layers
@@ -283,7 +284,7 @@ class _Zero(nn.Module):
 
 def ift_targets(
     model: nn.Module,
-    example: torch.Tensor,
+    example: Example,
     selection: Selection = Selection(),
     trace: ModelTrace | None = None,
 ) -> list[str]:

@@ -27,7 +27,7 @@ from sparsify_cli.passes.magnitude import ensure_nm
 from sparsify_cli.passes.masks import attach_mask, dense_weight, magnitude_nm_mask
 from sparsify_cli.passes.pattern import NMPattern
 from sparsify_cli.passes.registry import PassContext, register_pass
-from sparsify_cli.passes.training import Callbacks
+from sparsify_cli.passes.sparsifier import Callbacks, Plan, register_attach
 
 
 class SRSTEMask(DecayedMask):
@@ -57,15 +57,17 @@ def _ensure(model: nn.Module, config: SRSTEConfig, ctx: PassContext) -> None:
     ensure_nm(model, config.pattern, ctx.targets)
 
 
+@register_attach(SRSTEConfig)
+def attach_srste(model: nn.Module, config: SRSTEConfig, plan: Plan) -> Callbacks:
+    """:class:`SRSTEMask` on every target; the SR-STE decay as gradient hooks."""
+    modules = dict(model.named_modules())
+    for name in plan.targets:
+        module = modules[name]
+        attach_mask(module, SRSTEMask(dense_weight(module), config.pattern))
+    return SparseDecay(config.decay, model)
+
+
 @register_pass(SRSTEConfig, ensures=_ensure)
 def srste(model: nn.Module, config: SRSTEConfig, ctx: PassContext) -> nn.Module:
     """Attach :class:`SRSTEMask` to every target and fine-tune; returns the model in eval mode."""
-
-    def attach(model: nn.Module) -> Callbacks:
-        modules = dict(model.named_modules())
-        for name in ctx.targets:
-            module = modules[name]
-            attach_mask(module, SRSTEMask(dense_weight(module), config.pattern))
-        return SparseDecay(config.decay)
-
-    return finetune(model, config, ctx, attach)
+    return finetune(model, config, ctx)

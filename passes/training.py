@@ -7,10 +7,11 @@ cross-entropy on labels, or distillation from a frozen teacher when there are no
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from sparsify_cli.passes import distributed
-from sparsify_cli.passes.inputs import Arrays, Example, call, rows
+from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.inputs import ArrayRows, Arrays, Example, call, rows, to_device, to_tensors
 from sparsify_cli.passes.inputs import batch_size as inputs_batch
 from sparsify_cli.passes.registry import PassContext
+from sparsify_cli.passes.sparsifier import Callbacks, Sparsifier
 
 log = logging.getLogger(__name__)
 
@@ -48,41 +51,6 @@ class TrainConfig:
             raise ValueError("epochs >= 0, lr > 0 and batch_size >= 1 are required")
 
 
-class Callbacks:
-    """Hook points of :func:`fit`; every method is a no-op by default."""
-
-    def on_epoch_start(self, model: nn.Module, epoch: int) -> None: ...
-
-    def before_step(self, model: nn.Module, step: int) -> None: ...
-
-    def after_backward(self, model: nn.Module, step: int) -> None: ...
-
-    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None: ...
-
-
-class CallbackList(Callbacks):
-    """Several :class:`Callbacks` run in order at every hook (e.g. rewiring + a loss schedule)."""
-
-    def __init__(self, *callbacks: Callbacks) -> None:
-        self.callbacks = callbacks
-
-    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
-        for c in self.callbacks:
-            c.on_epoch_start(model, epoch)
-
-    def before_step(self, model: nn.Module, step: int) -> None:
-        for c in self.callbacks:
-            c.before_step(model, step)
-
-    def after_backward(self, model: nn.Module, step: int) -> None:
-        for c in self.callbacks:
-            c.after_backward(model, step)
-
-    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
-        for c in self.callbacks:
-            c.after_step(model, optimizer, step)
-
-
 @dataclass
 class History:
     loss: list[float] = field(default_factory=list)
@@ -90,39 +58,72 @@ class History:
 
 
 def make_loader(
-    x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool, seed: int = 0
+    x: Arrays, y: np.ndarray | None, batch_size: int, shuffle: bool, seed: int = 0
 ) -> DataLoader:
-    """A deterministic loader over numpy arrays (labels optional)."""
-    tensors = [torch.as_tensor(x)]
-    if y is not None:
-        tensors.append(torch.as_tensor(y))
+    """A deterministic loader over numpy inputs (an array or ``name -> array``; labels optional)."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, generator=generator
-    )
+    return DataLoader(ArrayRows(x, y), batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
-Objective = Callable[[torch.Tensor, Sequence[torch.Tensor]], torch.Tensor]
+Objective = Callable[[torch.Tensor, Sequence[Any]], torch.Tensor]
+"""``(model output, batch) -> loss``; ``batch[0]`` is the :data:`Example`, ``batch[1]`` labels."""
 
 
 def cross_entropy(label_smoothing: float = 0.0) -> Objective:
-    def loss(logits: torch.Tensor, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+    def loss(logits: torch.Tensor, batch: Sequence[Any]) -> torch.Tensor:
         return F.cross_entropy(logits, batch[1], label_smoothing=label_smoothing)
 
     return loss
 
 
+def check_labels(output: torch.Tensor, labels: torch.Tensor, what: str) -> None:
+    """Labels train with cross-entropy: the model must output ``[batch, classes]`` logits with a
+    class for every label; anything else is an error naming ``what`` (the pass)."""
+    if output.ndim != 2:
+        raise SparsifyError(
+            f"{what} got labelled data, but the model outputs {list(output.shape)}, not logits",
+            expected="[batch, classes] logits for cross-entropy (a classifier)",
+            fix="drop the labels to distil from the dense model, or load a classifier",
+        )
+    if labels.numel() and int(labels.max()) >= output.shape[1]:
+        raise SparsifyError(
+            f"{what}: label {int(labels.max())} is out of range for {output.shape[1]} classes",
+            expected=f"class ids in [0, {output.shape[1]})",
+        )
+
+
+def token_mask(example: Example, output: torch.Tensor) -> torch.Tensor | None:
+    """The attention mask ``[batch, sequence]`` when ``output`` is per token (its first two axes
+    match the ``attention_mask`` input), so padding does not count in a per-token loss."""
+    if not isinstance(example, Mapping) or output.ndim < 3:
+        return None
+    mask = example.get("attention_mask")
+    if mask is None or tuple(mask.shape) != tuple(output.shape[:2]):
+        return None
+    return mask.to(output.dtype)
+
+
+def masked_mse(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error over the positions ``mask`` keeps (all of them without a mask)."""
+    if mask is None:
+        return F.mse_loss(out, target)
+    weights = mask.reshape(*mask.shape, *([1] * (out.ndim - mask.ndim)))
+    squared = (out - target).pow(2) * weights
+    return squared.sum() / (weights.sum() * out[0, 0].numel()).clamp_min(1.0)
+
+
 def distillation(
     teacher: nn.Module, temperature: float = 1.0, classifier: bool = True
 ) -> Objective:
-    """KL to the teacher's softened logits (classifiers) or MSE to its outputs (anything else)."""
+    """KL to the teacher's softened logits (classifiers) or MSE to its outputs (anything else:
+    hidden states or per-token logits, with padded positions left out by the attention mask)."""
     teacher.eval()
 
-    def loss(out: torch.Tensor, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+    def loss(out: torch.Tensor, batch: Sequence[Any]) -> torch.Tensor:
         with torch.no_grad():
-            target = teacher(batch[0])
+            target = call(teacher, batch[0])
         if not classifier:
-            return F.mse_loss(out, target)
+            return masked_mse(out, target, token_mask(batch[0], out))
         t = temperature
         return F.kl_div(
             F.log_softmax(out / t, -1),
@@ -132,6 +133,34 @@ def distillation(
         ) * (t * t)
 
     return loss
+
+
+def default_objective(
+    model: nn.Module,
+    first: Sequence[Any],
+    device: torch.device,
+    what: str,
+    distill: bool = False,
+    temperature: float = 1.0,
+    teacher: nn.Module | None = None,
+) -> Objective:
+    """The objective of every trained pass, from the first training batch ``first``.
+
+    Cross-entropy when the batches carry labels (checked against the model's logits); otherwise,
+    or with ``distill``, distillation from a frozen copy of ``model`` as it is now, so call this
+    before masks are attached: the dense model is the teacher (or ``teacher``, when given: the
+    dense original of a model pruned before this pass). ``what`` names the pass in errors.
+    """
+    model.to(device)
+    with torch.no_grad():
+        output = call(model.eval(), to_device(rows(first[0], slice(0, 2)), device))
+    if len(first) > 1 and not distill:
+        check_labels(output, first[1], what)
+        return cross_entropy()
+    teacher = (copy.deepcopy(model) if teacher is None else teacher).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return distillation(teacher, temperature, classifier=output.ndim == 2)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -169,13 +198,8 @@ def predict(model: nn.Module, x: Arrays, batch_size: int = 256) -> np.ndarray:
     model.eval()
     device = next(model.parameters()).device
 
-    def tensors(chunk: Arrays) -> Example:
-        if isinstance(chunk, np.ndarray):
-            return torch.as_tensor(chunk).to(device)
-        return {name: torch.as_tensor(a).to(device) for name, a in chunk.items()}
-
     outs = [
-        call(model, tensors(rows(x, slice(i, i + batch_size)))).cpu().numpy()
+        call(model, to_device(to_tensors(rows(x, slice(i, i + batch_size))), device)).cpu().numpy()
         for i in range(0, inputs_batch(x), batch_size)
     ]
     model.train(was_training)
@@ -203,7 +227,7 @@ def fit(
     cfg: TrainConfig,
     ctx: PassContext,
     objective: Objective,
-    callbacks: Callbacks = Callbacks(),
+    callbacks: Callbacks | Sparsifier = Callbacks(),
     evaluate: Callable[[nn.Module], float] | None = None,
     start_epoch: int = 0,
     on_epoch_end: Callable[[nn.Module, torch.optim.Optimizer, Any, int, History], None]
@@ -231,29 +255,27 @@ def fit(
         for _ in range(start_epoch * len(train)):
             scheduler.step()
     history = history or History()
-    step = start_epoch * len(train)
+    sp = callbacks if isinstance(callbacks, Sparsifier) else Sparsifier(model, callbacks)
+    sp.steps = start_epoch * len(train)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         distributed.set_epoch(train, epoch)
-        callbacks.on_epoch_start(model, epoch)
+        sp.epoch_start(epoch)
         total, count = 0.0, 0
         for batch in ctx.track(train, _describe(epoch, cfg.epochs, history), len(train)):
-            batch = [t.to(ctx.device) for t in batch]
-            callbacks.before_step(model, step)
-            loss = objective(net(batch[0]), batch)
+            batch = [to_device(t, ctx.device) for t in batch]
+            loss = objective(call(net, batch[0]), batch)
             if distributed.any_rank(not torch.isfinite(loss)):
                 raise FloatingPointError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step}"
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {sp.steps}"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            callbacks.after_backward(model, step)
             optimizer.step()
-            callbacks.after_step(model, optimizer, step)
+            sp.step(optimizer)
             scheduler.step()
-            total += loss.item() * len(batch[0])
-            count += len(batch[0])
-            step += 1
+            total += loss.item() * inputs_batch(batch[0])
+            count += inputs_batch(batch[0])
         total, count = distributed.sum_over_ranks(total, count)
         distributed.average_norm_stats(model)
         distributed.verify_in_sync(model, f"epoch {epoch + 1}", ctx.metrics)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsify_cli.passes.fixed_fanin import FixedFanInLinear
-from sparsify_cli.passes.training import Callbacks
+from sparsify_cli.passes.sparsifier import Callbacks
 
 
 class XMCOutput(NamedTuple):

@@ -245,7 +245,15 @@ def convert(
         str, typer.Option(help="magnitude (one-shot), or fine-tuned: asp, srste, maxq.")
     ] = "magnitude",
     data: Annotated[
-        str | None, typer.Option(help="Dataset name or .npz (x, y[, x_test, y_test]).")
+        str | None,
+        typer.Option(
+            help="Dataset name, .npz (x, y[, x_test, y_test]), or for a Hugging Face folder a "
+            "text file (one example per line) or .jsonl with text[, label]."
+        ),
+    ] = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option(help="Tokens per example for text --data (default 128; longer truncated)."),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (must not exist).")] = None,
     include: Annotated[
@@ -367,6 +375,7 @@ def convert(
             input_shape=input_shape,
             method=method,
             data=data,
+            max_length=max_length,
             out=str(out) if out else None,
             include=tuple(include or ()),
             exclude=tuple(exclude or ()),

@@ -171,15 +171,40 @@ def load_hf_folder(folder: Path) -> nn.Module:
 
 
 def save_hf_folder(model: LogitsOnly, source: Path, dest: Path) -> None:
-    """``save_pretrained`` of the sparse model into ``dest``, plus the source folder's other
-    files (tokenizer, generation config), so ``dest`` replaces the original folder."""
+    """``save_pretrained`` of the sparse model into ``dest``, plus every other file of the source
+    folder (tokenizer, generation config, and the sub-folders of a sentence-transformers model
+    such as ``1_Pooling/``), so ``dest`` replaces the original folder.
+
+    The source's own top-level weight files are not copied (``save_pretrained`` wrote the sparse
+    ones); hidden entries (``.git``, ``.cache``) are skipped. A symlink is copied as the file it
+    points to only when that file lies inside ``source``: a link out of the folder (e.g.
+    ``tokenizer.json -> /etc/shadow``) is never followed, and a warning names it.
+    """
     model.hf.save_pretrained(str(dest), safe_serialization=True)
     root = source.resolve()
-    for path in source.iterdir():
-        target = dest / path.name
-        if not path.is_file() or target.exists() or path.name.endswith(WEIGHT_SUFFIXES):
+    for path, target in _tree(source, dest):
+        if path.is_symlink() and not _inside(path.resolve(), root):
+            log.warning("not copying %s: it links outside the model folder", path)
             continue
-        if root not in path.resolve().parents:  # a link out of the folder is not copied
-            log.warning("not copying %s: it links outside %s", path.name, source)
+        if path.is_dir():
+            target.mkdir(exist_ok=True)
+        elif path.is_file() and not target.exists():
+            top_weights = path.parent == source and path.name.endswith(WEIGHT_SUFFIXES)
+            if not top_weights:
+                shutil.copyfile(path, target)
+                shutil.copystat(path, target)
+
+
+def _tree(source: Path, dest: Path):
+    """``(source entry, dest path)`` for every non-hidden entry below ``source``, parents first;
+    symlinked folders are listed but not descended into."""
+    for path in sorted(source.iterdir()):
+        if path.name.startswith("."):
             continue
-        shutil.copy2(path, target)
+        yield path, dest / path.name
+        if path.is_dir() and not path.is_symlink():
+            yield from _tree(path, dest / path.name)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents

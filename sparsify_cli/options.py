@@ -94,6 +94,8 @@ class ConvertOptions:
     input_shape: str | None = None
     method: str = "magnitude"
     data: str | None = None
+    max_length: int | None = None
+    """Tokens per example for text ``--data`` (default 128)."""
     out: str | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -148,6 +150,8 @@ class ConvertOptions:
             raise SparsifyError(
                 f"unknown --export {','.join(unknown) or '(empty)'}", expected=f"some of {known}"
             )
+        if self.max_length is not None and self.max_length < 1:
+            raise SparsifyError("--max-length must be >= 1", found=str(self.max_length))
         for flag, value in (("--batch-size", self.batch_size), ("--threads", self.threads)):
             if value < 1:
                 raise SparsifyError(f"{flag} must be >= 1", found=str(value))
@@ -229,6 +233,8 @@ DEFAULTS = {f.name: f.default for f in dataclasses.fields(ConvertOptions)}
 def _ineffective(opts: ConvertOptions) -> list[tuple[str, str]]:
     """``(option, why it has no effect here)`` for every option set away from its default that
     this run would not use."""
+    from sparsify_cli.text_data import is_text_data
+
     changed = {name for name, default in DEFAULTS.items() if getattr(opts, name) != default}
     rules: list[tuple[tuple[str, ...], bool, str]] = [
         (
@@ -272,6 +278,11 @@ def _ineffective(opts: ConvertOptions) -> list[tuple[str, str]]:
             ("delta_t",),
             opts.dst in (None, "static"),
             "it sets how often --dst set, rigl or srigl update their masks",
+        ),
+        (
+            ("max_length",),
+            not (opts.data and is_text_data(opts.data)),
+            "it applies to text --data only (a .txt or .jsonl for a Hugging Face folder)",
         ),
         (
             ("method", "nm"),

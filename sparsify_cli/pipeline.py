@@ -50,17 +50,18 @@ from sparsify_cli.passes import PassContext, Selection, distributed, run_passes,
 from sparsify_cli.passes.atomic import atomic_path, file_sha256
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.flops import layer_flops
-from sparsify_cli.passes.inputs import as_arrays, batch_size
+from sparsify_cli.passes.inputs import as_arrays, batch_size, call
 from sparsify_cli.passes.manifest import Manifest
 from sparsify_cli.passes.oneshot import calibration_batch
 from sparsify_cli.passes.registry import config_to_dict
 from sparsify_cli.passes.sparse_ift import ift_targets
 from sparsify_cli.passes.spectral import layer_gaps
 from sparsify_cli.passes.trace import ModelTrace, trace_model
-from sparsify_cli.passes.training import make_loader, predict
+from sparsify_cli.passes.training import check_labels, make_loader, predict
 from sparsify_cli.recipe import recipe_dict, write_recipe
 from sparsify_cli.report import new_report, tool_version, write_report
 from sparsify_cli.samples.datasets import Dataset
+from sparsify_cli.text_data import DEFAULT_MAX_LENGTH, is_text_data, load_text_data
 
 __all__ = ["ConvertOptions", "Hooks", "convert", "resolve_passes"]
 
@@ -80,10 +81,38 @@ def _accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
 
 
 def _dataset(opts: ConvertOptions, loaded: LoadedModel) -> Dataset | None:
+    """``--data`` for this model: text (tokenized with a Hugging Face folder's tokenizer), an
+    ``.npz`` of named inputs, or one array / a dataset name for a single-input model."""
     spec = opts.data or (loaded.sample.dataset if loaded.sample else None)
+    if spec and is_text_data(spec):
+        if loaded.hf_folder is None:
+            raise SparsifyError(
+                f"--data {spec} is text, and only a Hugging Face folder brings a tokenizer",
+                expected="a model folder with config.json and its tokenizer files",
+                fix="pass the model folder, or the token ids as an .npz (one array per input)",
+            )
+        max_length = opts.max_length or DEFAULT_MAX_LENGTH
+        return load_text_data(spec, loaded.hf_folder, loaded.specs, max_length)
     if spec and not isinstance(loaded.example, torch.Tensor):
         return load_input_data(spec, loaded.specs)
     return load_data(spec, tuple(loaded.example.shape[1:])) if spec else None
+
+
+def _check_training_data(opts: ConvertOptions, data: Dataset | None, loaded: LoadedModel) -> None:
+    """A training run has data; labels (cross-entropy) fit the model's logits. One line naming
+    the pass otherwise."""
+    trains = f"--dst {opts.dst}" if opts.dst else f"--method {opts.method}"
+    if data is None:
+        raise SparsifyError(
+            f"{trains} trains the model and needs training data",
+            fix="pass --data (a dataset name such as digits, an .npz with x[, y], or a text "
+            "file for a Hugging Face folder)",
+        )
+    _check_trainable(data, loaded.model, loaded.example, opts.data or "the data")
+    if data.y_train is not None and not opts.distill:
+        with torch.no_grad():
+            output = call(loaded.model.eval(), loaded.example)
+        check_labels(output, torch.as_tensor(data.y_train), trains)
 
 
 def _device(name: str | None) -> torch.device:
@@ -118,7 +147,7 @@ def _fingerprint(run: Run) -> dict[str, Any]:
     }
 
 
-def _check_training_data(data: Dataset, model, example, source: str) -> None:
+def _check_trainable(data: Dataset, model, example, source: str) -> None:
     """Training needs samples left after the held-out split, and labels the outputs can index."""
     validation.trainable_rows(batch_size(data.x_train), source)
     if data.y_train is not None:
@@ -234,14 +263,8 @@ def _load(run: Run) -> None:
             fix="pass --data with labelled held-out samples (a dataset name or .npz)",
         )
     torch.manual_seed(opts.seed)
-    if opts.trains and (run.data is None or (opts.dst and run.data.y_train is None)):
-        trains = f"--dst {opts.dst}" if opts.dst else f"--method {opts.method}"
-        raise SparsifyError(
-            f"{trains} trains the model and needs {'labelled ' if opts.dst else ''}training data",
-            fix="pass --data (a dataset name such as digits, or an .npz with x[, y])",
-        )
     if opts.trains:
-        _check_training_data(run.data, loaded.model, loaded.example, opts.data or "the data")
+        _check_training_data(opts, run.data, loaded)
     if opts.calibrated and run.data is None:
         raise SparsifyError(
             f"--method {opts.method} measures activations and needs calibration data",

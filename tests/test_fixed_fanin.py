@@ -15,7 +15,8 @@ from sparsify_cli.passes.fixed_fanin import (
     rewire,
 )
 from sparsify_cli.passes.registry import PassContext
-from sparsify_cli.passes.training import CallbackList, TrainConfig, fit, make_loader
+from sparsify_cli.passes.sparsifier import CallbackList
+from sparsify_cli.passes.training import TrainConfig, fit, make_loader
 from sparsify_cli.passes.xmc_data import skewed_xmc
 from sparsify_cli.passes.xmc_model import (
     AuxSchedule,

@@ -13,7 +13,7 @@ import torch
 from report_outputs import FAST, invoke
 
 from sparsify_cli.options import ConvertOptions, resolve_passes
-from sparsify_cli.passes import dst as dst_module
+from sparsify_cli.passes import training as training_module
 from sparsify_cli.passes.dst import DSTConfig
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.masks import is_masked
@@ -126,13 +126,13 @@ def test_dst_training_uses_the_learning_rate_and_optimizer():
 def test_dst_distils_from_the_dense_model_not_its_own_sparse_copy(labels, monkeypatch):
     """Regression: the teacher was copied after the training masks were attached."""
     seen = []
-    real = dst_module.distillation
+    real = training_module.distillation  # default_objective builds every trained pass's loss
 
     def spy(teacher, *args, **kwargs):
         seen.append(copy.deepcopy(teacher))
         return real(teacher, *args, **kwargs)
 
-    monkeypatch.setattr(dst_module, "distillation", spy)
+    monkeypatch.setattr(training_module, "distillation", spy)
     _train(DSTConfig("static", 0.5, epochs=1, distill=labels), labels=labels)
     (teacher,) = seen
     assert not any(is_masked(m) for m in teacher.modules())

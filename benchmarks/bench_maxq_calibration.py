@@ -1,0 +1,121 @@
+"""Why MaxQ's held-out NLL is higher than ASP's / SR-STE's: calibration of the trained N:M CNN.
+
+Run: ``python -m benchmarks.bench_maxq_calibration [--epochs 5] [--seeds 0 1 2]``
+(a few minutes per seed on 2 CPU cores).
+
+For the digits CNN (every sparsified conv is followed by BatchNorm, the head stays dense), each
+method is trained with the same recipe (AdamW lr 1e-3, cosine, batch 64) and scored on the
+held-out split: top-1, NLL, expected calibration error (15 bins) and the mean max-softmax
+confidence. Rows:
+
+* ``asp``, ``srste``, ``maxq``: the methods as shipped (MaxQ folds its soft factors
+  ``1 + m_filter + m_position`` into the weights, as the authors' ``weight_transfer.py --mode 1``);
+* ``maxq-hard``: the same MaxQ run, but deployed with the hard N:M mask (soft factors dropped
+  at folding, BatchNorm statistics left as trained): what deploying the hard mask would do;
+* ``maxq-nosoft``: MaxQ trained without the soft factors (incremental sparsity and decay only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sparsify_cli.loading import load_model
+from sparsify_cli.passes import (
+    ASPConfig,
+    FoldConfig,
+    MaxQConfig,
+    PassContext,
+    Selection,
+    SRSTEConfig,
+    run_passes,
+    select_layers,
+)
+from sparsify_cli.passes import maxq as maxq_module
+from sparsify_cli.passes.training import make_loader, predict
+from sparsify_cli.samples.datasets import DATASETS
+
+BINS = 15
+
+
+def scores(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    t = torch.from_numpy(logits).double()
+    prob = t.softmax(-1)
+    conf, pred = prob.max(-1)
+    correct = (pred.numpy() == y).astype(float)
+    edges = np.linspace(0, 1, BINS + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        sel = (conf.numpy() > lo) & (conf.numpy() <= hi)
+        if sel.any():
+            ece += sel.mean() * abs(correct[sel].mean() - conf.numpy()[sel].mean())
+    return {
+        "top1": 100 * correct.mean(),
+        "nll": float(F.cross_entropy(t, torch.from_numpy(y))),
+        "ece": 100 * ece,
+        "conf": 100 * float(conf.mean()),
+    }
+
+
+def train(method: str, epochs: int, seed: int, data, base, targets):
+    model = copy.deepcopy(base.model)
+    torch.manual_seed(seed)
+    ctx = PassContext(targets=targets, example=base.example, seed=seed)
+    ctx.train = make_loader(data.x_train, data.y_train, 64, shuffle=True, seed=seed)
+    settings = {"n": 2, "m": 4, "epochs": epochs, "lr": 1e-3}
+    config = {"asp": ASPConfig, "srste": SRSTEConfig}.get(method, MaxQConfig)(**settings)
+    if method == "maxq-nosoft":
+        original = maxq_module.axis_soft
+        maxq_module.axis_soft = lambda a, r, tau: torch.zeros_like(a)
+        try:
+            model = run_passes(model, [config], ctx)
+        finally:
+            maxq_module.axis_soft = original
+    else:
+        model = run_passes(model, [config], ctx)
+    rows = {}
+    if method == "maxq":
+        hard = copy.deepcopy(model)
+        for mask in hard.modules():
+            if isinstance(mask, maxq_module.MaxQMask):
+                mask.soft.copy_(mask.mask.float())
+        rows["maxq-hard"] = run_passes(hard, [FoldConfig()], PassContext())
+    rows[method] = run_passes(model, [FoldConfig()], PassContext())
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    base = load_model("digits_cnn")
+    data = DATASETS["digits"]()
+    choices = select_layers(base.model, 4, base.example, Selection())
+    targets = [c.name for c in choices if c.selected]
+    dense = scores(predict(base.model, data.x_test), data.y_test)
+    results: dict[str, list[dict[str, float]]] = {"dense": [dense]}
+    for seed in args.seeds:
+        for method in ("asp", "srste", "maxq", "maxq-nosoft"):
+            for name, model in train(method, args.epochs, seed, data, base, targets).items():
+                s = scores(predict(model, data.x_test), data.y_test)
+                results.setdefault(name, []).append(s)
+                print(f"seed {seed} {name:>12}: " + "  ".join(f"{k} {v:.3f}" for k, v in s.items()))
+    print(f"\n{len(args.seeds)} seed(s), {args.epochs} epochs, 2:4, {len(data.y_test)} test images")
+    print("| method | top-1 % | NLL | ECE % | mean confidence % |")
+    print("|---|---|---|---|---|")
+    for name, rows in results.items():
+        mean = {k: np.mean([r[k] for r in rows]) for k in rows[0]}
+        print(
+            f"| {name} | {mean['top1']:.2f} | {mean['nll']:.4f} | {mean['ece']:.2f} "
+            f"| {mean['conf']:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
