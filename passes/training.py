@@ -157,7 +157,8 @@ def default_objective(
     if len(first) > 1 and not distill:
         check_labels(output, first[1], what)
         return cross_entropy()
-    teacher = (copy.deepcopy(model) if teacher is None else teacher).to(device).eval()
+    # A copy in both cases: the caller's model (or teacher) keeps its device, mode and grads.
+    teacher = copy.deepcopy(model if teacher is None else teacher).to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return distillation(teacher, temperature, classifier=output.ndim == 2)

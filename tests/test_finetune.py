@@ -140,3 +140,15 @@ def test_cli_maxq_without_data_is_one_clear_error(tmp_path):
     )
     assert result.exit_code == 1
     assert "needs training data" in result.output
+
+
+def test_a_given_teacher_is_left_as_the_caller_had_it():
+    """Distillation freezes a copy: the caller's teacher keeps its grads and training mode."""
+    from torch import nn
+
+    from sparsify_cli.passes.training import default_objective
+
+    student, teacher = nn.Linear(4, 3), nn.Linear(4, 3).train()
+    first = [torch.randn(2, 4)]  # no labels: distillation
+    default_objective(student, first, torch.device("cpu"), "asp", teacher=teacher)
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
