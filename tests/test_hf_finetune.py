@@ -189,3 +189,17 @@ def test_int8_of_the_text_folder_keeps_pattern_and_parity(encoder, tmp_path, mod
         if node.op_type in ("QuantizeLinear", "DynamicQuantizeLinear"):
             assert not integer_inputs & set(node.input), node.name
     assert any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in model.graph.node)
+
+
+def test_sparsegpt_calibrates_on_text_tokenized_by_the_folder(encoder) -> None:
+    """One-shot SparseGPT takes the same text --data as the trained passes (issue 16)."""
+    root, folder, text = encoder
+    out = root / "sparsegpt"
+    report = _convert(
+        str(folder), "--method", "sparsegpt", "--data", str(text), "--max-length", "16",
+        "--calib-size", "32", "--out", str(out),
+    )  # fmt: skip
+    art = report["artifacts"][0]
+    assert art["pattern_ok"] and art["parity_max_abs"] <= 1e-4
+    layers = [row for row in report["layers"] if row["pattern"] == "2:4"]
+    assert len(layers) >= 12  # q/k/v/o + 2 MLP linears in each of the 2 layers
