@@ -26,6 +26,7 @@ median.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -62,8 +63,11 @@ class LatencySettings:
     def __post_init__(self) -> None:
         if self.warmup < 0:
             raise SparsifyError("--warmup must be >= 0", found=str(self.warmup))
-        if self.seconds <= 0:
-            raise SparsifyError("--duration must be > 0 seconds", found=str(self.seconds))
+        if not (math.isfinite(self.seconds) and self.seconds > 0):  # nan/inf would never end
+            raise SparsifyError(
+                "--duration (--bench-seconds) must be a positive finite number of seconds",
+                found=str(self.seconds),
+            )
         if self.iterations is not None and self.iterations < 1:
             raise SparsifyError("--iterations must be >= 1", found=str(self.iterations))
         if self.threads < 1:

@@ -519,7 +519,6 @@ def bench(
     """
     import json
 
-    from sparsify_cli import validation
     from sparsify_cli.bench import bench as run_bench
     from sparsify_cli.bench import parse_shapes, render_bench
     from sparsify_cli.exporters.latency import LatencySettings
@@ -532,7 +531,6 @@ def bench(
                 "--input-shape and --shapes both give input shapes",
                 fix="use --shapes NAME:DIMS (--input-shape is for a model with one input)",
             )
-        validation.positive_finite("--bench-seconds", bench_seconds)
         settings = LatencySettings(
             _batches(batch_sizes), threads, warmup, bench_seconds, iterations
         )

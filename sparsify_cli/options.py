@@ -159,7 +159,6 @@ class ConvertOptions:
             raise SparsifyError("batch sizes must be >= 1", found=str(self.batch_sizes))
         self.latency_settings()  # validates the timing options
         validation.positive_finite("--lr", self.lr)
-        validation.positive_finite("--bench-seconds", self.bench_seconds)
         validation.at_least("--epochs", self.epochs, 0)
         validation.seed(self.seed)
         validation.parity_atol(self.parity_atol, PARITY_ATOL)

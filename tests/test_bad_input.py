@@ -310,10 +310,10 @@ CONVERT_WORDS = {
     "--input-shape too large": ["--input-shape is too large to allocate"],
     "--batch-sizes too large": ["too large to allocate"],
     "--input too large": ["too large to allocate"],
-    "--bench-seconds 0": ["--bench-seconds must be a positive finite number"],
-    "--bench-seconds -1": ["--bench-seconds must be a positive finite number"],
-    "--bench-seconds nan": ["--bench-seconds must be a positive finite number"],
-    "--bench-seconds inf": ["--bench-seconds must be a positive finite number"],
+    "--bench-seconds 0": ["--bench-seconds) must be a positive finite number"],
+    "--bench-seconds -1": ["--bench-seconds) must be a positive finite number"],
+    "--bench-seconds nan": ["--bench-seconds) must be a positive finite number"],
+    "--bench-seconds inf": ["--bench-seconds) must be a positive finite number"],
 }
 
 
