@@ -92,10 +92,14 @@ def check_out(out: Path, force: bool, inputs: Iterable[Path]) -> None:
     if not out.is_dir():
         raise SparsifyError(f"--out {out} is a file, not a folder")
     real = out.resolve()
+    cwd = Path.cwd()
     for item in inputs:
         path = item.resolve()
-        if _inside(path, real) or (path.is_dir() and _inside(real, path)):
-            what = "the working folder" if item == Path.cwd() else f"the input {item}"
+        # an --out inside an input folder (a model folder) would change that folder; inside the
+        # working folder is where outputs normally go
+        within = item != cwd and path.is_dir() and _inside(real, path)
+        if _inside(path, real) or within:
+            what = "the working folder" if item == cwd else f"the input {item}"
             raise SparsifyError(
                 f"--out {out} --force would delete {what}",
                 expected="an --out folder written by an earlier sparsify run, holding no input",

@@ -165,6 +165,16 @@ def test_force_never_deletes_an_input(case, unseen_model, tmp_path, monkeypatch)
     assert {p: _sha(p) for p in work.rglob("*") if p.is_file()} == before
 
 
+def test_force_replaces_an_earlier_run_inside_the_working_folder(tmp_path, monkeypatch):
+    """The usual case: ``--out out --force`` in the folder the user works in replaces the
+    previous run's output (a working folder holds the output; it is not inside it)."""
+    monkeypatch.chdir(tmp_path)
+    assert invoke("convert", "digits_cnn", "--out", "out", *FAST).exit_code == 0
+    again = invoke("convert", "digits_cnn", "--nm", "1:4", "--out", "out", "--force", *FAST)
+    assert again.exit_code == 0, again.output
+    assert "1:4" in (tmp_path / "out" / "recipe.yaml").read_text()
+
+
 def test_second_run_into_the_same_out_is_refused_while_the_first_runs(tmp_path):
     out = tmp_path / "out"
     first = _start(out)
