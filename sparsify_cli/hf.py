@@ -6,9 +6,11 @@ forward returns a ``ModelOutput``; :class:`LogitsOnly` calls it with the named i
 returns the one tensor export and parity compare (``logits``, else ``last_hidden_state``).
 
 The example is derived from the config: token ids in ``[0, vocab_size)`` and an attention mask
-of ones, ``[1, seq]`` with ``seq = min(128, max_position_embeddings)``, batch and sequence axes
-dynamic in the ONNX file. The sparse model is written back with ``save_pretrained`` so it loads
-with ``from_pretrained`` like the original.
+of ones, ``[1, seq]`` with ``seq = min(128, positions the model can embed)`` (see
+:func:`max_sequence`: RoBERTa-style models lose ``padding_idx + 1`` of their
+``max_position_embeddings``), batch and sequence axes dynamic in the ONNX file. The sparse
+model is written back with ``save_pretrained`` so it loads with ``from_pretrained`` like the
+original.
 
 No code from the folder runs: ``trust_remote_code=False`` is passed to every transformers call
 and a folder that needs custom code is refused first (:func:`check_no_code`); files that link
@@ -77,16 +79,36 @@ class LogitsOnly(nn.Module):
         )
 
 
-def default_specs(config: object) -> list[InputSpec]:
-    """Token ids in ``[0, vocab_size)`` and an all-ones attention mask, ``[1, seq]``."""
+def max_sequence(model: nn.Module) -> int | None:
+    """The longest sequence ``model`` can embed, or None when nothing in it limits the length.
+
+    ``max_position_embeddings`` rows minus the offset where position ids start: RoBERTa-style
+    embeddings (RoBERTa, XLM-R, CamemBERT, ...) number positions from ``padding_idx + 1``, so a
+    sequence of ``max_position_embeddings`` tokens would index past the table. Read from the
+    position tables themselves (an ``nn.Embedding`` named ``*position_embeddings`` with a
+    ``padding_idx``), not from a list of model types.
+    """
+    limits = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and name.endswith("position_embeddings"):
+            offset = 0 if module.padding_idx is None else module.padding_idx + 1
+            limits.append(module.num_embeddings - offset)
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not limits and isinstance(limit, int) and limit > 0:
+        limits.append(limit)
+    return max(1, min(limits)) if limits else None
+
+
+def default_specs(config: object, max_seq: int | None = None) -> list[InputSpec]:
+    """Token ids in ``[0, vocab_size)`` and an all-ones attention mask, ``[1, seq]`` with
+    ``seq = min(128, max_seq)`` (``max_seq`` from :func:`max_sequence`)."""
     vocab = getattr(config, "vocab_size", None)
     if not isinstance(vocab, int) or vocab < 1:
         raise SparsifyError(
             f"cannot derive example inputs from a {type(config).__name__}: it has no vocab_size",
             fix="pass the inputs with --input NAME:SHAPE:DTYPE (or --example-input x.npz)",
         )
-    limit = getattr(config, "max_position_embeddings", None)
-    seq = min(SEQ_LEN, limit) if isinstance(limit, int) and limit > 0 else SEQ_LEN
+    seq = min(SEQ_LEN, max_seq) if max_seq else SEQ_LEN
     axes = {0: "batch", 1: "sequence"}
     return [
         InputSpec("input_ids", (1, seq), "int64", axes, 0, vocab),

@@ -58,7 +58,8 @@ class LoadedModel:
     """The model, its example (a tensor, or ``name -> tensor`` for several inputs) and origin.
 
     ``specs`` describe the inputs for export and timing; ``head`` names layers kept dense with
-    the output head; ``hf_folder`` is the Hugging Face folder the model came from, if any.
+    the output head; ``hf_folder`` is the Hugging Face folder the model came from, if any, and
+    ``max_sequence`` the longest token sequence it can embed (text data is truncated to it).
     """
 
     model: nn.Module
@@ -69,6 +70,7 @@ class LoadedModel:
     specs: tuple[InputSpec, ...] = ()
     head: tuple[str, ...] = ()
     hf_folder: Path | None = None
+    max_sequence: int | None = None
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
@@ -320,7 +322,8 @@ def _load_hf(folder: Path, named) -> LoadedModel:
     from sparsify_cli import hf
 
     model = hf.load_hf_folder(folder)
-    example, specs = named if named else (None, tuple(hf.default_specs(model.config)))
+    max_seq = hf.max_sequence(model)
+    example, specs = named if named else (None, tuple(hf.default_specs(model.config, max_seq)))
     example = example if example is not None else make_example(specs)
     wrapper = hf.LogitsOnly(model, list(example)).eval()
     shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in example.items())
@@ -334,6 +337,7 @@ def _load_hf(folder: Path, named) -> LoadedModel:
         specs,
         hf.head_modules(model),
         folder,
+        max_seq,
     )
 
 

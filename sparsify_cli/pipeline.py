@@ -92,6 +92,8 @@ def _dataset(opts: ConvertOptions, loaded: LoadedModel) -> Dataset | None:
                 fix="pass the model folder, or the token ids as an .npz (one array per input)",
             )
         max_length = opts.max_length or DEFAULT_MAX_LENGTH
+        if loaded.max_sequence is not None:
+            max_length = min(max_length, loaded.max_sequence)
         return load_text_data(spec, loaded.hf_folder, loaded.specs, max_length)
     if spec and not isinstance(loaded.example, torch.Tensor):
         return load_input_data(spec, loaded.specs)

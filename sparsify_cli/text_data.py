@@ -7,13 +7,13 @@
 
 The texts are tokenized with the model folder's own tokenizer
 (``AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)``: no
-download, no code from the folder), truncated to ``max_length`` (capped at the model's
-``max_position_embeddings``) and padded to the longest example, with the attention mask marking the
-real tokens. The result is a :class:`~sparsify_cli.samples.datasets.Dataset` whose inputs are
-``name -> int64 array`` in the model's input order, so every stage gets the ordered
-``name -> tensor`` batches of :mod:`sparsify_cli.passes.inputs`
-(:func:`sparsify_cli.passes.inputs.batches`). Labelled data trains with cross-entropy, unlabelled
-data by distillation from the dense model.
+download, no code from the folder), truncated to ``max_length`` (the caller caps it at what
+the model can embed: :func:`sparsify_cli.hf.max_sequence`) and padded to the longest example,
+with the attention mask marking the real tokens. The result is a
+:class:`~sparsify_cli.samples.datasets.Dataset` whose inputs are ``name -> int64 array`` in
+the model's input order, so every stage gets the ordered ``name -> tensor`` batches of
+:mod:`sparsify_cli.passes.inputs` (:func:`sparsify_cli.passes.inputs.batches`). Labelled data
+trains with cross-entropy, unlabelled data by distillation from the dense model.
 
 >>> data = load_text_data("train.txt", Path("bert"), specs, max_length=64)  # doctest: +SKIP
 >>> next(batches(data.x_train, 8))["input_ids"].shape  # doctest: +SKIP
@@ -241,9 +241,6 @@ def load_text_data(
     if limit is not None:
         texts = texts[:limit]
         labels = None if labels is None else labels[:limit]
-    positions = _config_value(folder, "max_position_embeddings")
-    if isinstance(positions, int) and positions > 0:
-        max_length = min(max_length, positions)
     x = tokenize(texts, folder, specs, max_length)
     if len(texts) == 1:
         return Dataset(x, labels, x, labels)

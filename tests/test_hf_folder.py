@@ -139,3 +139,42 @@ def test_sparse_folder_round_trips_into_from_pretrained(converted) -> None:
     saved = load_file(str(out / "hf_model" / "model.safetensors"))
     assert not any(".mask" in k or "parametrizations" in k for k in saved)
     assert (out / "hf_model" / "vocab.txt").read_text() == "[PAD]\n[UNK]\n"
+
+
+def test_roberta_positions_after_the_padding_index_fit_the_example(tmp_path) -> None:
+    """RoBERTa numbers positions from ``padding_idx + 1``: with a table of exactly
+    ``max_position_embeddings`` rows, an example (or text) that long indexes past it in ONNX
+    Runtime. The example and the timing inputs are cut to what the model can embed."""
+    from sparsify_cli import hf
+
+    config = transformers.RobertaConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=100,
+        max_position_embeddings=40,
+        pad_token_id=1,
+    )
+    torch.manual_seed(0)
+    model = transformers.RobertaModel(config)
+    assert hf.max_sequence(model) == 38
+    assert hf.default_specs(config, hf.max_sequence(model))[0].shape == (1, 38)
+    assert (
+        hf.max_sequence(
+            transformers.BertModel(
+                transformers.BertConfig(
+                    hidden_size=32,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    intermediate_size=64,
+                    max_position_embeddings=40,
+                )
+            )
+        )
+        == 40
+    )
+    model.save_pretrained(tmp_path / "roberta")
+    args = ["convert", str(tmp_path / "roberta"), "--nm", "2:4", "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, [*args, "--bench-seconds", "0.05", "--quiet"])
+    assert result.exit_code == 0, result.output
