@@ -17,7 +17,7 @@ from sparsify_cli.passes.flops import layer_flops
 from sparsify_cli.passes.inputs import Example
 from sparsify_cli.passes.masks import fold
 from sparsify_cli.passes.pattern import LayerStats, weight_pattern
-from sparsify_cli.passes.selection import SPARSIFIABLE, Selection, select_layers
+from sparsify_cli.passes.selection import SPARSIFIABLE, Selection, op_name, select_layers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +57,7 @@ def inspect_model(
         rows.append(
             LayerInfo(
                 name=name,
-                op=type(mod).__name__,
+                op=op_name(mod),
                 shape=tuple(weight.shape),
                 in_axis=1,
                 reason=choices[name].reason,

@@ -19,6 +19,7 @@ from torch.nn.utils import parametrize
 
 from sparsify_cli.passes.manifest import TensorEntry
 from sparsify_cli.passes.pattern import NMPattern, fan_in
+from sparsify_cli.passes.selection import op_name
 
 
 class WeightMask(nn.Module):
@@ -112,7 +113,7 @@ def manifest_entries(model: nn.Module) -> dict[str, TensorEntry]:
         entries[f"{name}.weight"] = TensorEntry(
             name=f"{name}.weight",
             module=name,
-            op=parametrize.type_before_parametrizations(module).__name__,
+            op=op_name(module),
             shape=tuple(mask.shape),
             pattern=wmask.pattern,
             density=float(mask.mean()),

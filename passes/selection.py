@@ -25,6 +25,16 @@ from sparsify_cli.passes.trace import ModelTrace, trace_model
 SPARSIFIABLE = (nn.Linear, nn.Conv2d)
 
 
+def op_name(mod: nn.Module) -> str:
+    """The layer kind reports and exporters key on: ``Linear`` / ``Conv2d`` for those classes
+    and their subclasses (nn.MultiheadAttention's ``out_proj``, GPT-2's Conv1D read as a Linear, a
+    user's own Linear subclass, a parametrized layer), else the class name."""
+    for kind in SPARSIFIABLE:
+        if isinstance(mod, kind):
+            return kind.__name__
+    return type(mod).__name__
+
+
 @dataclass(frozen=True)
 class Selection:
     """The user's choice of layers (``--include``, ``--exclude``, ``--sparsify-head``)."""
@@ -97,7 +107,7 @@ def select_layers(
         weight = getattr(mod, "weight", None)
         shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else tuple(own[0].shape)
         choices.append(
-            LayerChoice(name, type(mod).__name__, shape, _reason(name, mod, m, selection, head))
+            LayerChoice(name, op_name(mod), shape, _reason(name, mod, m, selection, head))
         )
     return choices
 
