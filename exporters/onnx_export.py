@@ -66,6 +66,7 @@ def export_onnx(
                 output_names=[OUTPUT_NAME],
                 dynamic_axes={**axes, OUTPUT_NAME: {0: "batch"}},
             )
+            _bypass_shared_weight_identities(tmp)
             onnx.checker.check_model(str(tmp), full_check=True)
     except (SparsifyError, OSError):  # OSError: the disk, not the model (full, read-only)
         raise
@@ -76,6 +77,35 @@ def export_onnx(
         ) from err
     finally:
         model.train(was_training)
+
+
+def _bypass_shared_weight_identities(path: str | os.PathLike[str]) -> None:
+    """Let every node read its weight initializer directly.
+
+    torch's exporter stores equal weights once and feeds the other layers through ``Identity``
+    nodes (a freshly built ``nn.TransformerEncoder``: each layer is a deepcopy of the first).
+    Readers find a layer's weight as the initializer its node reads (:func:`weight_refs`, the
+    condensed and int8 exporters), so those nodes now read the shared initializer. External data
+    stays where it is (not loaded, references kept).
+    """
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    inits = {init.name for init in graph.initializer}
+    outputs = {out.name for out in graph.output}
+    alias = {
+        n.output[0]: n.input[0]
+        for n in graph.node
+        if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs
+    }
+    if not alias:
+        return
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    for node in [n for n in graph.node if n.op_type == "Identity" and n.output[0] in alias]:
+        graph.node.remove(node)
+    onnx.save(model, str(path))
 
 
 @dataclass(frozen=True)
@@ -139,6 +169,28 @@ def _scope_candidates(node_name: str) -> set[str]:
     return {".".join(_scope_segments(node_name)), module_of(node_name), _overlap_path(node_name)}
 
 
+def _owner_in_scope(node_name: str, float_name: str, wanted: set[str]) -> set[str]:
+    """The owner of a node whose scope is not its module's: a module called through its parent's
+    forward (``nn.MultiheadAttention`` runs ``out_proj`` as ``F.linear`` in its own scope).
+
+    The module the ``.weight`` initializer is named after, when it lies in the node's scope (or
+    the node has none); else the one wanted module in that scope (a weight shared by equal
+    layers is named after the first layer only).
+    """
+    if not float_name.endswith(".weight"):
+        return set()  # an unnamed (folded) initializer: a weight the module did not own
+    named = float_name[: -len(".weight")]
+    scopes = {s for s in _scope_candidates(node_name) if s}
+
+    def inside(module: str) -> bool:
+        return any(module.startswith(scope + ".") for scope in scopes)
+
+    if not scopes or inside(named):
+        return {named} & wanted
+    below = {m for m in wanted if inside(m)}
+    return below if len(below) == 1 else set()
+
+
 def weight_source(
     name: str, inits: set[str], dq_of: dict[str, onnx.NodeProto]
 ) -> tuple[str, onnx.NodeProto | None] | None:
@@ -169,10 +221,12 @@ def weight_refs(model: onnx.ModelProto, modules: list[str]) -> dict[str, list[We
         if source is None:
             continue
         init, dq = source
-        float_name = init.removesuffix("_quantized") if dq is not None else init
-        owners = wanted & _scope_candidates(node.name)
-        if not owners and float_name.endswith(".weight"):
-            owners = wanted & {float_name[: -len(".weight")]}
+        # int8 weights: `<name>_quantized` (QDQ, MatMulInteger), `<name>_Transposed_quantized` (a
+        # Gemm with transB quantized into a MatMulInteger)
+        float_name = init.removesuffix("_quantized").removesuffix("_Transposed")
+        owners = wanted & _scope_candidates(node.name) or _owner_in_scope(
+            node.name, float_name, wanted
+        )
         for owner in owners:
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
             in_axis = (
