@@ -189,7 +189,40 @@ def load_hf_folder(folder: Path) -> nn.Module:
             found=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
             fix="the folder must hold config.json and the weights save_pretrained wrote",
         ) from err
+    linear_conv1d(model, transformers.pytorch_utils.Conv1D)
     return model.eval()
+
+
+class Conv1DLinear(nn.Linear):
+    """transformers' ``Conv1D`` (GPT-2's projections: ``x @ W + b`` with ``W`` stored
+    ``[in, out]``) as the ``nn.Linear`` it computes, so every pass, mask and exporter treats it
+    as the Linear it is (N:M groups run along the inputs either way). :func:`save_hf_folder`
+    writes the weight back in ``Conv1D``'s layout, so ``from_pretrained`` reads the output."""
+
+
+def linear_conv1d(model: nn.Module, conv1d: type) -> None:
+    """Swap every ``conv1d`` module of ``model`` for the equal :class:`Conv1DLinear`, in place."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, conv1d):
+                n_in, n_out = child.weight.shape
+                linear = Conv1DLinear(n_in, n_out, bias=child.bias is not None)
+                linear.to(child.weight.dtype)
+                with torch.no_grad():
+                    linear.weight.copy_(child.weight.t())
+                    if child.bias is not None:
+                        linear.bias.copy_(child.bias)
+                setattr(parent, name, linear)
+
+
+def pretrained_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with each :class:`Conv1DLinear` weight in ``Conv1D``'s layout."""
+    state = model.state_dict()
+    for name, module in model.named_modules():
+        if isinstance(module, Conv1DLinear):
+            key = f"{name}.weight" if name else "weight"
+            state[key] = state[key].t().contiguous()
+    return state
 
 
 def save_hf_folder(model: LogitsOnly, source: Path, dest: Path) -> None:
@@ -202,7 +235,8 @@ def save_hf_folder(model: LogitsOnly, source: Path, dest: Path) -> None:
     points to only when that file lies inside ``source``: a link out of the folder (e.g.
     ``tokenizer.json -> /etc/shadow``) is never followed, and a warning names it.
     """
-    model.hf.save_pretrained(str(dest), safe_serialization=True)
+    state = pretrained_state_dict(model.hf)
+    model.hf.save_pretrained(str(dest), state_dict=state, safe_serialization=True)
     root = source.resolve()
     for path, target in _tree(source, dest):
         if path.is_symlink() and not _inside(path.resolve(), root):

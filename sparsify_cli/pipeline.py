@@ -348,6 +348,19 @@ def _sparsify(run: Run) -> bool:
     return True
 
 
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous tensors, each its own storage: tied weights (an LM head sharing the word
+    embeddings) are stored under every name, so the file loads with a strict load_state_dict
+    (safetensors refuses tensors that share memory)."""
+    seen: set[int] = set()
+    out = {}
+    for key, value in state.items():
+        ptr = value.untyped_storage().data_ptr()
+        out[key] = value.contiguous() if ptr not in seen else value.clone()
+        seen.add(ptr)
+    return out
+
+
 def _save(run: Run) -> None:
     """Recipe, manifest, sparse weights (and the Hugging Face folder) into staging."""
     loaded, staging = run.loaded, run.staging
@@ -358,7 +371,7 @@ def _save(run: Run) -> None:
     run.manifest.save(staging / "manifest.safetensors")
     with atomic_path(staging / "model_sparse.safetensors") as tmp:
         save_file(
-            {k: v.contiguous() for k, v in loaded.model.state_dict().items()},
+            _unshared(loaded.model.state_dict()),
             str(tmp),
             metadata={"sparsify_sample": loaded.sample.name} if loaded.sample else None,
         )
