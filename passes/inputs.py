@@ -80,15 +80,24 @@ class InputSpec:
         return rng.standard_normal(shape, dtype=np.float32).astype(DTYPES[self.dtype][1])
 
 
-_DIMS_RE = re.compile(r"^\d+(x\d+)*$")
+def parse_dims(text: str, commas: bool = True) -> tuple[int, ...] | None:
+    """``"1x3x32x32"`` (or ``"1,3,32,32"``, unless commas separate something else there) ->
+    ``(1, 3, 32, 32)``; None unless every dimension is an integer >= 1. The one reading of a
+    shape for ``--input``, ``--input-shape`` and ``bench --shapes``."""
+    parts = re.split(r"[,x]" if commas else "x", text.replace(" ", ""))
+    if not all(p.isdigit() for p in parts) or any(int(p) < 1 for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
 _RANGE_RE = re.compile(r"^(?:(\d+)-)?(\d+)$")
 
 
 def parse_input_spec(text: str) -> InputSpec:
     """``NAME:SHAPE:DTYPE[:RANGE]`` -> :class:`InputSpec` (the ``--input`` option).
 
-    SHAPE is ``x``-separated with the batch first; RANGE (integer inputs) is ``HIGH`` or
-    ``LOW-HIGH``, values drawn from ``[LOW, HIGH)`` (default ``0-2``).
+    SHAPE is ``x``- (or comma-) separated with the batch first; RANGE (integer inputs) is
+    ``HIGH`` or ``LOW-HIGH``, values drawn from ``[LOW, HIGH)`` (default ``0-2``).
 
     >>> parse_input_spec("input_ids:1x128:int64:30522").high
     30522
@@ -103,7 +112,8 @@ def parse_input_spec(text: str) -> InputSpec:
             f"bad input name {name!r} in --input {text!r}",
             expected="a Python identifier (it names the ONNX input)",
         )
-    if not _DIMS_RE.match(dims) or any(int(d) < 1 for d in dims.split("x")):
+    shape = parse_dims(dims)
+    if shape is None:
         raise SparsifyError(
             f"bad shape {dims!r} in --input {text!r}",
             expected="x-separated integers >= 1, batch first, e.g. 1x128",
@@ -122,7 +132,7 @@ def parse_input_spec(text: str) -> InputSpec:
                 expected="HIGH or LOW-HIGH, only for int64/int32 inputs",
             )
         low, high = int(match.group(1) or 0), int(match.group(2))
-    return InputSpec(name, tuple(int(d) for d in dims.split("x")), dtype, low=low, high=high)
+    return InputSpec(name, shape, dtype, low=low, high=high)
 
 
 def spec_of(name: str, array: np.ndarray) -> InputSpec:

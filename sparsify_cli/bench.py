@@ -43,7 +43,7 @@ from sparsify_cli.exporters.latency import LatencySettings, measure_latency
 from sparsify_cli.exporters.onnx_file import read_onnx
 from sparsify_cli.passes.atomic import file_sha256
 from sparsify_cli.passes.errors import SparsifyError
-from sparsify_cli.passes.inputs import InputSpec
+from sparsify_cli.passes.inputs import InputSpec, parse_dims
 from sparsify_cli.report import environment, tool_version
 
 BENCH_KIND = "sparsify-bench"
@@ -113,11 +113,8 @@ def parse_shapes(text: str | None) -> dict[str, tuple[int, ...]]:
     out = {}
     for part in text.split(","):
         name, _, dims = part.strip().rpartition(":")
-        try:
-            shape = tuple(int(d) for d in dims.split("x"))
-        except ValueError:
-            shape = ()
-        if not name or not shape or any(d < 1 for d in shape):
+        shape = parse_dims(dims, commas=False)
+        if not name or shape is None:
             raise SparsifyError(
                 f"cannot read --shapes {text!r}",
                 expected="NAME:DIMS[,NAME:DIMS], dims x-separated with the batch first, "

@@ -23,7 +23,6 @@ import importlib
 import logging
 import os
 import pickle
-import re
 import sys
 import warnings
 import zipfile
@@ -43,14 +42,13 @@ from sparsify_cli.passes.inputs import (
     InputSpec,
     call,
     make_example,
+    parse_dims,
     parse_input_spec,
     spec_of,
 )
 from sparsify_cli.samples import SAMPLES, Sample
 
 log = logging.getLogger(__name__)
-
-_SHAPE_RE = re.compile(r"^\s*\d+(\s*[,x]\s*\d+)*\s*$")
 
 
 @dataclass
@@ -75,14 +73,14 @@ class LoadedModel:
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
     """``"1,3,32,32"`` or ``"1x3x32x32"`` -> ``(1, 3, 32, 32)``; every dimension >= 1."""
-    if not text or not _SHAPE_RE.match(text):
+    dims = parse_dims(text) if text else None
+    if dims is None:
         raise SparsifyError(
             f"cannot read --input-shape {text!r}",
             expected="comma- or x-separated positive integers with the batch first, e.g. 1,3,32,32",
             found=repr(text),
         )
-    dims = tuple(int(d) for d in re.split(r"[,x]", text.replace(" ", "")))
-    if any(d < 1 for d in dims) or len(dims) < 2:
+    if len(dims) < 2:
         raise SparsifyError(
             f"invalid --input-shape {text!r}",
             expected="at least 2 dimensions (batch first), each >= 1",

@@ -44,7 +44,7 @@ def test_input_spec_parses(text: str, spec: InputSpec) -> None:
         ("a:1x2:int64:3:4", "cannot read --input"),
         ("input_ids::int64", "cannot read --input"),
         ("input_ids:1x128:int8", "bad dtype 'int8'"),
-        ("input_ids:1,128:int64", "bad shape '1,128'"),
+        ("input_ids:1;128:int64", "bad shape '1;128'"),
         ("input_ids:1x0:int64", "bad shape '1x0'"),
         ("input_ids:-1x4:int64", "bad shape"),
         ("2ids:1x4:int64", "bad input name"),
@@ -56,6 +56,11 @@ def test_input_spec_parses(text: str, spec: InputSpec) -> None:
 def test_bad_input_specs_are_clear_errors(text: str, message: str) -> None:
     with pytest.raises(SparsifyError, match=message):
         parse_input_spec(text)
+
+
+def test_input_shape_reads_commas_as_input_shape_does() -> None:
+    assert parse_input_spec("pixel_values:1,3,32,32:float32").shape == (1, 3, 32, 32)
+    assert parse_input_spec("ids:1x 128:int64").shape == (1, 128)
 
 
 def test_bad_input_spec_on_the_cli_exits_1(tmp_path) -> None:
