@@ -5,10 +5,11 @@ the import and ``local_files_only=True`` is passed, so nothing is fetched from t
 forward returns a ``ModelOutput``; :class:`LogitsOnly` calls it with the named inputs and
 returns the one tensor export and parity compare (``logits``, else ``last_hidden_state``).
 
-The example is derived from the config: token ids in ``[0, vocab_size)`` and an attention mask
-of ones, ``[1, seq]`` with ``seq = min(128, positions the model can embed)`` (see
-:func:`max_sequence`: RoBERTa-style models lose ``padding_idx + 1`` of their
-``max_position_embeddings``), batch and sequence axes dynamic in the ONNX file. The sparse
+The example is derived from the config (:func:`default_specs`; images: ``pixel_values`` of the
+config's size): token ids in ``[0, vocab_size)`` and an attention mask of ones, ``[1, seq]``
+with ``seq = min(128, positions the model can embed)`` (see :func:`max_sequence`: RoBERTa-style
+models lose ``padding_idx + 1`` of their ``max_position_embeddings``), batch and sequence axes
+dynamic in the ONNX file. The sparse
 model is written back with ``save_pretrained`` so it loads with ``from_pretrained`` like the
 original.
 
@@ -37,6 +38,7 @@ from sparsify_cli.passes.inputs import InputSpec
 log = logging.getLogger(__name__)
 
 SEQ_LEN = 128
+IMAGE_SIZE = 224
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json", ".pt", ".h5", ".msgpack")
 HF_FOLDER = "hf_model"
 """Name of the sparse ``save_pretrained`` folder inside the output folder."""
@@ -100,20 +102,29 @@ def max_sequence(model: nn.Module) -> int | None:
 
 
 def default_specs(config: object, max_seq: int | None = None) -> list[InputSpec]:
-    """Token ids in ``[0, vocab_size)`` and an all-ones attention mask, ``[1, seq]`` with
-    ``seq = min(128, max_seq)`` (``max_seq`` from :func:`max_sequence`)."""
+    """The inputs a config implies. Text models (``vocab_size``): token ids in
+    ``[0, vocab_size)`` and an all-ones attention mask, ``[1, seq]`` with
+    ``seq = min(128, max_seq)`` (``max_seq`` from :func:`max_sequence`). Vision models
+    (``num_channels``): ``pixel_values`` ``[1, C, S, S]``, ``S`` the config's ``image_size`` (224
+    for a convolutional model without one)."""
     vocab = getattr(config, "vocab_size", None)
-    if not isinstance(vocab, int) or vocab < 1:
-        raise SparsifyError(
-            f"cannot derive example inputs from a {type(config).__name__}: it has no vocab_size",
-            fix="pass the inputs with --input NAME:SHAPE:DTYPE (or --example-input x.npz)",
-        )
-    seq = min(SEQ_LEN, max_seq) if max_seq else SEQ_LEN
-    axes = {0: "batch", 1: "sequence"}
-    return [
-        InputSpec("input_ids", (1, seq), "int64", axes, 0, vocab),
-        InputSpec("attention_mask", (1, seq), "int64", axes, 1, 2),
-    ]
+    channels = getattr(config, "num_channels", None)
+    if isinstance(vocab, int) and vocab >= 1:
+        seq = min(SEQ_LEN, max_seq) if max_seq else SEQ_LEN
+        axes = {0: "batch", 1: "sequence"}
+        return [
+            InputSpec("input_ids", (1, seq), "int64", axes, 0, vocab),
+            InputSpec("attention_mask", (1, seq), "int64", axes, 1, 2),
+        ]
+    if isinstance(channels, int) and channels >= 1:
+        size = getattr(config, "image_size", None) or IMAGE_SIZE
+        height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
+        return [InputSpec("pixel_values", (1, channels, height, width))]
+    raise SparsifyError(
+        f"cannot derive example inputs from a {type(config).__name__}: it has neither "
+        "vocab_size (text) nor num_channels (images)",
+        fix="pass the inputs with --input NAME:SHAPE:DTYPE (or --example-input x.npz)",
+    )
 
 
 def folder_sha256(folder: Path) -> str:

@@ -16,6 +16,7 @@ import os
 import sys
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -149,3 +150,45 @@ def test_transformer_encoder_with_deep_copied_layers_in_every_artifact(tmp_path)
     assert {"onnx", "condensed"} <= formats and len(report["artifacts"]) >= 3
     condensed = next(a for a in report["artifacts"] if a["format"] == "condensed")
     assert condensed["layers_condensed"] == len(expected)
+
+
+def test_hf_vision_folder_gets_pixel_values_and_condensed_convs(tmp_path) -> None:
+    """A transformers CNN (ResNet) has no vocab_size: the example is ``pixel_values`` from
+    ``num_channels`` (224 x 224 without an ``image_size``), and its convs are condensed."""
+    config = transformers.ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1], num_labels=5
+    )
+    torch.manual_seed(0)
+    transformers.ResNetForImageClassification(config).save_pretrained(tmp_path / "resnet")
+    out = tmp_path / "out"
+    result = invoke(
+        "convert",
+        str(tmp_path / "resnet"),
+        "--nm",
+        "2:4",
+        "--export",
+        "onnx,condensed",
+        "--out",
+        str(out),
+        *FAST,
+    )
+    assert result.exit_code == 0, result.output
+    report = _report(out)
+    (given,) = onnx.load(str(out / "model.onnx")).graph.input
+    dims = [d.dim_value or d.dim_param for d in given.type.tensor_type.shape.dim]
+    assert (given.name, dims) == ("pixel_values", ["batch", 3, 224, 224])
+    convs = {r["name"] for r in report["layers"] if r["op"] == "Conv2d" and r["pattern"] == "2:4"}
+    assert len(convs) >= 6
+    condensed = next(a for a in report["artifacts"] if a["format"] == "condensed")
+    assert condensed["pattern_ok"] and condensed["parity"]["ok"]
+    kernels = {c["module"]: c["kernel"] for c in condensed["pattern_checks"]}
+    assert {kernels[name] for name in convs} == {"CondensedConv"}
+
+
+def test_a_config_with_neither_tokens_nor_images_asks_for_the_inputs() -> None:
+    from sparsify_cli import hf
+    from sparsify_cli.passes.errors import SparsifyError
+
+    with pytest.raises(SparsifyError, match="neither vocab_size .* nor num_channels") as err:
+        hf.default_specs(transformers.PretrainedConfig())
+    assert "--input NAME:SHAPE:DTYPE" in str(err.value.fix)
