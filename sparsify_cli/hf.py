@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SEQ_LEN = 128
 IMAGE_SIZE = 224
+DECODER_IDS = "decoder_input_ids"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json", ".pt", ".h5", ".msgpack")
 HF_FOLDER = "hf_model"
 """Name of the sparse ``save_pretrained`` folder inside the output folder."""
@@ -104,7 +105,8 @@ def max_sequence(model: nn.Module) -> int | None:
 def default_specs(config: object, max_seq: int | None = None) -> list[InputSpec]:
     """The inputs a config implies. Text models (``vocab_size``): token ids in
     ``[0, vocab_size)`` and an all-ones attention mask, ``[1, seq]`` with
-    ``seq = min(128, max_seq)`` (``max_seq`` from :func:`max_sequence`). Vision models
+    ``seq = min(128, max_seq)`` (``max_seq`` from :func:`max_sequence`), plus
+    ``decoder_input_ids`` for an encoder-decoder (T5, BART). Vision models
     (``num_channels``): ``pixel_values`` ``[1, C, S, S]``, ``S`` the config's ``image_size`` (224
     for a convolutional model without one)."""
     vocab = getattr(config, "vocab_size", None)
@@ -112,10 +114,14 @@ def default_specs(config: object, max_seq: int | None = None) -> list[InputSpec]
     if isinstance(vocab, int) and vocab >= 1:
         seq = min(SEQ_LEN, max_seq) if max_seq else SEQ_LEN
         axes = {0: "batch", 1: "sequence"}
-        return [
+        specs = [
             InputSpec("input_ids", (1, seq), "int64", axes, 0, vocab),
             InputSpec("attention_mask", (1, seq), "int64", axes, 1, 2),
         ]
+        if getattr(config, "is_encoder_decoder", False):  # T5, BART: the decoder reads tokens too
+            dec = {0: "batch", 1: "decoder_sequence"}
+            specs.append(InputSpec(DECODER_IDS, (1, seq), "int64", dec, 0, vocab))
+        return specs
     if isinstance(channels, int) and channels >= 1:
         size = getattr(config, "image_size", None) or IMAGE_SIZE
         height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]

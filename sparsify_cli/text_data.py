@@ -188,7 +188,9 @@ def tokenize(
     """``name -> int array [len(texts), L]`` for the model inputs ``specs``, in their order.
 
     ``L`` is the longest tokenized text, at most ``max_length``; shorter ones are padded and the
-    attention mask is 0 on their padding.
+    attention mask is 0 on their padding. An encoder-decoder's ``decoder_input_ids`` are the
+    text shifted right after ``decoder_start_token_id``, so distillation compares the two models
+    reconstructing the text.
     """
     from sparsify_cli.passes.inputs import DTYPES
 
@@ -202,6 +204,14 @@ def tokenize(
         max_length=max_length,
         return_tensors="np",
     )
+    encoded = dict(encoded)
+    if "decoder_input_ids" not in encoded and "input_ids" in encoded:
+        start = _config_value(folder, "decoder_start_token_id")
+        start = start if isinstance(start, int) else tokenizer.pad_token_id or 0
+        ids = np.asarray(encoded["input_ids"])  # an encoder-decoder reads the text shifted right
+        encoded["decoder_input_ids"] = np.concatenate(
+            [np.full((len(ids), 1), start, ids.dtype), ids[:, :-1]], axis=1
+        )
     missing = [s.name for s in specs if s.name not in encoded]
     if missing:
         raise SparsifyError(

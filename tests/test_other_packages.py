@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -192,3 +193,51 @@ def test_a_config_with_neither_tokens_nor_images_asks_for_the_inputs() -> None:
     with pytest.raises(SparsifyError, match="neither vocab_size .* nor num_channels") as err:
         hf.default_specs(transformers.PretrainedConfig())
     assert "--input NAME:SHAPE:DTYPE" in str(err.value.fix)
+
+
+def test_encoder_decoder_t5_reads_text_shifted_into_the_decoder(tmp_path) -> None:
+    """T5 needs ``decoder_input_ids``: the example has them, and text data feeds the decoder the
+    text shifted right, so one-shot calibration on a text file runs end to end."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hf_tiny import save_tokenizer, sentences, write_text
+
+    folder = tmp_path / "t5"
+    folder.mkdir()
+    save_tokenizer(folder, [t for t, _ in sentences(200, seed=99)])
+    config = transformers.T5Config(
+        vocab_size=120,
+        d_model=32,
+        d_kv=16,
+        d_ff=64,
+        num_layers=1,
+        num_heads=2,
+        decoder_start_token_id=0,
+    )
+    torch.manual_seed(0)
+    transformers.T5ForConditionalGeneration(config).save_pretrained(folder)
+    text = write_text(tmp_path / "train.txt", 60)
+    out = tmp_path / "out"
+    result = invoke(
+        "convert",
+        str(folder),
+        "--nm",
+        "2:4",
+        "--method",
+        "sparsegpt",
+        "--data",
+        str(text),
+        "--out",
+        str(out),
+        *FAST,
+    )
+    assert result.exit_code == 0, result.output
+    names = [i.name for i in onnx.load(str(out / "model.onnx")).graph.input]
+    assert names == ["input_ids", "attention_mask", "decoder_input_ids"]
+    report = _report(out)
+    assert report["agreement"]["samples"] >= 6  # the held-out texts, not the random example
+    sparse = [r for r in report["layers"] if r["pattern"] == "2:4"]
+    assert any("decoder" in r["name"] for r in sparse) and any(
+        "encoder" in r["name"] for r in sparse
+    )
+    reloaded = transformers.T5ForConditionalGeneration.from_pretrained(out / "hf_model")
+    assert reloaded.config.is_encoder_decoder
