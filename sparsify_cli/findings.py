@@ -46,6 +46,18 @@ def _why_slow(art: dict[str, Any], report: dict[str, Any], vnni: bool) -> tuple[
             "Sparse Wide widens the layers, and dense kernels run their zeros too",
             "--export onnx,condensed with --dst srigl (constant fan-in), or drop --ift wide",
         )
+    if fmt == "condensed":
+        return (
+            "condensed kernels win on large layers at high sparsity; at 50% zeros (2:4) or on "
+            "small layers the dense kernel is faster",
+            "--dst srigl --sparsity 0.9 (constant fan-in at 90%), or deploy model.onnx",
+        )
+    if fmt == "onnx-int8-dynamic":
+        return (
+            "dynamic int8 quantizes every activation at run time, and ONNX Runtime's ConvInteger "
+            "is slow on CPUs",
+            "--quantize int8 with --data (static)" if vnni else "keep the float model.onnx",
+        )
     if fmt == "onnx":
         return (
             "ONNX Runtime's dense kernels run the zeros of a sparse ONNX",

@@ -365,6 +365,21 @@ def test_findings_no_op_export_and_slower_than_dense():
     report["artifacts"][0]["latency"] = [slow]
     wide = artifact_findings(report, vnni=True)[0]
     assert "Sparse Wide" in wide["message"] and "--ift wide" in wide["option"]
+    del report["recipe"]["options"]["ift"]
+    report["artifacts"] = [
+        {
+            "path": "model_condensed.onnx",
+            "format": "condensed",
+            "latency": [slow],
+            "layers_condensed": 3,
+        },
+        {"path": "model_int8_dynamic.onnx", "format": "onnx-int8-dynamic", "latency": [slow]},
+    ]
+    condensed, dynamic = artifact_findings(report, vnni=True)
+    assert "at 50% zeros (2:4)" in condensed["message"] and "--sparsity 0.9" in condensed["option"]
+    assert "quantizes every activation" in dynamic["message"]
+    assert dynamic["option"] == "--quantize int8 with --data (static)"
+    assert artifact_findings(report, vnni=False)[1]["option"] == "keep the float model.onnx"
 
 
 # -- recipes replay from any folder ----------------------------------------------------------
