@@ -27,6 +27,7 @@ both documents alike (each artifact against the baseline it names).
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -125,17 +126,42 @@ def parse_shapes(text: str | None) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def recorded_inputs(path: Path) -> dict[str, InputSpec]:
+    """The inputs ``convert`` timed the artifacts of ``path``'s folder with (``report.json``
+    ``"inputs"``), by name; empty for a file without such a report beside it."""
+    try:
+        doc = json.loads((path.parent / "report.json").read_text(encoding="utf-8"))
+        return {
+            item["name"]: InputSpec(
+                item["name"],
+                tuple(item["shape"]),
+                item["dtype"],
+                low=item["low"],
+                high=item["high"],
+            )
+            for item in doc.get("inputs") or []
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SparsifyError):
+        return {}  # no report, an older one, or not ours: --shapes decides
+
+
 def input_specs(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> list[InputSpec]:
-    """The inputs of ``path`` at one sample (batch 1), every dynamic axis besides the batch
-    taken from ``shapes`` (``--shapes``); integer inputs are fed values in ``[0, 2)``."""
+    """The inputs of ``path`` at one sample (batch 1). A dynamic axis besides the batch takes
+    its size from ``shapes`` (``--shapes``), else from the inputs ``convert`` recorded beside
+    the file (:func:`recorded_inputs`, which also give integer inputs their value range; else
+    they are fed values in ``[0, 2)``)."""
     graph = read_onnx(path, load_weights=False).graph
     inits = {i.name for i in graph.initializer}
+    recorded = recorded_inputs(path)
     specs = []
     real = [i for i in graph.input if i.name not in inits]
     for value in real:
         tensor = value.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
         given = shapes.get(value.name, shapes.get("") if len(real) == 1 else None)
+        known = recorded.get(value.name)
+        if given is None and known is not None and any(d is None for d in dims[1:]):
+            given = known.shape
         if given is not None:
             if len(given) != len(dims) or any(
                 d is not None and g != d for g, d in zip(given[1:], dims[1:], strict=False)
@@ -159,7 +185,8 @@ def input_specs(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> list[Input
                 f"{path} input {value.name!r} has an element type bench cannot feed",
                 found=onnx.TensorProto.DataType.Name(tensor.elem_type),
             )
-        specs.append(InputSpec(value.name, (1, *dims[1:]), dtype))
+        low, high = (known.low, known.high) if known and known.dtype == dtype else (0, 2)
+        specs.append(InputSpec(value.name, (1, *dims[1:]), dtype, low=low, high=high))
     unknown = set(shapes) - {s.name for s in specs} - {""}
     if unknown:
         raise SparsifyError(

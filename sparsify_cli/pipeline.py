@@ -471,6 +471,10 @@ def _report(run: Run, built: dict[str, Artifact], dense_latency: list[Any]) -> d
     opts, model, example = run.opts, run.loaded.model, run.loaded.example
     report = new_report(run.loaded.source, run.loaded.sha256, asdict(opts), opts.threads)
     report["recipe"] = run.recipe
+    report["inputs"] = [
+        {"name": s.name, "shape": list(s.shape), "dtype": s.dtype, "low": s.low, "high": s.high}
+        for s in run.loaded.specs
+    ]
     report["training"] = run.ctx.metrics
     flops = layer_flops(model, example, run.trace)
     report["layers"] = _layer_rows(run.choices, run.manifest.entries, flops, model)

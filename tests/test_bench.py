@@ -101,3 +101,31 @@ def test_bench_user_errors(tmp_path):
     assert missing.exit_code == 1 and "not found" in missing.output
     empty = invoke("bench", str(tmp_path), *TIMING)
     assert empty.exit_code == 1 and "no .onnx" in empty.output
+
+
+def test_bench_of_a_text_model_folder_reads_the_inputs_convert_recorded(tmp_path):
+    """A transformer's ONNX has a dynamic sequence axis; ``convert`` records the inputs it
+    timed (shape, dtype, token range) in report.json, and ``bench out/`` uses them."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hf_tiny import tiny_bert
+
+    folder = tiny_bert(tmp_path / "bert")
+    out = tmp_path / "out"
+    assert invoke("convert", str(folder), "--nm", "2:4", "--out", str(out), *TIMING).exit_code == 0
+    recorded = json.loads((out / "report.json").read_text())["inputs"]
+    assert [(i["name"], i["shape"], i["dtype"]) for i in recorded] == [
+        ("input_ids", [1, 64], "int64"),
+        ("attention_mask", [1, 64], "int64"),
+    ]
+    assert (recorded[0]["low"], recorded[0]["high"]) == (0, 120)
+    result = invoke("bench", str(out), *TIMING, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["artifacts"][0]["inputs"] == {"input_ids": [1, 64], "attention_mask": [1, 64]}
+    shorter = invoke(
+        "bench", str(out), *TIMING, "--json", "--shapes", "input_ids:1x16,attention_mask:1x16"
+    )
+    assert json.loads(shorter.output)["artifacts"][0]["inputs"]["input_ids"] == [1, 16]
