@@ -2,7 +2,8 @@
 
 * an ``.onnx`` file: :func:`sparsify_cli.exporters.inspect_onnx.inspect_onnx` (any ONNX model);
 * an output folder of ``convert``, or its ``model_sparse.safetensors``: the folded sparse
-  model (a shipped sample's, or the one ``--arch`` builds), with the declared pattern of every
+  model (a shipped sample's, the ``hf_model/`` folder of a Hugging Face run, or the one
+  ``--arch`` builds), with the declared pattern of every
   manifest entry beside the pattern read from the weights. A folder is data: the module its
   recipe names is never imported; without ``--arch`` its ``model.onnx`` is read instead;
 * anything else (a checkpoint or a sample name): the dense model as ``convert`` would load it,
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsify_cli.exporters.inspect_onnx import inspect_onnx
+from sparsify_cli.hf import HF_FOLDER
 from sparsify_cli.loading import load_model
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.inspect import inspect_model
@@ -73,6 +75,8 @@ def inspect_path(
         declared = {e.module: e.pattern for e in manifest.entries.values()}
         if arch is None and options.get("arch"):
             return _folder_as_data(path.parent, str(options["arch"]), nm, declared)
+        if (path.parent / HF_FOLDER / "config.json").is_file():
+            path = path.parent / HF_FOLDER  # a Hugging Face run: its sparse save_pretrained folder
         input_shape = input_shape or options.get("input_shape")
         nm = nm or options.get("nm")
         selection = selection or Selection(

@@ -119,3 +119,25 @@ def test_cli_inspect_predicts_tensorrt_benefit_in_torch_and_onnx_layouts(tmp_pat
     assert {"blocks.0.fc1", "blocks.1.attn.q", "head"} <= shared
     for name in shared:
         assert onnx_rows[name]["tensorrt_reason"] == torch_rows[name]["tensorrt_reason"], name
+
+
+def test_inspect_output_folder_of_a_hugging_face_run(tmp_path):
+    """``inspect out/`` of an HF run reads its ``hf_model/`` (no --arch, nothing imported from
+    the folder): each sparsified layer's pattern read back beside the one the manifest declares."""
+    pytest.importorskip("transformers")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hf_tiny import tiny_bert
+
+    out = tmp_path / "out"
+    args = ("--bench-seconds", "0.02", "--batch-sizes", "1", "--quiet")
+    convert = invoke("convert", str(tiny_bert(tmp_path / "bert")), "--out", str(out), *args)
+    assert convert.exit_code == 0, convert.output
+    result = invoke("inspect", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    layers = json.loads(result.output)["layers"]
+    declared = [r for r in layers if r["declared"] == "2:4"]
+    assert len(declared) == 12  # 2 layers x (q, k, v, attention output, intermediate, output)
+    assert all(r["nm"] == "2:4" for r in declared)
