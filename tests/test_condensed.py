@@ -261,6 +261,27 @@ def test_kernel_rejects_out_of_range_index() -> None:
         sess.run(None, {"x": np.ones((1, 4), np.float32)})
 
 
+@pytest.mark.parametrize("op", ["linear", "conv"])
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [([0, 5], r"rows must lie in \[0, {dim}\)"), ([1, 1], "rows must not repeat")],
+)
+def test_kernels_reject_bad_rows_input(op: str, rows: list[int], message: str) -> None:
+    """Both ops check their rows input with one helper (check_output_rows); the message names
+    the op's own width attribute."""
+    mask = np.zeros((3, 2, 1, 1), bool) if op == "conv" else np.zeros((3, 2), bool)
+    mask[[0, 2], 0] = True
+    c = condensed.condense(mask.astype(np.float32), mask)
+    c = c._replace(active_rows=np.array(rows, np.int64))
+    if op == "conv":
+        geometry = {"kernel_shape": [1, 1], "strides": [1, 1], "pads": [0] * 4, "dilations": [1, 1]}
+        model, dim = conv_kernel_model(c, None, geometry, False), "out_channels"
+    else:
+        model, dim = kernel_model(c, None, 2), "out_features"
+    with pytest.raises(Exception, match=message.format(dim=dim)):
+        ort.InferenceSession(model, condensed.session_options(1))
+
+
 def dense_linear(weight: np.ndarray, bias: np.ndarray, rank: int, path: Path) -> None:
     """One Linear the way torch's exporter writes it: Gemm for 2-D input, MatMul + Add for 3-D."""
     out, inp = weight.shape

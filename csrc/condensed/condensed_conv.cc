@@ -303,18 +303,7 @@ std::string pack_conv(const ConvGeometry& g, const float* values, const void* in
   p.bias.assign(bias, bias == nullptr ? bias : bias + bias_len);
   p.cols.clear();
   p.empty_cols.clear();
-  if (has_cols) {
-    std::vector<char> used(static_cast<size_t>(width), 0);
-    for (int64_t r = 0; r < rows; ++r) {
-      if (cols[r] < 0 || cols[r] >= width) return "rows must lie in [0, out_channels)";
-      if (used[cols[r]]) return "rows must not repeat";
-      used[cols[r]] = 1;
-    }
-    p.cols.assign(cols, cols + rows);
-    for (int64_t c = 0; c < width; ++c) {
-      if (!used[c]) p.empty_cols.push_back(static_cast<int32_t>(c));
-    }
-  }
+  if (has_cols) return check_output_rows(cols, rows, width, "out_channels", &p.cols, &p.empty_cols);
   return "";
 }
 

@@ -695,6 +695,22 @@ std::string build_layouts(Packed& p, const Idx* idx) {
 const char* isa_name() { return kIsaNames[static_cast<int>(kIsa)]; }
 int isa_level() { return static_cast<int>(kIsa); }
 
+std::string check_output_rows(const int32_t* cols, int64_t rows, int64_t width, const char* dim,
+                              std::vector<int32_t>* cols_out, std::vector<int32_t>* empty_out) {
+  std::vector<char> used(static_cast<size_t>(width), 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    if (cols[r] < 0 || cols[r] >= width) return std::string("rows must lie in [0, ") + dim + ")";
+    if (used[cols[r]]) return "rows must not repeat";
+    used[cols[r]] = 1;
+  }
+  cols_out->assign(cols, cols + rows);
+  empty_out->clear();
+  for (int64_t c = 0; c < width; ++c) {
+    if (!used[c]) empty_out->push_back(static_cast<int32_t>(c));
+  }
+  return "";
+}
+
 std::string pack(const float* values, const void* indices, bool indices_are_int16, int64_t rows,
                  int64_t k, const float* bias, int64_t bias_len, const int32_t* cols,
                  int64_t cols_len, int64_t out_features, Packed* out) {
@@ -738,16 +754,9 @@ std::string pack(const float* values, const void* indices, bool indices_are_int1
   p.cols.clear();
   p.empty_cols.clear();
   if (has_cols) {
-    std::vector<char> used(static_cast<size_t>(width), 0);
-    for (int64_t r = 0; r < rows; ++r) {
-      if (cols[r] < 0 || cols[r] >= width) return "rows must lie in [0, out_features)";
-      if (used[cols[r]]) return "rows must not repeat";
-      used[cols[r]] = 1;
-    }
-    p.cols.assign(cols, cols + rows);
-    for (int64_t c = 0; c < width; ++c) {
-      if (!used[c]) p.empty_cols.push_back(static_cast<int32_t>(c));
-    }
+    const std::string err =
+        check_output_rows(cols, rows, width, "out_features", &p.cols, &p.empty_cols);
+    if (!err.empty()) return err;
   }
   const std::string err =
       p.idx16 ? build_layouts(p, p.idx16v.data()) : build_layouts(p, p.idx32v.data());
