@@ -133,6 +133,11 @@ def kernel_model(
         (33, 40000, 13, 2, 2, 2, True, 2),  # int32 indices
         (1000, 256, 26, 1, 0, 2, True, 2),  # several row chunks on the thread pool
         (12, 20, 3, 2, 12, 2, True, 1),  # every row ablated: an empty rows input, bias out
+        # AVX-512 wide direct tiles (batch > 16): 32, 48 and 64 lanes, a partial row group
+        (37, 29, 5, 17, 0, 2, True, 1),  # 32-lane tile, 37 rows (last group of 4 partial)
+        (64, 100, 13, 45, 0, 2, False, 1),  # 48-lane tile, no bias (4-row transposed stores)
+        (41, 77, 9, 64, 3, 2, True, 1),  # one full 64-lane tile, ablated rows (scattered)
+        (40, 64, 20, 150, 0, 2, True, 2),  # three 64-lane tiles (the last 22 lanes) on 2 threads
     ],
 )
 def test_kernel_matches_numpy(
