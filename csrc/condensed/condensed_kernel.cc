@@ -396,50 +396,79 @@ SPARSIFY_AVX512 void direct_rows_avx512(const Packed& w, const float* xt, int64_
   const int64_t nb = w.kp / kLanes;
   const int tail = static_cast<int>(w.k - (nb - 1) * kLanes);  // entries in the last block, 1..8
   const int64_t stride = w.group_stride;
-  for (int64_t r = r0; r < r1; r += kGroupRows) {
-    const float* p = w.grouped.data() + (r / kGroupRows) * nb * stride;
-    __m512 a[kGroupRows][NV];
-    for (auto& row : a) {
-      for (auto& v : row) v = _mm512_setzero_ps();
-    }
-    const auto entry = [&](const float* blk, const int16_t* id, int e) SPARSIFY_AVX512 {
+  // Consecutive output columns (no rows input) go through ybuf, 16 columns x the tile's lanes,
+  // and then into y as one 64-byte store per batch row: storing each 4-row group's 4 floats
+  // straight into 64 rows of y cost 45% of the call (90% sparse 768x3072 at batch 64: 0.58 ms,
+  // 0.32 without the stores), every partial-line store waiting for its line.
+  const bool buffered = w.cols.empty();
+  alignas(64) float ybuf[16 * NV * 16];
+  for (int64_t r16 = r0; r16 < r1; r16 += 16) {
+    const int64_t r16_end = std::min(r1, r16 + 16);
+    for (int64_t r = r16; r < r16_end; r += kGroupRows) {
+      const float* p = w.grouped.data() + (r / kGroupRows) * nb * stride;
+      __m512 a[kGroupRows][NV];
+      for (auto& row : a) {
+        for (auto& v : row) v = _mm512_setzero_ps();
+      }
+      // (Written out twice rather than through a lambda: gcc then kept the accumulators on the
+      // stack.)
+      for (int64_t b = 0; b + 1 < nb; ++b, p += stride) {
+        const int16_t* id = reinterpret_cast<const int16_t*>(p + kGroupRows * kLanes);
+#pragma GCC unroll 8
+        for (int e = 0; e < kLanes; ++e) {
 #pragma GCC unroll 4
-      for (int q = 0; q < kGroupRows; ++q) {
-        const __m512 v = _mm512_set1_ps(blk[q * kLanes + e]);
-        const float* xr = xt + static_cast<int64_t>(id[q * kLanes + e]) * ldx;
-        for (int n = 0; n < NV; ++n) {
-          a[q][n] = _mm512_fmadd_ps(v, _mm512_load_ps(xr + 16 * n), a[q][n]);
+          for (int q = 0; q < kGroupRows; ++q) {
+            const __m512 v = _mm512_set1_ps(p[q * kLanes + e]);
+            const float* xr = xt + static_cast<int64_t>(id[q * kLanes + e]) * ldx;
+            for (int n = 0; n < NV; ++n) {
+              a[q][n] = _mm512_fmadd_ps(v, _mm512_load_ps(xr + 16 * n), a[q][n]);
+            }
+          }
         }
       }
-    };
-    for (int64_t b = 0; b + 1 < nb; ++b, p += stride) {
       const int16_t* id = reinterpret_cast<const int16_t*>(p + kGroupRows * kLanes);
-#pragma GCC unroll 8
-      for (int e = 0; e < kLanes; ++e) entry(p, id, e);
-    }
-    const int16_t* id = reinterpret_cast<const int16_t*>(p + kGroupRows * kLanes);
-    for (int e = 0; e < tail; ++e) entry(p, id, e);  // the last block without its padding
-    if (w.cols.empty() && r + kGroupRows <= r1) {
-      const __m128 bias4 = w.bias.empty() ? _mm_setzero_ps() : _mm_loadu_ps(w.bias.data() + r);
-      for (int n = 0; n < NV; ++n) {
+      for (int e = 0; e < tail; ++e) {  // the last block without its padding
+#pragma GCC unroll 4
+        for (int q = 0; q < kGroupRows; ++q) {
+          const __m512 v = _mm512_set1_ps(p[q * kLanes + e]);
+          const float* xr = xt + static_cast<int64_t>(id[q * kLanes + e]) * ldx;
+          for (int n = 0; n < NV; ++n) {
+            a[q][n] = _mm512_fmadd_ps(v, _mm512_load_ps(xr + 16 * n), a[q][n]);
+          }
+        }
+      }
+      if (buffered) {
+        alignas(16) float b4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int64_t q = 0; q < kGroupRows && r + q < r1 && !w.bias.empty(); ++q) {
+          b4[q] = w.bias[r + q];
+        }
+        const __m128 bias4 = _mm_load_ps(b4);
         // The two 8-lane halves of each vector through memory (gcc 12 warns on the
         // extract intrinsics' undefined source operand; this runs once per 4 rows).
         alignas(64) float s[kGroupRows][16];
-        for (int q = 0; q < kGroupRows; ++q) _mm512_store_ps(s[q], a[q][n]);
-        for (int h = 0; h < 16; h += 8) {
-          store_4x8_avx2(_mm256_load_ps(s[0] + h), _mm256_load_ps(s[1] + h),
-                         _mm256_load_ps(s[2] + h), _mm256_load_ps(s[3] + h), bias4, 16 * n + h,
-                         batch, w.out, y + r);
+        for (int n = 0; n < NV; ++n) {
+          for (int q = 0; q < kGroupRows; ++q) _mm512_store_ps(s[q], a[q][n]);
+          for (int h = 0; h < 16; h += 8) {
+            store_4x8_avx2(_mm256_load_ps(s[0] + h), _mm256_load_ps(s[1] + h),
+                           _mm256_load_ps(s[2] + h), _mm256_load_ps(s[3] + h), bias4,
+                           16 * n + h, batch, 16, ybuf + (r - r16));
+          }
         }
+        continue;
       }
-      continue;
+      for (int64_t q = 0; q < kGroupRows && r + q < r1; ++q) {
+        alignas(64) float s[NV * 16];
+        for (int n = 0; n < NV; ++n) _mm512_store_ps(s + 16 * n, a[q][n]);
+        const int64_t col = column(w, r + q);
+        const float bias = bias_at(w, col);
+        for (int64_t bb = 0; bb < batch; ++bb) y[bb * w.out + col] = s[bb] + bias;
+      }
     }
-    for (int64_t q = 0; q < kGroupRows && r + q < r1; ++q) {
-      alignas(64) float s[NV * 16];
-      for (int n = 0; n < NV; ++n) _mm512_store_ps(s + 16 * n, a[q][n]);
-      const int64_t col = column(w, r + q);
-      const float bias = bias_at(w, col);
-      for (int64_t bb = 0; bb < batch; ++bb) y[bb * w.out + col] = s[bb] + bias;
+    if (buffered) {  // columns r16..r16_end of every batch row, one (masked) store each
+      const __mmask16 m = static_cast<__mmask16>((1u << (r16_end - r16)) - 1);
+      for (int64_t bb = 0; bb < batch; ++bb) {
+        _mm512_mask_storeu_ps(y + bb * w.out + r16, m, _mm512_load_ps(ybuf + 16 * bb));
+      }
     }
   }
 }
