@@ -472,6 +472,11 @@ def conv_kernel_model(
         (3, 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (1, 1), 2, 2, 1),  # 1x1 input, pads only
         (64, 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (20, 20), 4, 58, 2),  # batch on 2 threads
         (3700, 3, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (2, 3), 1, 9, 1),  # int32 indices
+        # im2col path (<= 256 output positions): 16 positions (one vector), 35 (masked tails,
+        # batch on 2 threads), 256 (four 64-position tiles; the second size, 19x17, is planes)
+        (6, 10, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (4, 4), 1, 20, 1),
+        (7, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (5, 7), 3, 30, 2),
+        (5, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (16, 16), 1, 11, 1),
     ],
 )
 @pytest.mark.parametrize("relu", [False, True])

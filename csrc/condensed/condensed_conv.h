@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "condensed_kernel.h"
+
 namespace sparsify {
 
 struct ConvGeometry {
@@ -37,6 +39,10 @@ struct ConvOffsets {
   int64_t h = -1, w = -1, channels = -1;  // input it was built for
   int64_t out_h = 0, out_w = 0;
   bool direct = false;     // 1x1, stride 1, no pads: kernels read x itself (plane = h * w)
+  // Small maps (im2col): x unfolded to xcol [in * kh * kw, ldcol] once per image, so the conv is
+  // the batched CondensedLinear over the out_h * out_w positions (no grid padding, no planes).
+  bool im2col = false;
+  int64_t ldcol = 0;       // positions rounded up to the vector width (zero lanes past them)
   bool aligned = false;    // rows padded to the vector width, one plane copy per column shift
   int64_t wq = 0;          // plane row width (the output grid's row width)
   int64_t copies = 1;      // shifted copies of each plane (aligned: kernel column shifts)
@@ -60,6 +66,10 @@ struct ConvPacked {
   std::vector<float> bias;        // [out]; empty when the node has no bias
   std::vector<int32_t> cols;      // [rows] output channel of each stored row; empty: identity
   std::vector<int32_t> empty_cols;  // output channels no stored row writes
+  // The same weights as a CondensedLinear over flattened [in, kh, kw] inputs, for the im2col
+  // path (its grouped layout: 4 rows, blocks of 8 entries); built only on AVX2 / AVX-512.
+  Packed linear;
+  bool has_linear = false;
   // The offsets for the last input size seen (built on first use, shared by concurrent runs).
   mutable std::mutex mutex;
   mutable std::shared_ptr<const ConvOffsets> cached;
@@ -94,6 +104,8 @@ class ConvPlan {
 
  private:
   void fill_band(const float* x, int64_t i0, float* buf) const;
+  void fill_col(const float* x, float* xcol, float* padded) const;
+  void run_im2col(int64_t image) const;
   void store_grid(const float* buf, int64_t oh0, int64_t q0, int64_t q1, int64_t r,
                   float* y) const;
 
