@@ -334,7 +334,7 @@ SPARSIFY_AVX2 void col_rows_avx2(const Packed& lw, const float* xcol, int64_t ld
 inline int64_t column(const ConvPacked& w, int64_t r) { return w.cols.empty() ? r : w.cols[r]; }
 
 // ReLU as the tiles apply it: negative -> 0, NaN kept (as torch.relu).
-inline float activate(const ConvPacked& w, float v) { return w.g.relu && v < 0.0f ? 0.0f : v; }
+inline float activate(bool relu, float v) { return relu && v < 0.0f ? 0.0f : v; }
 
 // The n kept weights of one row over nv vectors of output positions: out = sum of their runs.
 void tiles(const float* v, const int32_t* off, int64_t n, const float* x, int64_t nv,
@@ -474,8 +474,9 @@ std::string pack_conv(const ConvGeometry& g, const float* values, const void* in
 }
 
 ConvPlan::ConvPlan(const ConvPacked& w, const float* x, int64_t batch, int64_t channels,
-                   int64_t h, int64_t wd, float* y)
-    : w_(w), x_(x), batch_(batch), channels_(channels), h_(h), wd_(wd), y_(y) {
+                   int64_t h, int64_t wd, float* y, const float* residual)
+    : w_(w), x_(x), batch_(batch), channels_(channels), h_(h), wd_(wd), y_(y),
+      residual_(residual), relu_(w.g.relu && residual == nullptr) {
   off_ = w.offsets_for(h, wd, channels);
   vec_ = vector_floats();
   work_ = batch * w.rows * w.k * off_->out_h * off_->out_w;
@@ -593,7 +594,7 @@ void ConvPlan::run_im2col(int64_t image) const {
   const int64_t hw = off_->out_h * off_->out_w;
   float* y = y_ + image * w_.out * hw;
   for (int32_t c : w_.empty_cols) {
-    std::fill(y + c * hw, y + (c + 1) * hw, activate(w_, w_.bias.empty() ? 0.0f : w_.bias[c]));
+    std::fill(y + c * hw, y + (c + 1) * hw, activate(relu_, w_.bias.empty() ? 0.0f : w_.bias[c]));
   }
   if (w_.rows == 0) return;
   const int64_t k_all = channels_ * w_.g.kh * w_.g.kw;
@@ -603,7 +604,7 @@ void ConvPlan::run_im2col(int64_t image) const {
   fill_col(x_ + image * channels_ * h_ * wd_, xcol, xcol + k_all * off_->ldcol);
   const float* bias = w_.bias.empty() ? nullptr : w_.bias.data();
   const int32_t* cols = w_.cols.empty() ? nullptr : w_.cols.data();
-  const bool relu = w_.g.relu;
+  const bool relu = relu_;
   const Packed& lw = w_.linear;
 #ifdef SPARSIFY_X86
   if (level() == 2) {
@@ -630,6 +631,16 @@ void ConvPlan::run_im2col(int64_t image) const {
   ::operator delete(xcol, std::align_val_t(64));
 }
 
+void ConvPlan::add_residual() const {
+  if (residual_ == nullptr) return;
+  const int64_t n = batch_ * w_.out * off_->out_h * off_->out_w;
+  if (w_.g.relu) {
+    for (int64_t i = 0; i < n; ++i) y_[i] = activate(true, y_[i] + residual_[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) y_[i] += residual_[i];
+  }
+}
+
 void ConvPlan::run_chunk(int64_t chunk) const {
   if (off_->im2col) return run_im2col(chunk);
   const int64_t part = chunk % row_chunks_, band = chunk / row_chunks_;
@@ -640,7 +651,7 @@ void ConvPlan::run_chunk(int64_t chunk) const {
   float* y = y_ + image * w_.out * hw;
   if (part == 0) {  // channels no stored row writes hold act(bias)
     for (int32_t c : w_.empty_cols) {
-      const float b = activate(w_, w_.bias.empty() ? 0.0f : w_.bias[c]);
+      const float b = activate(relu_, w_.bias.empty() ? 0.0f : w_.bias[c]);
       std::fill(y + c * hw + oh0 * off_->out_w, y + c * hw + (oh0 + band_h) * off_->out_w, b);
     }
   }
@@ -661,7 +672,7 @@ void ConvPlan::run_chunk(int64_t chunk) const {
   std::vector<float> scratch(static_cast<size_t>(tile));
   const int32_t* offsets = off_->offsets.data();
   const auto epilogue = [&](int64_t r) {
-    return Epilogue{w_.bias.empty() ? 0.0f : w_.bias[column(w_, r)], w_.g.relu};
+    return Epilogue{w_.bias.empty() ? 0.0f : w_.bias[column(w_, r)], relu_};
   };
   for (int64_t q0 = 0; q0 < vector_end; q0 += tile) {
     const int64_t nv = (std::min(tile, vector_end - q0) + vec_ - 1) / vec_;

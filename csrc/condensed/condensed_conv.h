@@ -92,8 +92,11 @@ std::string conv_output_size(const ConvGeometry& g, int64_t h, int64_t w, int64_
 // share nothing but x and write disjoint parts of y.
 class ConvPlan {
  public:
+  // residual: nullptr, or a tensor of y's shape added after the bias and before the fused ReLU
+  // (a residual Add, and the Relu after it, fused into the conv); add_residual() applies it once
+  // every chunk has run.
   ConvPlan(const ConvPacked& w, const float* x, int64_t batch, int64_t channels, int64_t h,
-           int64_t wd, float* y);
+           int64_t wd, float* y, const float* residual = nullptr);
   ConvPlan(const ConvPlan&) = delete;
   ConvPlan& operator=(const ConvPlan&) = delete;
 
@@ -101,6 +104,7 @@ class ConvPlan {
   // Whether the call has enough work (~20 us on one core) to pay for waking the pool.
   bool worth_threads() const { return chunks_ > 1 && work_ >= 1000 * 1000; }
   void run_chunk(int64_t chunk) const;
+  void add_residual() const;
 
  private:
   void fill_band(const float* x, int64_t i0, float* buf) const;
@@ -114,6 +118,8 @@ class ConvPlan {
   const float* x_;
   int64_t batch_, channels_, h_, wd_;
   float* y_;
+  const float* residual_;
+  bool relu_;           // ReLU in the kernels' epilogue (false when add_residual applies it)
   int64_t vec_ = 8;     // floats per SIMD vector of the chosen ISA
   int64_t rows_per_chunk_ = 0;
   int64_t row_chunks_ = 1;
