@@ -9,8 +9,9 @@
 // * batch 2..16 (direct, AVX2): x transposed to xt [in, 8 or 16]; each kept entry is one
 //   broadcast FMA per 8 lanes into register accumulators (direct_rows_avx2); the zero padding of
 //   the last 8-entry block is skipped, and groups of 4 consecutive rows store 4 outputs at once.
-//   Larger batches take the same path in tiles of 16 lanes (every tile streams the weights
-//   again; measured still ahead of the blocked path), or on AVX-512 in tiles of up to 64 lanes
+//   Larger batches take the same path in tiles of 16 lanes while the weights are at most 16 MB
+//   (every tile streams them again; measured ahead of the blocked path up to there), or on
+//   AVX-512 in tiles of up to 64 lanes
 //   (direct_rows_avx512: 4 rows x 4 zmm accumulators, outputs written through an L1 buffer).
 // * int32 indices or xt too large (blocked): x is transposed to xt [in, batch_pad] so each kept
 //   index reads one contiguous run of batch values (a row costs k broadcast-FMAs per 8 batch
@@ -47,6 +48,9 @@ constexpr int64_t kChunkBytes = 96 * 1024;
 // Bytes of xt one direct-path tile may occupy: half of a typical 512 KiB L2, leaving room for
 // the weights.
 constexpr int64_t kDirectXtBytes = 256 * 1024;
+// AVX2 batches above 16 take the direct path (16-lane tiles) while the grouped weights are at
+// most this size (see Plan::Plan).
+constexpr int64_t kDirectWeightBytes = 16 << 20;
 // AVX-512 direct tiles above 16 lanes: up to 64 lanes, while the tile's xt stays within
 // kWideXtBytes (a 1 MiB L2: in <= 4096 takes 64-lane tiles; on Zen 5, 90% sparse 4096x4096
 // at batch 64 ran 3.6x faster than dense with 64-lane tiles (xt 1 MiB), 1.8x with 32-lane ones,
@@ -875,12 +879,14 @@ Plan::Plan(const Packed& w, const float* x, int64_t batch, int64_t in, float* y)
   // whose xt is larger); beyond 16 lanes, only while the weights stay in L2 as well, since
   // every 16-lane tile of the batch streams them again.
   int64_t tile_lanes = std::min(round_up(batch, kLanes), 2 * kLanes);
-  // Any batch: in 16-lane tiles, each streaming the weights again, this still beat the blocked
-  // path on a Zen 5-class EPYC at batch 64 (90% sparse: 768x3072 0.45 vs 2.15 ms, 3072x768 0.48
-  // vs 0.69, 4096x4096 3.4 vs 6.4; 2:4 and 75%: ahead or level except 3072x768 at 2:4, 2.08
-  // vs 1.75 ms), whose scattered y stores and accumulator block cost more than the re-reads.
+  // Beyond 16 rows, in 16-lane tiles that each stream the weights again, while those are at
+  // most kDirectWeightBytes: on a Zen 5-class EPYC at batch 64 this beat the blocked path (90%
+  // sparse: 768x3072 0.45 vs 2.15 ms, 3072x768 0.48 vs 0.69, 4096x4096 (10 MB) 3.4 vs 6.4; 2:4:
+  // 768x3072 2.5 vs 3.5, but 3072x768 2.5 vs 1.9), not 4096x4096 at 2:4 (50 MB: 53 vs 23 ms).
+  const int64_t grouped_bytes = static_cast<int64_t>(w.grouped.size() * sizeof(float));
   direct_ = kAvx2 && w.idx16 && batch > 1 &&
-            in * tile_lanes * static_cast<int64_t>(sizeof(float)) <= kDirectXtBytes;
+            in * tile_lanes * static_cast<int64_t>(sizeof(float)) <= kDirectXtBytes &&
+            (batch <= 2 * kLanes || grouped_bytes <= kDirectWeightBytes);
   // AVX-512, batch > 16: tiles of up to 64 lanes (fewer while xt would outgrow kWideXtBytes).
   wide_ = kAvx512 && w.idx16 && batch > 2 * kLanes &&
           in * 32 * static_cast<int64_t>(sizeof(float)) <= kWideXtBytes;
