@@ -9,8 +9,8 @@
 // * batch 2..16 (direct, AVX2): x transposed to xt [in, 8 or 16]; each kept entry is one
 //   broadcast FMA per 8 lanes into register accumulators (direct_rows_avx2); the zero padding of
 //   the last 8-entry block is skipped, and groups of 4 consecutive rows store 4 outputs at once.
-//   Larger batches take the same path in tiles of 16 lanes while the weights are at most 16 MB
-//   (every tile streams them again; measured ahead of the blocked path up to there), or on
+//   Larger batches take the same path in tiles of 16 lanes for sparse rows (<= 30% kept) while
+//   the weights are at most 16 MB (every tile streams them again), or on
 //   AVX-512 in tiles of up to 64 lanes
 //   (direct_rows_avx512: 4 rows x 4 zmm accumulators, outputs written through an L1 buffer).
 // * int32 indices or xt too large (blocked): x is transposed to xt [in, batch_pad] so each kept
@@ -879,14 +879,17 @@ Plan::Plan(const Packed& w, const float* x, int64_t batch, int64_t in, float* y)
   // whose xt is larger); beyond 16 lanes, only while the weights stay in L2 as well, since
   // every 16-lane tile of the batch streams them again.
   int64_t tile_lanes = std::min(round_up(batch, kLanes), 2 * kLanes);
-  // Beyond 16 rows, in 16-lane tiles that each stream the weights again, while those are at
-  // most kDirectWeightBytes: on a Zen 5-class EPYC at batch 64 this beat the blocked path (90%
-  // sparse: 768x3072 0.45 vs 2.15 ms, 3072x768 0.48 vs 0.69, 4096x4096 (10 MB) 3.4 vs 6.4; 2:4:
-  // 768x3072 2.5 vs 3.5, but 3072x768 2.5 vs 1.9), not 4096x4096 at 2:4 (50 MB: 53 vs 23 ms).
+  // Beyond 16 rows, in 16-lane tiles that each stream the weights again, for sparse rows (at
+  // most 30% of the inputs kept) while the weights are at most kDirectWeightBytes: on a Zen
+  // 5-class EPYC at batch 64, 90% sparse, this beat the blocked path (768x3072 0.45 vs 2.15 ms,
+  // 3072x768 0.48 vs 0.69, 4096x4096 (10 MB) 3.4 vs 6.4). At 2:4 it was faster on 768x3072 (2.5
+  // vs 3.5 ms) but slower on 3072x768 (2.5 vs 1.9) and 4096x4096 (53 vs 23), and up to 3x slower
+  // again when another process shared the core, so 2:4 keeps the blocked path.
   const int64_t grouped_bytes = static_cast<int64_t>(w.grouped.size() * sizeof(float));
+  const bool sparse_rows = w.k * 10 <= in * 3;
   direct_ = kAvx2 && w.idx16 && batch > 1 &&
             in * tile_lanes * static_cast<int64_t>(sizeof(float)) <= kDirectXtBytes &&
-            (batch <= 2 * kLanes || grouped_bytes <= kDirectWeightBytes);
+            (batch <= 2 * kLanes || (sparse_rows && grouped_bytes <= kDirectWeightBytes));
   // AVX-512, batch > 16: tiles of up to 64 lanes (fewer while xt would outgrow kWideXtBytes).
   wide_ = kAvx512 && w.idx16 && batch > 2 * kLanes &&
           in * 32 * static_cast<int64_t>(sizeof(float)) <= kWideXtBytes;
