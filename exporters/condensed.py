@@ -16,7 +16,8 @@ Two ONNX forms are written by :func:`condense_onnx`:
 * Conv2d layers (groups = 1, any kernel, stride, pads, dilation) with constant fan-in over
   ``in x kh x kw`` become ``ai.sparsify::CondensedConv``: the same values + indices (flattened
   ``[in, kh, kw]`` positions) and the Conv's geometry attributes; a Relu that alone consumes the
-  Conv's output is fused into it (BatchNorm was already folded into the Conv by the export).
+  Conv's output is fused into it, and so is a residual Add of a same-shaped tensor (with the Relu
+  after it), as the op's sixth input (BatchNorm was already folded into the Conv by the export).
 * ``ops="standard"``: Gather + Mul + ReduceSum, stock ONNX ops for runtimes without the library.
   Convolutions stay dense in this form (stock ONNX has no sparse convolution, and a Gather-based
   im2col would be slower than the dense Conv).
@@ -176,7 +177,7 @@ class LayerResult:
     ``kernel`` names what runs the layer in the written file: ``CondensedLinear`` or
     ``CondensedConv`` (the custom op), ``stock ops`` (the standard-op form), or ``dense`` (the
     original node, for the reason in ``skipped``). ``fused`` lists graph ops folded into the
-    condensed node (``Relu`` after a Conv).
+    condensed node (``Relu`` after a Conv; ``Add``, ``Relu`` for a residual sum).
     """
 
     module: str
@@ -193,7 +194,8 @@ class LayerResult:
 class _Dense:
     """A dense Linear or Conv found in the graph: its weight in torch layout, the nodes it spans
     and, for a Conv, its geometry attributes (``kernel_shape``, ``strides``, ``pads``,
-    ``dilations``) and whether a following Relu is fused into it."""
+    ``dilations``), whether a following Relu is fused into it, and the residual tensor of a
+    fused Add."""
 
     x: str
     output: str
@@ -204,6 +206,11 @@ class _Dense:
     scope: str
     conv: dict[str, list[int]] | None = None
     relu: bool = False
+    residual: str | None = None  # a Conv's fused residual Add: the tensor it adds
+
+    @property
+    def fused(self) -> tuple[str, ...]:
+        return (("Add",) if self.residual else ()) + (("Relu",) if self.relu else ())
 
 
 def condense_onnx(
@@ -232,10 +239,11 @@ def condense_onnx(
         )
     model = onnx.load(str(dense_onnx_path))
     graph = model.graph
+    shapes = _tensor_shapes(model)  # of the original graph: custom ops hide later shapes
     results = []
     for entry in manifest.entries.values():
         reason = _skip_reason(entry, ops)
-        dense = reason or _find_dense(model, entry)
+        dense = reason or _find_dense(model, entry, shapes)
         if isinstance(dense, str):
             logger.info("%s stays dense: %s", entry.module, dense)
             results.append(
@@ -253,7 +261,7 @@ def condense_onnx(
                 int(condensed.active_rows.size),
                 entry.shape[0],
                 kernel=kernel,
-                fused=("Relu",) if dense.relu else (),
+                fused=dense.fused,
             )
         )
         logger.info(
@@ -287,7 +295,29 @@ def _skip_reason(entry: TensorEntry, ops: str) -> str | None:
     return None
 
 
-def _find_dense(model: onnx.ModelProto, entry: TensorEntry) -> _Dense | str:
+def _tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | str, ...]]:
+    """Every tensor's shape that ONNX shape inference knows fully (a dim is its value or its
+    symbolic name), for checking that a residual Add adds two tensors of one shape."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # an unusual graph: no shapes, so nothing is fused that needs them
+        return {}
+    shapes: dict[str, tuple[int | str, ...]] = {}
+    for info in [*inferred.value_info, *inferred.input, *inferred.output]:
+        if not info.type.HasField("tensor_type") or not info.type.tensor_type.HasField("shape"):
+            continue
+        dims = [
+            d.dim_value if d.HasField("dim_value") else d.dim_param or None
+            for d in info.type.tensor_type.shape.dim
+        ]
+        if all(d is not None and d != "" for d in dims):
+            shapes[info.name] = tuple(dims)
+    return shapes
+
+
+def _find_dense(
+    model: onnx.ModelProto, entry: TensorEntry, shapes: dict[str, tuple[int | str, ...]]
+) -> _Dense | str:
     """The graph nodes computing ``entry``'s layer, or the reason they cannot be condensed."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
@@ -304,7 +334,7 @@ def _find_dense(model: onnx.ModelProto, entry: TensorEntry) -> _Dense | str:
     if node.input[1] not in inits:
         return "the weight is not a plain initializer (quantized?)"
     if want_conv:
-        return _find_conv(graph, inits, node, entry.module)
+        return _find_conv(graph, inits, node, entry.module, shapes)
     scope = entry.module
     consumers = _consumers(graph)
     weight = numpy_helper.to_array(inits[node.input[1]])
@@ -341,10 +371,15 @@ def _find_dense(model: onnx.ModelProto, entry: TensorEntry) -> _Dense | str:
 
 
 def _find_conv(
-    graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], node: onnx.NodeProto, scope: str
+    graph: onnx.GraphProto,
+    inits: dict[str, onnx.TensorProto],
+    node: onnx.NodeProto,
+    scope: str,
+    shapes: dict[str, tuple[int | str, ...]],
 ) -> _Dense | str:
-    """A 2-D, groups = 1 Conv (BatchNorm already folded into it by the exporter), with the Relu
-    that alone consumes its output when there is one."""
+    """A 2-D, groups = 1 Conv (BatchNorm already folded into it by the exporter), with what
+    alone consumes its output fused: a Relu; or a residual Add of another tensor of the same
+    shape (a ResNet block's sum), and the Relu that alone consumes the sum."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     weight = numpy_helper.to_array(inits[node.input[1]])
     if weight.ndim != 4:
@@ -366,13 +401,29 @@ def _find_conv(
             return "the Conv bias is not an initializer"
         bias = numpy_helper.to_array(inits[node.input[2]])
         used.append(node.input[2])
-    nodes, output = [node], node.output[0]
-    after = _consumers(graph).get(output, [])
-    relu = len(after) == 1 and after[0].op_type == "Relu" and output not in _graph_outputs(graph)
-    if relu:
-        nodes.append(after[0])
-        output = after[0].output[0]
-    return _Dense(node.input[0], output, weight, bias, nodes, used, scope, geometry, relu)
+    nodes, output, residual = [node], node.output[0], None
+    consumers, outputs = _consumers(graph), _graph_outputs(graph)
+
+    def sole(name: str, op_type: str) -> onnx.NodeProto | None:
+        after = consumers.get(name, [])
+        ok = len(after) == 1 and after[0].op_type == op_type and name not in outputs
+        return after[0] if ok else None
+
+    add = sole(output, "Add")
+    if add is not None:
+        other = add.input[1] if add.input[0] == output else add.input[0]
+        same = other in shapes and shapes.get(other) == shapes.get(output)
+        if other != output and other not in inits and same:
+            nodes.append(add)
+            residual, output = other, add.output[0]
+    relu = sole(output, "Relu")
+    if relu is not None:
+        nodes.append(relu)
+        output = relu.output[0]
+    fuse_relu = relu is not None
+    return _Dense(
+        node.input[0], output, weight, bias, nodes, used, scope, geometry, fuse_relu, residual
+    )
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
@@ -429,6 +480,8 @@ def _replace(
             new_inits[f"{prefix}.rows"] = condensed.active_rows.astype(np.int32)
             inputs.append(f"{prefix}.rows")
             attrs["out_channels" if dense.conv else "out_features"] = out_features
+        if dense.residual:  # input 5, after the optional bias and rows
+            inputs += [""] * (5 - len(inputs)) + [dense.residual]
         while inputs[-1] == "":
             inputs.pop()
         new_nodes = [
@@ -443,7 +496,9 @@ def _replace(
         ]
     else:
         new_nodes, new_inits = _standard_nodes(dense, condensed, bias, prefix, out_features)
-    position = min(i for i, n in enumerate(graph.node) if n in dense.nodes)
+    # At the last replaced node: every input of the group (a fused Add's residual too, which may
+    # be computed after the Conv) is ready there.
+    position = max(i for i, n in enumerate(graph.node) if n in dense.nodes) - len(dense.nodes) + 1
     for node in dense.nodes:
         graph.node.remove(node)
     for offset, node in enumerate(new_nodes):

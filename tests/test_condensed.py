@@ -133,6 +133,11 @@ def kernel_model(
         (33, 40000, 13, 2, 2, 2, True, 2),  # int32 indices
         (1000, 256, 26, 1, 0, 2, True, 2),  # several row chunks on the thread pool
         (12, 20, 3, 2, 12, 2, True, 1),  # every row ablated: an empty rows input, bias out
+        # AVX-512 wide direct tiles (batch > 16): 32, 48 and 64 lanes, a partial row group
+        (37, 29, 5, 17, 0, 2, True, 1),  # 32-lane tile, 37 rows (last group of 4 partial)
+        (64, 100, 13, 45, 0, 2, False, 1),  # 48-lane tile, no bias (4-row transposed stores)
+        (41, 77, 9, 64, 3, 2, True, 1),  # one full 64-lane tile, ablated rows (scattered)
+        (40, 64, 20, 150, 0, 2, True, 2),  # three 64-lane tiles (the last 22 lanes) on 2 threads
     ],
 )
 def test_kernel_matches_numpy(
@@ -243,7 +248,7 @@ def test_kernel_paths_of_narrower_instruction_sets(isa: str) -> None:
             "no:cacheprovider",
             __file__,
             "-k",
-            "kernel_matches or kernel_rejects or transformer_end_to_end",
+            "kernel_matches or kernel_rejects or transformer_end_to_end or fuses_residual",
         ],
         env=env,
         capture_output=True,
@@ -259,6 +264,27 @@ def test_kernel_rejects_out_of_range_index() -> None:
     sess = ort.InferenceSession(kernel_model(c, None, 2, in_dim="in"), condensed.session_options(1))
     with pytest.raises(Exception, match="out of range"):
         sess.run(None, {"x": np.ones((1, 4), np.float32)})
+
+
+@pytest.mark.parametrize("op", ["linear", "conv"])
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [([0, 5], r"rows must lie in \[0, {dim}\)"), ([1, 1], "rows must not repeat")],
+)
+def test_kernels_reject_bad_rows_input(op: str, rows: list[int], message: str) -> None:
+    """Both ops check their rows input with one helper (check_output_rows); the message names
+    the op's own width attribute."""
+    mask = np.zeros((3, 2, 1, 1), bool) if op == "conv" else np.zeros((3, 2), bool)
+    mask[[0, 2], 0] = True
+    c = condensed.condense(mask.astype(np.float32), mask)
+    c = c._replace(active_rows=np.array(rows, np.int64))
+    if op == "conv":
+        geometry = {"kernel_shape": [1, 1], "strides": [1, 1], "pads": [0] * 4, "dilations": [1, 1]}
+        model, dim = conv_kernel_model(c, None, geometry, False), "out_channels"
+    else:
+        model, dim = kernel_model(c, None, 2), "out_features"
+    with pytest.raises(Exception, match=message.format(dim=dim)):
+        ort.InferenceSession(model, condensed.session_options(1))
 
 
 def dense_linear(weight: np.ndarray, bias: np.ndarray, rank: int, path: Path) -> None:
@@ -446,6 +472,11 @@ def conv_kernel_model(
         (3, 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (1, 1), 2, 2, 1),  # 1x1 input, pads only
         (64, 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (20, 20), 4, 58, 2),  # batch on 2 threads
         (3700, 3, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (2, 3), 1, 9, 1),  # int32 indices
+        # im2col path (<= 256 output positions): 16 positions (one vector), 35 (masked tails,
+        # batch on 2 threads), 256 (four 64-position tiles; the second size, 19x17, is planes)
+        (6, 10, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (4, 4), 1, 20, 1),
+        (7, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (5, 7), 3, 30, 2),
+        (5, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (16, 16), 1, 11, 1),
     ],
 )
 @pytest.mark.parametrize("relu", [False, True])
@@ -589,3 +620,69 @@ def test_condense_onnx_convs(tmp_path: Path, ops: str) -> None:
             want_row.density,
         ), m
         assert got.flops_sparse == want_row.flops_sparse, m
+
+
+class ResidualNet(torch.nn.Module):
+    """Residual sums the way ResNet blocks write them: conv + shortcut conv -> Relu (the shortcut
+    is computed after the conv in graph order), conv + its input without a Relu, and a conv plus
+    a broadcast mean (another shape: not a residual to fuse)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(6, 8, 3, padding=1)
+        self.b = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.short = torch.nn.Conv2d(6, 8, 1)
+        self.c = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.d = torch.nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x))
+        h = torch.relu(self.b(h) + self.short(x))
+        h = self.c(h) + h
+        return self.d(h) + h.mean(dim=(2, 3), keepdim=True)
+
+
+@pytest.mark.parametrize("hw", [(6, 5), (20, 17)])  # im2col path, plane path
+def test_condense_onnx_fuses_residual_add(tmp_path: Path, hw: tuple[int, int]) -> None:
+    """A Conv whose output only feeds an Add of a same-shaped tensor takes that tensor as its
+    residual input (and the Relu after the sum when there is one); parity with torch at batch 1
+    and 3, ablated output channels included."""
+    torch.manual_seed(1)
+    model = ResidualNet().eval()
+    rng = np.random.default_rng(1)
+    for conv in (model.a, model.b, model.short, model.c, model.d):
+        out, fan = conv.weight.shape[0], conv.weight[0].numel()
+        keep = fan_in_mask(rng, out, fan, max(1, fan // 3), ablated=1)
+        attach_mask(conv, WeightMask(torch.from_numpy(keep.reshape(conv.weight.shape)), "fanin"))
+    manifest = Manifest(manifest_entries(model))
+    fold(model)
+    dense_path = tmp_path / "model.onnx"
+    export_onnx(model, torch.zeros(1, 6, *hw), dense_path)
+    results = condensed.condense_onnx(dense_path, manifest, tmp_path / "c.onnx")
+    by = {r.module: r for r in results}
+    assert [by[m].kernel for m in ("a", "b", "short", "c", "d")] == [condensed.CONV_OP_TYPE] * 5
+    assert by["a"].fused == ("Relu",) and by["b"].fused == ("Add", "Relu")
+    assert by["c"].fused == ("Add",) and by["short"].fused == () and by["d"].fused == ()
+    graph = onnx.load(str(tmp_path / "c.onnx")).graph
+    assert [n.op_type for n in graph.node].count("Add") == 1  # only d's broadcast sum is left
+    sess = ort.InferenceSession(str(tmp_path / "c.onnx"), condensed.session_options(1))
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, 6, *hw)).astype(np.float32)
+        with torch.no_grad():
+            want = model(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(sess.run(None, {"input": x})[0], want, atol=ATOL)
+
+
+def test_conv_kernel_rejects_residual_of_another_shape() -> None:
+    mask = np.ones((2, 3, 1, 1), bool)
+    c = condensed.condense(mask.astype(np.float32), mask)
+    geometry = {"kernel_shape": [1, 1], "strides": [1, 1], "pads": [0] * 4, "dilations": [1, 1]}
+    model = onnx.load_from_string(conv_kernel_model(c, None, geometry, True))
+    model.graph.node[0].input.extend(["", "", "r"])
+    model.graph.input.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(model.SerializeToString(), condensed.session_options(1))
+    x = np.ones((1, 3, 4, 4), np.float32)
+    got = sess.run(None, {"x": x, "r": np.full((1, 2, 4, 4), -5.0, np.float32)})[0]
+    np.testing.assert_allclose(got, 0.0)  # relu(3 - 5)
+    with pytest.raises(Exception, match="residual must be a float tensor of Y's shape"):
+        sess.run(None, {"x": x, "r": np.ones((1, 2, 1, 1), np.float32)})

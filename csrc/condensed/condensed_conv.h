@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "condensed_kernel.h"
+
 namespace sparsify {
 
 struct ConvGeometry {
@@ -37,6 +39,10 @@ struct ConvOffsets {
   int64_t h = -1, w = -1, channels = -1;  // input it was built for
   int64_t out_h = 0, out_w = 0;
   bool direct = false;     // 1x1, stride 1, no pads: kernels read x itself (plane = h * w)
+  // Small maps (im2col): x unfolded to xcol [in * kh * kw, ldcol] once per image, so the conv is
+  // the batched CondensedLinear over the out_h * out_w positions (no grid padding, no planes).
+  bool im2col = false;
+  int64_t ldcol = 0;       // positions rounded up to the vector width (zero lanes past them)
   bool aligned = false;    // rows padded to the vector width, one plane copy per column shift
   int64_t wq = 0;          // plane row width (the output grid's row width)
   int64_t copies = 1;      // shifted copies of each plane (aligned: kernel column shifts)
@@ -60,6 +66,10 @@ struct ConvPacked {
   std::vector<float> bias;        // [out]; empty when the node has no bias
   std::vector<int32_t> cols;      // [rows] output channel of each stored row; empty: identity
   std::vector<int32_t> empty_cols;  // output channels no stored row writes
+  // The same weights as a CondensedLinear over flattened [in, kh, kw] inputs, for the im2col
+  // path (its grouped layout: 4 rows, blocks of 8 entries); built only on AVX2 / AVX-512.
+  Packed linear;
+  bool has_linear = false;
   // The offsets for the last input size seen (built on first use, shared by concurrent runs).
   mutable std::mutex mutex;
   mutable std::shared_ptr<const ConvOffsets> cached;
@@ -82,8 +92,11 @@ std::string conv_output_size(const ConvGeometry& g, int64_t h, int64_t w, int64_
 // share nothing but x and write disjoint parts of y.
 class ConvPlan {
  public:
+  // residual: nullptr, or a tensor of y's shape added after the bias and before the fused ReLU
+  // (a residual Add, and the Relu after it, fused into the conv); add_residual() applies it once
+  // every chunk has run.
   ConvPlan(const ConvPacked& w, const float* x, int64_t batch, int64_t channels, int64_t h,
-           int64_t wd, float* y);
+           int64_t wd, float* y, const float* residual = nullptr);
   ConvPlan(const ConvPlan&) = delete;
   ConvPlan& operator=(const ConvPlan&) = delete;
 
@@ -91,9 +104,12 @@ class ConvPlan {
   // Whether the call has enough work (~20 us on one core) to pay for waking the pool.
   bool worth_threads() const { return chunks_ > 1 && work_ >= 1000 * 1000; }
   void run_chunk(int64_t chunk) const;
+  void add_residual() const;
 
  private:
   void fill_band(const float* x, int64_t i0, float* buf) const;
+  void fill_col(const float* x, float* xcol, float* padded) const;
+  void run_im2col(int64_t image) const;
   void store_grid(const float* buf, int64_t oh0, int64_t q0, int64_t q1, int64_t r,
                   float* y) const;
 
@@ -102,6 +118,8 @@ class ConvPlan {
   const float* x_;
   int64_t batch_, channels_, h_, wd_;
   float* y_;
+  const float* residual_;
+  bool relu_;           // ReLU in the kernels' epilogue (false when add_residual applies it)
   int64_t vec_ = 8;     // floats per SIMD vector of the chosen ISA
   int64_t rows_per_chunk_ = 0;
   int64_t row_chunks_ = 1;

@@ -94,6 +94,13 @@ struct Packed {
   Lanes lanes;  // batch-1 row-lane layout: AVX-512 always, AVX2 unless rows are very sparse
 };
 
+// Checks the `rows` input of a condensed op: cols [rows] must be distinct output indices in
+// [0, width); on success stores them in *cols_out and the indices no row writes in *empty_out.
+// `dim` names the attribute that gives width ("out_features", "out_channels") in the message.
+// Returns an error message, or "" on success.
+std::string check_output_rows(const int32_t* cols, int64_t rows, int64_t width, const char* dim,
+                              std::vector<int32_t>* cols_out, std::vector<int32_t>* empty_out);
+
 // Builds the packed form; returns an error message, or "" on success. cols_len < 0: no rows
 // input (row r writes column r); otherwise cols [cols_len] maps stored rows to output columns.
 std::string pack(const float* values, const void* indices, bool indices_are_int16,
@@ -129,6 +136,7 @@ class Plan {
   std::vector<float> xpad_;  // batch-1 lane path: x with kXPad zeros past its end
   int64_t batch_pad_ = 0;
   bool direct_ = false;  // rows straight from the grouped layout against 8- or 16-lane xt tiles
+  bool wide_ = false;    // ... against 32- to 64-lane tiles (AVX-512, batch > 16)
   int64_t tiles_ = 1;     // batch tiles of batch_pad lanes (several only on the direct path)
   int64_t rows_per_chunk_ = 0;
   int64_t row_chunks_ = 0;

@@ -11,7 +11,8 @@
 //   strides, pads [top, left, bottom, right], dilations (as ONNX Conv; groups = 1),
 //   out_channels (with rows), relu (0 or 1: ReLU fused after the bias)
 //   X [n, c, h, w] float; values [R, k]; indices [R, k]: flattened [c, kh, kw] positions;
-//   Y [n, out, oh, ow].
+//   optional 6th input residual [n, out, oh, ow] (a residual Add fused: added after the bias,
+//   before the ReLU); Y [n, out, oh, ow].
 //
 // Built against the C API header of ORT 1.21 but asking for API version kApiVersion (18), so the
 // library loads in any ONNX Runtime >= 1.18: it uses no function added after 1.18, and tells ORT
@@ -380,13 +381,24 @@ OrtStatus* ORT_API_CALL compute_conv(void* op_kernel, OrtKernelContext* ctx) {
   void* y = nullptr;
   RETURN_IF_ERROR(g_api->GetTensorMutableData(y_value, &y));
   if (n == 0 || w->out == 0 || out_h == 0 || out_w == 0) return nullptr;
-  const sparsify::ConvPlan plan(*w, static_cast<const float*>(x.data), n, c, h, wd,
-                                static_cast<float*>(y));
-  if (plan.worth_threads()) {
-    return g_api->KernelContext_ParallelFor(ctx, run_conv_chunk, static_cast<size_t>(plan.chunks()),
-                                            0, const_cast<sparsify::ConvPlan*>(&plan));
+  TensorView residual;
+  bool has_residual = false;
+  RETURN_IF_ERROR(input_view(ctx, count, 5, &has_residual, &residual));
+  if (has_residual && (residual.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT ||
+                       residual.shape != y_shape)) {
+    return fail("residual must be a float tensor of Y's shape [n, out, oh, ow]", "CondensedConv");
   }
-  for (int64_t i = 0; i < plan.chunks(); ++i) plan.run_chunk(i);
+  const sparsify::ConvPlan plan(*w, static_cast<const float*>(x.data), n, c, h, wd,
+                                static_cast<float*>(y),
+                                has_residual ? static_cast<const float*>(residual.data) : nullptr);
+  if (plan.worth_threads()) {
+    RETURN_IF_ERROR(g_api->KernelContext_ParallelFor(
+        ctx, run_conv_chunk, static_cast<size_t>(plan.chunks()), 0,
+        const_cast<sparsify::ConvPlan*>(&plan)));
+  } else {
+    for (int64_t i = 0; i < plan.chunks(); ++i) plan.run_chunk(i);
+  }
+  plan.add_residual();
   return nullptr;
 }
 
@@ -401,6 +413,7 @@ void ORT_API_CALL destroy_kernel(void* op_kernel) { delete static_cast<Kernel*>(
 const char* ORT_API_CALL op_name(const OrtCustomOp*) { return "CondensedLinear"; }
 const char* ORT_API_CALL op_provider(const OrtCustomOp*) { return "CPUExecutionProvider"; }
 size_t ORT_API_CALL input_count(const OrtCustomOp*) { return 5; }
+size_t ORT_API_CALL conv_input_count(const OrtCustomOp*) { return 6; }  // + residual
 size_t ORT_API_CALL output_count(const OrtCustomOp*) { return 1; }
 
 ONNXTensorElementDataType ORT_API_CALL input_type(const OrtCustomOp*, size_t index) {
@@ -459,6 +472,7 @@ OrtCustomOp make_op() {
 OrtCustomOp make_conv_op() {
   OrtCustomOp op = make_op();
   op.GetName = conv_op_name;
+  op.GetInputTypeCount = conv_input_count;
   op.KernelDestroy = destroy_conv_kernel;
   op.CreateKernelV2 = create_conv_kernel;
   op.KernelComputeV2 = compute_conv;
