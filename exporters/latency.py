@@ -5,6 +5,8 @@ artifacts rotated every round, so a noisy neighbour or a frequency change hits a
 every call is timed on its own. Timing continues until the figures are stable or a time cap is
 reached:
 
+* first ``warmup`` untimed calls per artifact (by default up to ``AUTO_WARMUP``, stopping once
+  they have taken ``seconds``: a large model at a large batch is not run 10 times for nothing);
 * at least ``min_rounds`` rounds and ``seconds`` per artifact (``--duration``), or exactly
   ``iterations`` calls per artifact when that is set (``--iterations``);
 * then, unless ``iterations`` fixes the count, more rounds until the 95% interval of every
@@ -40,6 +42,9 @@ from sparsify_cli.exporters.artifact import LatencyRow
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.inputs import InputSpec
 
+AUTO_WARMUP = 10
+"""Untimed calls per artifact and batch when ``--warmup`` is not given (fewer for slow models)."""
+
 BOOTSTRAP = 1000
 """Bootstrap resamples of the rounds for the 95% interval (seeded: the same times, the same
 interval)."""
@@ -51,7 +56,7 @@ class LatencySettings:
 
     batch_sizes: tuple[int, ...] = (1, 32)
     threads: int = 1
-    warmup: int = 10
+    warmup: int | None = None
     seconds: float = 1.0
     iterations: int | None = None
     round_size: int = 10
@@ -61,7 +66,7 @@ class LatencySettings:
     noisy_width: float = 0.05
 
     def __post_init__(self) -> None:
-        if self.warmup < 0:
+        if self.warmup is not None and self.warmup < 0:
             raise SparsifyError("--warmup must be >= 0", found=str(self.warmup))
         if not (math.isfinite(self.seconds) and self.seconds > 0):  # nan/inf would never end
             raise SparsifyError(
@@ -167,12 +172,15 @@ def _time_batch(
 ) -> dict[str, list[list[float]]]:
     """Blocks of per-call times (seconds) of every session, until stable (or capped)."""
     slowest = 0.0
+    auto = settings.warmup is None
     for name, sess in sessions.items():
-        calls = []
-        for _ in range(settings.warmup):  # also tells how long one call takes
+        calls: list[float] = []
+        for _ in range(AUTO_WARMUP if auto else settings.warmup):  # tells how long a call takes
             t0 = time.perf_counter()
             sess.run(None, feeds[name])
             calls.append(time.perf_counter() - t0)
+            if auto and sum(calls) >= settings.seconds:
+                break
         slowest = max(slowest, float(np.median(calls)) if calls else 0.0)
     names = list(sessions)
     size = _block_size(slowest, settings)

@@ -45,7 +45,13 @@ DurationOpt = Annotated[
     ),
 ]
 WarmupOpt = Annotated[
-    int, typer.Option("--warmup", help="Untimed calls per artifact and batch first.")
+    int | None,
+    typer.Option(
+        "--warmup",
+        help="Untimed calls per artifact and batch first [default: up to 10, stopping once "
+        "they took --duration]",
+        show_default=False,
+    ),
 ]
 IterationsOpt = Annotated[
     int | None,
@@ -266,7 +272,7 @@ def convert(
     batch_sizes: BatchSizesOpt = "1,32",
     threads: ThreadsOpt = 1,
     bench_seconds: DurationOpt = 1.0,
-    bench_warmup: WarmupOpt = 10,
+    bench_warmup: WarmupOpt = None,
     bench_iterations: IterationsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed for masks and training.")] = 0,
     epochs: Annotated[int, typer.Option(help="Training epochs (asp, srste, maxq, --dst).")] = 8,
@@ -489,7 +495,7 @@ def bench(
     batch_sizes: BatchSizesOpt = "1,32",
     threads: ThreadsOpt = 1,
     bench_seconds: DurationOpt = 1.0,
-    warmup: WarmupOpt = 10,
+    warmup: WarmupOpt = None,
     iterations: IterationsOpt = None,
     data: Annotated[
         str | None, typer.Option(help="Measure accuracy too on this dataset name or .npz.")

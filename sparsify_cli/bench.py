@@ -8,7 +8,7 @@ The result is a small versioned JSON document (``kind: "sparsify-bench"``, ``sch
 
     {"kind": "sparsify-bench", "schema": 2, "tool_version": str, "created": str,
      "environment": {...same as report.json...},
-     "settings": {"batch_sizes": [int], "threads": int, "warmup": int, "seconds": float,
+     "settings": {"batch_sizes": [int], "threads": int, "warmup": int|null, "seconds": float,
                   "iterations": int | null, "round_size": int, "min_rounds": int,
                   "target": float, "max_factor": float, "noisy_width": float},
      "data": str | null,                   # the --data spec accuracy was measured on

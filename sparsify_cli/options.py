@@ -103,7 +103,7 @@ class ConvertOptions:
     batch_sizes: tuple[int, ...] = (1, 32)
     threads: int = 1
     bench_seconds: float = 1.0
-    bench_warmup: int = 10
+    bench_warmup: int | None = None
     bench_iterations: int | None = None
     seed: int = 0
     trust_checkpoint: bool = False

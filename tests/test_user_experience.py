@@ -74,6 +74,30 @@ def test_latency_rows_carry_iterations_interval_and_noise_flag(tmp_path):
     assert row.speedup_vs_dense is None and row.ratio_low is None and row.iterations >= 60
 
 
+class _Counted:
+    """A real ONNX Runtime session that counts its calls."""
+
+    def __init__(self, sess):
+        self.sess, self.calls = sess, 0
+
+    def run(self, *args):
+        self.calls += 1
+        return self.sess.run(*args)
+
+
+def test_default_warmup_stops_once_it_took_the_duration_and_an_explicit_one_is_kept(tmp_path):
+    from sparsify_cli.exporters import runtime
+    from sparsify_cli.exporters.latency import AUTO_WARMUP, _feeds, _time_batch
+
+    path = linear(tmp_path / "big.onnx", 512, 512)
+    for warmup, seconds, expect in ((None, 1e-9, 1), (None, 60.0, AUTO_WARMUP), (3, 1e-9, 3)):
+        sess = _Counted(runtime.session(path, 1))
+        settings = LatencySettings((1,), warmup=warmup, seconds=seconds, iterations=10)
+        blocks = _time_batch({"a": sess}, _feeds({"a": sess.sess}, (512,), 1), settings, None)
+        timed = sum(len(b) for b in blocks["a"])
+        assert sess.calls - timed == expect, (warmup, seconds)
+
+
 def test_ratio_interval_is_tight_on_steady_times_and_wide_on_noisy_ones():
     rng = np.random.default_rng(0)
     base = [list(1.0 + 0.001 * rng.standard_normal(10)) for _ in range(20)]
