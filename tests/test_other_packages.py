@@ -47,7 +47,10 @@ class Encoder(nn.Module):
 """
 
 
-def _report(out) -> dict:
+def _convert(source, out, *args: str) -> dict:
+    """``sparsify convert SOURCE ARGS --out OUT`` (fast timing); its report.json."""
+    result = invoke("convert", str(source), *args, "--out", str(out), *FAST)
+    assert result.exit_code == 0, result.output
     return json.loads((out / "report.json").read_text())
 
 
@@ -64,19 +67,7 @@ def test_gpt2_conv1d_projections_are_sparsified_condensed_and_reload(tmp_path) -
     torch.manual_seed(0)
     transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
     out = tmp_path / "out"
-    result = invoke(
-        "convert",
-        str(tmp_path / "gpt2"),
-        "--nm",
-        "2:4",
-        "--export",
-        "onnx,condensed",
-        "--out",
-        str(out),
-        *FAST,
-    )
-    assert result.exit_code == 0, result.output
-    report = _report(out)
+    report = _convert(tmp_path / "gpt2", out, "--nm", "2:4", "--export", "onnx,condensed")
     projections = {
         f"hf.transformer.h.{i}.{part}"
         for i in range(2)
@@ -114,28 +105,13 @@ def test_transformer_encoder_with_deep_copied_layers_in_every_artifact(tmp_path)
         torch.manual_seed(0)
         torch.save(encmodels.Encoder().state_dict(), tmp_path / "enc.pt")  # layers equal
         out = tmp_path / "out"
-        result = invoke(
-            "convert",
-            str(tmp_path / "enc.pt"),
-            "--arch",
-            "encmodels:Encoder",
-            "--input-shape",
-            "1,8,16",
-            "--nm",
-            "2:4",
-            "--export",
-            "onnx,condensed",
-            "--quantize",
-            "int8-dynamic",
-            "--out",
-            str(out),
-            *FAST,
-        )
+        report = _convert(
+            tmp_path / "enc.pt", out, "--arch", "encmodels:Encoder", "--input-shape", "1,8,16",
+            "--nm", "2:4", "--export", "onnx,condensed", "--quantize", "int8-dynamic",
+        )  # fmt: skip
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("encmodels", None)
-    assert result.exit_code == 0, result.output
-    report = _report(out)
     sparse = {r["name"] for r in report["layers"] if r["pattern"] == "2:4"}
     expected = {"proj"} | {
         f"enc.layers.{i}.{part}"
@@ -162,19 +138,7 @@ def test_hf_vision_folder_gets_pixel_values_and_condensed_convs(tmp_path) -> Non
     torch.manual_seed(0)
     transformers.ResNetForImageClassification(config).save_pretrained(tmp_path / "resnet")
     out = tmp_path / "out"
-    result = invoke(
-        "convert",
-        str(tmp_path / "resnet"),
-        "--nm",
-        "2:4",
-        "--export",
-        "onnx,condensed",
-        "--out",
-        str(out),
-        *FAST,
-    )
-    assert result.exit_code == 0, result.output
-    report = _report(out)
+    report = _convert(tmp_path / "resnet", out, "--nm", "2:4", "--export", "onnx,condensed")
     (given,) = onnx.load(str(out / "model.onnx")).graph.input
     dims = [d.dim_value or d.dim_param for d in given.type.tensor_type.shape.dim]
     assert (given.name, dims) == ("pixel_values", ["batch", 3, 224, 224])
@@ -217,23 +181,10 @@ def test_encoder_decoder_t5_reads_text_shifted_into_the_decoder(tmp_path) -> Non
     transformers.T5ForConditionalGeneration(config).save_pretrained(folder)
     text = write_text(tmp_path / "train.txt", 60)
     out = tmp_path / "out"
-    result = invoke(
-        "convert",
-        str(folder),
-        "--nm",
-        "2:4",
-        "--method",
-        "sparsegpt",
-        "--data",
-        str(text),
-        "--out",
-        str(out),
-        *FAST,
-    )
-    assert result.exit_code == 0, result.output
+    args = ("--nm", "2:4", "--method", "sparsegpt", "--data", str(text))
+    report = _convert(folder, out, *args)
     names = [i.name for i in onnx.load(str(out / "model.onnx")).graph.input]
     assert names == ["input_ids", "attention_mask", "decoder_input_ids"]
-    report = _report(out)
     assert report["agreement"]["samples"] >= 6  # the held-out texts, not the random example
     sparse = [r for r in report["layers"] if r["pattern"] == "2:4"]
     assert any("decoder" in r["name"] for r in sparse) and any(
