@@ -126,6 +126,8 @@ class Sparsifier:
         self._armed: int | None = None
         self.dense: nn.Module | None = None
         """The model before its masks, when the caller kept a copy (the export baseline)."""
+        self.example: Any = None
+        """A batch of the model's inputs, when the caller gave one (what export traces)."""
 
     def _arm(self) -> None:
         if self._armed != self.steps:
