@@ -424,6 +424,7 @@ def _export_all(run: Run) -> dict[str, Artifact]:
         calib_x=data.x_train if data is not None else None,
         options=run.opts,
         layers=[c.name for c in run.choices],
+        specs=loaded.specs,
         status=run.hooks.status,
     )
     for name in run.opts.formats():
