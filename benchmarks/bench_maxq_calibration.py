@@ -12,7 +12,13 @@ confidence. Rows:
   ``1 + m_filter + m_position`` into the weights, as the authors' ``weight_transfer.py --mode 1``);
 * ``maxq-hard``: the same MaxQ run, but deployed with the hard N:M mask (soft factors dropped
   at folding, BatchNorm statistics left as trained): what deploying the hard mask would do;
+* ``maxq-fresh``: the same MaxQ run, folded with the soft factors recomputed from the final
+  weights (the authors' ``rep_weight``) instead of those of the last training forward;
 * ``maxq-nosoft``: MaxQ trained without the soft factors (incremental sparsity and decay only).
+
+``best T`` is the temperature that minimises the held-out NLL of ``logits / T`` (T > 1: the
+model is over-confident), ``NLL at best T`` that minimum: what is left once the logit scale
+is corrected.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from sparsify_cli.passes import (
     select_layers,
 )
 from sparsify_cli.passes import maxq as maxq_module
+from sparsify_cli.passes.masks import dense_weight, get_mask, masked_modules
 from sparsify_cli.passes.training import make_loader, predict
 from sparsify_cli.samples.datasets import DATASETS
 
@@ -53,11 +60,16 @@ def scores(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
         sel = (conf.numpy() > lo) & (conf.numpy() <= hi)
         if sel.any():
             ece += sel.mean() * abs(correct[sel].mean() - conf.numpy()[sel].mean())
+    labels = torch.from_numpy(y)
+    grid = np.exp(np.linspace(np.log(0.25), np.log(8.0), 97))
+    best_t = min(grid, key=lambda T: float(F.cross_entropy(t / T, labels)))
     return {
         "top1": 100 * correct.mean(),
-        "nll": float(F.cross_entropy(t, torch.from_numpy(y))),
+        "nll": float(F.cross_entropy(t, labels)),
         "ece": 100 * ece,
         "conf": 100 * float(conf.mean()),
+        "best_T": float(best_t),
+        "nll_at_T": float(F.cross_entropy(t / best_t, labels)),
     }
 
 
@@ -84,6 +96,11 @@ def train(method: str, epochs: int, seed: int, data, base, targets):
             if isinstance(mask, maxq_module.MaxQMask):
                 mask.soft.copy_(mask.mask.float())
         rows["maxq-hard"] = run_passes(hard, [FoldConfig()], PassContext())
+        fresh = copy.deepcopy(model)  # authors' weight_transfer.py: factors from the final W
+        for _, module in masked_modules(fresh):
+            mask = get_mask(module)
+            mask.refresh(dense_weight(module), 0.0)
+        rows["maxq-fresh"] = run_passes(fresh, [FoldConfig()], PassContext())
     rows[method] = run_passes(model, [FoldConfig()], PassContext())
     return rows
 
@@ -92,8 +109,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     base = load_model("digits_cnn")
     data = DATASETS["digits"]()
     choices = select_layers(base.model, 4, base.example, Selection())
@@ -107,13 +125,13 @@ def main() -> None:
                 results.setdefault(name, []).append(s)
                 print(f"seed {seed} {name:>12}: " + "  ".join(f"{k} {v:.3f}" for k, v in s.items()))
     print(f"\n{len(args.seeds)} seed(s), {args.epochs} epochs, 2:4, {len(data.y_test)} test images")
-    print("| method | top-1 % | NLL | ECE % | mean confidence % |")
-    print("|---|---|---|---|---|")
+    print("| method | top-1 % | NLL | ECE % | mean confidence % | best T | NLL at best T |")
+    print("|---|---|---|---|---|---|---|")
     for name, rows in results.items():
         mean = {k: np.mean([r[k] for r in rows]) for k in rows[0]}
         print(
             f"| {name} | {mean['top1']:.2f} | {mean['nll']:.4f} | {mean['ece']:.2f} "
-            f"| {mean['conf']:.2f} |"
+            f"| {mean['conf']:.2f} | {mean['best_T']:.2f} | {mean['nll_at_T']:.4f} |"
         )
 
 
