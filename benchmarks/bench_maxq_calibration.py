@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
 from sparsify_cli.loading import load_model
 from sparsify_cli.passes import (
@@ -42,7 +44,7 @@ from sparsify_cli.passes import (
     select_layers,
 )
 from sparsify_cli.passes import maxq as maxq_module
-from sparsify_cli.passes.masks import dense_weight, get_mask, masked_modules
+from sparsify_cli.passes.masks import dense_weight, get_mask
 from sparsify_cli.passes.training import make_loader, predict
 from sparsify_cli.samples.datasets import DATASETS
 
@@ -73,12 +75,33 @@ def scores(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
     }
 
 
-def train(method: str, epochs: int, seed: int, data, base, targets):
+@torch.no_grad()
+def folded_copy(trained, dense, factor):
+    """A plain copy of ``dense`` holding ``trained``'s parameters and buffers, each MaxQ weight
+    folded as ``W * factor(mask, W)``. (Folding a deep copy of a parametrized model would
+    remove the parametrization class both copies share.)"""
+    out = copy.deepcopy(dense)
+    modules = dict(trained.named_modules())
+    for name, module in out.named_modules():
+        src = modules[name]
+        mask = get_mask(src) if parametrize.is_parametrized(src, "weight") else None
+        for pname, param in module.named_parameters(recurse=False):
+            if pname == "weight" and mask is not None:
+                weight = dense_weight(src)
+                param.copy_(weight * factor(mask, weight))
+            else:
+                param.copy_(getattr(src, pname))
+        for bname, buf in module.named_buffers(recurse=False):
+            buf.copy_(getattr(src, bname))
+    return out.eval()
+
+
+def train(method: str, epochs: int, seed: int, data, base, targets, nm=(2, 4)):
     model = copy.deepcopy(base.model)
     torch.manual_seed(seed)
     ctx = PassContext(targets=targets, example=base.example, seed=seed)
     ctx.train = make_loader(data.x_train, data.y_train, 64, shuffle=True, seed=seed)
-    settings = {"n": 2, "m": 4, "epochs": epochs, "lr": 1e-3}
+    settings = {"n": nm[0], "m": nm[1], "epochs": epochs, "lr": 1e-3}
     config = {"asp": ASPConfig, "srste": SRSTEConfig}.get(method, MaxQConfig)(**settings)
     if method == "maxq-nosoft":
         original = maxq_module.axis_soft
@@ -90,17 +113,11 @@ def train(method: str, epochs: int, seed: int, data, base, targets):
     else:
         model = run_passes(model, [config], ctx)
     rows = {}
-    if method == "maxq":
-        hard = copy.deepcopy(model)
-        for mask in hard.modules():
-            if isinstance(mask, maxq_module.MaxQMask):
-                mask.soft.copy_(mask.mask.float())
-        rows["maxq-hard"] = run_passes(hard, [FoldConfig()], PassContext())
-        fresh = copy.deepcopy(model)  # authors' weight_transfer.py: factors from the final W
-        for _, module in masked_modules(fresh):
-            mask = get_mask(module)
-            mask.refresh(dense_weight(module), 0.0)
-        rows["maxq-fresh"] = run_passes(fresh, [FoldConfig()], PassContext())
+    if method == "maxq":  # other foldings of the same run, built apart (see folded_copy)
+        rows["maxq-hard"] = folded_copy(model, base.model, lambda mask, w: mask.mask.float())
+        rows["maxq-fresh"] = folded_copy(  # authors' weight_transfer.py: factors from final W
+            model, base.model, lambda mask, w: maxq_module.maxq_soft_mask(w, mask.nm, 0.0, mask.tau)
+        )
     rows[method] = run_passes(model, [FoldConfig()], PassContext())
     return rows
 
@@ -110,21 +127,34 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--nm", default="2:4")
+    parser.add_argument(
+        "--train-rows", type=int, default=None, help="train on the first N rows (a harder regime)"
+    )
     args = parser.parse_args()
+    nm = tuple(int(v) for v in args.nm.split(":"))
     torch.set_num_threads(args.threads)
     base = load_model("digits_cnn")
     data = DATASETS["digits"]()
-    choices = select_layers(base.model, 4, base.example, Selection())
+    if args.train_rows:
+        data = dataclasses.replace(
+            data, x_train=data.x_train[: args.train_rows], y_train=data.y_train[: args.train_rows]
+        )
+    choices = select_layers(base.model, nm[1], base.example, Selection())
     targets = [c.name for c in choices if c.selected]
     dense = scores(predict(base.model, data.x_test), data.y_test)
     results: dict[str, list[dict[str, float]]] = {"dense": [dense]}
     for seed in args.seeds:
         for method in ("asp", "srste", "maxq", "maxq-nosoft"):
-            for name, model in train(method, args.epochs, seed, data, base, targets).items():
+            trained = train(method, args.epochs, seed, data, base, targets, nm)
+            for name, model in trained.items():
                 s = scores(predict(model, data.x_test), data.y_test)
                 results.setdefault(name, []).append(s)
                 print(f"seed {seed} {name:>12}: " + "  ".join(f"{k} {v:.3f}" for k, v in s.items()))
-    print(f"\n{len(args.seeds)} seed(s), {args.epochs} epochs, 2:4, {len(data.y_test)} test images")
+    print(
+        f"\n{len(args.seeds)} seed(s), {args.epochs} epochs, {args.nm}, "
+        f"{len(data.y_train)} training rows, {len(data.y_test)} test images"
+    )
     print("| method | top-1 % | NLL | ECE % | mean confidence % | best T | NLL at best T |")
     print("|---|---|---|---|---|---|---|")
     for name, rows in results.items():

@@ -13,6 +13,9 @@ subclass) and their :class:`~sparsify_cli.passes.training.Callbacks`. Training i
   ``ctx.resume`` continues from it and reaches the same weights bit for bit as an uninterrupted
   run with the same seed.
 * A non-finite loss stops training and restores the last good epoch (or the starting point).
+* BatchNorm statistics are re-estimated on the training data once training ends
+  (:meth:`~sparsify_cli.passes.sparsifier.Sparsifier.recalibrate_norms`), so evaluation and
+  folding use the statistics of the model as trained, not a lagging average.
 """
 
 from __future__ import annotations
@@ -240,5 +243,8 @@ def finetune(
         ctx.metrics.setdefault(config.name, {})["stopped"] = str(err)
     finally:
         sparsifier.close()
-    ctx.metrics.setdefault(config.name, {}).update(dataclasses.asdict(history))
+    metrics = ctx.metrics.setdefault(config.name, {})
+    metrics.update(dataclasses.asdict(history))
+    if history.loss:  # trained: the BatchNorm statistics of the model as it ends
+        metrics["norm_batches"] = sparsifier.recalibrate_norms(ctx.train, ctx.device)
     return model.eval()
