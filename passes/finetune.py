@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -47,6 +48,8 @@ from sparsify_cli.passes.training import (
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "sgd")
+NORM_BATCHES = 200
+"""Training batches the BatchNorm statistics are re-estimated on after fine-tuning (at most)."""
 
 
 @dataclass(frozen=True)
@@ -246,5 +249,6 @@ def finetune(
     metrics = ctx.metrics.setdefault(config.name, {})
     metrics.update(dataclasses.asdict(history))
     if history.loss:  # trained: the BatchNorm statistics of the model as it ends
-        metrics["norm_batches"] = sparsifier.recalibrate_norms(ctx.train, ctx.device)
+        batches = itertools.islice(ctx.train, NORM_BATCHES)
+        metrics["norm_batches"] = sparsifier.recalibrate_norms(batches, ctx.device)
     return model.eval()
