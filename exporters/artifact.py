@@ -203,6 +203,8 @@ class ExportStage:
     calib_x: Any = None
     options: Any = None
     layers: Sequence[str] = ()
+    specs: Sequence[Any] = ()
+    """The model's inputs (:class:`~sparsify_cli.passes.inputs.InputSpec`), in call order."""
     status: Callable[[str], None] = lambda message: None
     built: dict[str, Artifact] = field(default_factory=dict)
 

@@ -147,7 +147,8 @@ def _tensorrt_tolerance(stage: ExportStage) -> float:
 
 
 def build_tensorrt(stage: ExportStage) -> Artifact:
-    """Dense and 2:4 fp16 engines of the sparse ONNX: which layers run sparse, parity, latency."""
+    """Dense and 2:4 fp16 engines of the sparse ONNX: which layers run sparse, parity, latency.
+    Models with several inputs (token ids, attention mask, ...) get a profile per input."""
     import onnx
 
     from sparsify_cli.exporters.onnx_export import weight_refs
@@ -165,6 +166,7 @@ def build_tensorrt(stage: ExportStage) -> Artifact:
         batch_sizes=stage.options.batch_sizes,
         timing=TimingSettings(duration_s=stage.options.bench_seconds),
         labels=stage.labels,
+        specs=stage.specs,
     )
     return require_parity(art, "TensorRT engine")
 
@@ -199,6 +201,5 @@ register_exporter(
         build_tensorrt,
         ort_timed=False,
         check=_tensorrt_check,
-        single_input=True,
     )
 )

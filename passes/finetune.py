@@ -13,12 +13,16 @@ subclass) and their :class:`~sparsify_cli.passes.training.Callbacks`. Training i
   ``ctx.resume`` continues from it and reaches the same weights bit for bit as an uninterrupted
   run with the same seed.
 * A non-finite loss stops training and restores the last good epoch (or the starting point).
+* BatchNorm statistics are re-estimated on the training data once training ends
+  (:meth:`~sparsify_cli.passes.sparsifier.Sparsifier.recalibrate_norms`), so evaluation and
+  folding use the statistics of the model as trained, not a lagging average.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -44,6 +48,8 @@ from sparsify_cli.passes.training import (
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "sgd")
+NORM_BATCHES = 200
+"""Training batches the BatchNorm statistics are re-estimated on after fine-tuning (at most)."""
 
 
 @dataclass(frozen=True)
@@ -240,5 +246,9 @@ def finetune(
         ctx.metrics.setdefault(config.name, {})["stopped"] = str(err)
     finally:
         sparsifier.close()
-    ctx.metrics.setdefault(config.name, {}).update(dataclasses.asdict(history))
+    metrics = ctx.metrics.setdefault(config.name, {})
+    metrics.update(dataclasses.asdict(history))
+    if history.loss:  # trained: the BatchNorm statistics of the model as it ends
+        batches = itertools.islice(ctx.train, NORM_BATCHES)
+        metrics["norm_batches"] = sparsifier.recalibrate_norms(batches, ctx.device)
     return model.eval()

@@ -13,6 +13,12 @@ your loop calls. ``finalize()`` folds the masks into exact zeros and returns the
 ...         optimizer.zero_grad(); loss.backward(); optimizer.step()
 ...         sp.step(optimizer)
 >>> manifest = sp.finalize()                                             # doctest: +SKIP
+>>> report = export(model, manifest, "out/", formats=("onnx", "int8"),  # doctest: +SKIP
+...                 example=x, dense=sp.dense, data="digits")
+
+:func:`export` then writes what ``sparsify convert`` writes (verified ONNX, condensed, int8,
+TensorRT, latency against the dense baseline, ``report.json``, ``report.html``) through the
+pipeline's own stages (:func:`sparsify_cli.pipeline.export_model`).
 
 There is one implementation: the CLI's fine-tuning loop
 (:func:`sparsify_cli.passes.training.fit`) drives the very same ``Sparsifier``, so the same seed,
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +42,7 @@ from sparsify_cli.passes.dst import DSTConfig
 from sparsify_cli.passes.errors import SparsifyError
 from sparsify_cli.passes.finetune import FinetuneConfig
 from sparsify_cli.passes.inputs import Example
+from sparsify_cli.passes.manifest import Manifest
 from sparsify_cli.passes.maxq import MaxQConfig
 from sparsify_cli.passes.pattern import NMPattern
 from sparsify_cli.passes.selection import Selection, select_layers
@@ -51,7 +59,7 @@ LOOP_OPTIONS = {f.name for f in dataclasses.fields(FinetuneConfig)} - {"n", "m",
 """Settings of the CLI's own loop (learning rate, optimizer, objective): in your loop they are
 yours, so :func:`prepare` refuses them rather than ignore them."""
 
-__all__ = ["Sparsifier", "prepare"]
+__all__ = ["Sparsifier", "export", "prepare"]
 
 
 def _config(method: str, nm: str, epochs: int, sparsity: float, options: dict[str, Any]) -> Any:
@@ -120,4 +128,129 @@ def prepare(
     dense = copy.deepcopy(model).eval() if keep_dense else None
     sp = attach(model, config, targets, seed, steps_per_epoch)
     sp.dense = dense
+    sp.example = example
     return sp
+
+
+EXPORT_SETTINGS = (
+    "batch_sizes",
+    "threads",
+    "bench_seconds",
+    "bench_warmup",
+    "bench_iterations",
+    "parity_atol",
+    "condensed_ops",
+    "calib_size",
+    "calib_method",
+    "reduce_range",
+    "max_length",
+)
+"""``sparsify convert`` options that :func:`export` takes as keyword arguments (same meaning,
+same checks)."""
+
+
+def _trained_options(manifest: Manifest) -> tuple[dict[str, Any], list[Any]]:
+    """The convert options that describe the training recorded in ``manifest`` (the report's
+    method and pattern), and its pass configs."""
+    from sparsify_cli.passes.registry import config_from_dict
+
+    configs = [config_from_dict(p) for p in manifest.recipe.get("passes", [])]
+    first = configs[0] if configs else None
+    patterns = {e.pattern for e in manifest.entries.values()}
+    settings: dict[str, Any] = {}
+    if isinstance(first, DSTConfig):
+        settings = {"dst": first.method, "sparsity": first.sparsity, "epochs": first.epochs}
+    elif first is not None and first.name in (*NM_METHODS, "magnitude"):
+        settings = {"method": first.name, "nm": f"{first.n}:{first.m}"}
+        if first.name in NM_METHODS:
+            settings["epochs"] = first.epochs
+    elif len(patterns) == 1 and ":" in next(iter(patterns)):
+        settings = {"nm": next(iter(patterns))}
+    return settings, configs
+
+
+def export(
+    model: nn.Module,
+    manifest: Manifest,
+    out: str | os.PathLike[str],
+    formats: Sequence[str] = ("onnx",),
+    *,
+    example: Any = None,
+    dense: nn.Module | None = None,
+    data: Any = None,
+    force: bool = False,
+    seed: int = 0,
+    **settings: Any,
+) -> dict[str, Any]:
+    """Write ``sparsify convert``'s verified artifacts and report for a model you trained.
+
+    ``model`` and ``manifest`` are what your loop ends with (``manifest = sp.finalize()``);
+    ``dense`` is the model before its masks (``sp.dense``), the baseline every artifact is timed
+    and compared against; ``example`` a batch of inputs (``sp.example``). ``formats`` names the
+    artifacts: ``onnx`` (always), ``condensed``, ``tensorrt``, and one of ``int8`` /
+    ``int8-dynamic``. ``data`` (a dataset name, an ``.npz`` as for ``--data``, or a
+    :class:`~sparsify_cli.samples.datasets.Dataset`) gives the held-out inputs and labels for
+    parity and accuracy and the calibration rows of ``int8``; without it parity runs on
+    ``example``, accuracy is not measured (the report's ``accuracy`` is null; a log line says
+    so) and ``int8`` is refused. ``settings`` are the convert options of the export stages
+    (:data:`EXPORT_SETTINGS`: ``batch_sizes``, ``bench_seconds``, ``threads``, ...). Returns the
+    ``report.json`` document; the folder ``out`` holds ``model.onnx``, ``model_dense.onnx``,
+    ``manifest.safetensors``, ``model_sparse.safetensors``, ``report.json`` and ``report.html``
+    (no ``recipe.yaml``: a recipe cannot replay your loop).
+    """
+    from sparsify_cli.exporters.formats import QUANT_FILES
+    from sparsify_cli.options import ConvertOptions
+    from sparsify_cli.pipeline import Hooks, export_model
+    from sparsify_cli.samples.datasets import Dataset
+
+    missing = [
+        what
+        for what, value in (("example=<a batch of inputs> (sp.example)", example),
+                            ("dense=<the model before prepare()> (sp.dense)", dense))
+        if value is None
+    ]  # fmt: skip
+    if missing:
+        raise SparsifyError(
+            "export() needs " + " and ".join(m.split("=")[0] for m in missing),
+            expected="; ".join(missing),
+            fix="prepare() keeps both on the Sparsifier unless keep_dense=False",
+        )
+    unknown = sorted(set(settings) - set(EXPORT_SETTINGS))
+    if unknown:
+        raise SparsifyError(
+            f"export() does not take {unknown}", expected=f"settings among {EXPORT_SETTINGS}"
+        )
+    if isinstance(formats, str):
+        formats = tuple(f.strip() for f in formats.split(","))
+    quantize = [f for f in formats if f in QUANT_FILES]
+    if len(quantize) > 1:
+        raise SparsifyError("export() takes one int8 format", found=", ".join(quantize))
+    if data is not None and not isinstance(data, (str, os.PathLike, Dataset)):
+        raise SparsifyError(
+            "export() cannot read this data",
+            expected="a dataset name, an .npz path, or a sparsify_cli.samples.datasets.Dataset",
+            found=type(data).__name__,
+        )
+    trained, configs = _trained_options(manifest)
+    opts = ConvertOptions(
+        source=None,
+        out=str(out),
+        export=tuple(f for f in formats if f not in QUANT_FILES) or ("onnx",),
+        quantize=quantize[0] if quantize else None,
+        data=os.fspath(data) if isinstance(data, (str, os.PathLike)) else None,
+        force=force,
+        seed=seed,
+        passes=tuple(configs),
+        **trained,
+        **{k: tuple(v) if k == "batch_sizes" else v for k, v in settings.items()},
+    )
+    report, _ = export_model(
+        model,
+        manifest,
+        dense,
+        example,
+        opts,
+        data=data if isinstance(data, Dataset) else None,
+        hooks=Hooks(),
+    )
+    return report

@@ -17,13 +17,14 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 import sparsify_cli.exporters.formats  # noqa: F401  (registers the built-in exporters)
 from sparsify_cli import validation
@@ -63,7 +64,7 @@ from sparsify_cli.report import new_report, tool_version, write_report
 from sparsify_cli.samples.datasets import Dataset
 from sparsify_cli.text_data import DEFAULT_MAX_LENGTH, is_text_data, load_text_data
 
-__all__ = ["ConvertOptions", "Hooks", "convert", "resolve_passes"]
+__all__ = ["ConvertOptions", "Hooks", "convert", "export_model", "resolve_passes"]
 
 log = logging.getLogger(__name__)
 
@@ -330,12 +331,19 @@ def _what_runs(run: Run) -> str:
     return f"sparsifying {layers} layers at {opts.nm} ({opts.method}, one-shot)"
 
 
+def _baseline(run: Run, dense: nn.Module) -> None:
+    """The dense model's ONNX (timed beside the artifacts) and its outputs on the check inputs
+    (what accuracy, agreement and the guard compare with)."""
+    loaded = run.loaded
+    run.hooks.status("exporting the dense baseline")
+    export_onnx(dense, loaded.example, run.staging / "model_dense.onnx", loaded.specs)
+    run.dense_out = predict(dense, _check_x(run))
+
+
 def _sparsify(run: Run) -> bool:
     """Export the dense baseline, run the passes; ``False`` on a torchrun rank that is done."""
     loaded = run.loaded
-    run.hooks.status("exporting the dense baseline")
-    export_onnx(loaded.model, loaded.example, run.staging / "model_dense.onnx", loaded.specs)
-    run.dense_out = predict(loaded.model, _check_x(run))  # the accuracy guard compares with it
+    _baseline(run, loaded.model)
     run.hooks.status(_what_runs(run))
     run.ctx = _training_context(run)
     distributed.agree()  # every rank is ready to train (or all stop, with one message)
@@ -364,8 +372,9 @@ def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _save(run: Run) -> None:
     """Recipe, manifest, sparse weights (and the Hugging Face folder) into staging."""
     loaded, staging = run.loaded, run.staging
-    run.recipe = recipe_dict(run.opts, run.configs)
-    write_recipe(staging / "recipe.yaml", run.recipe)
+    if run.recipe is None:  # a convert run: replayable with --recipe
+        run.recipe = recipe_dict(run.opts, run.configs)
+        write_recipe(staging / "recipe.yaml", run.recipe)
     versions = {"sparsify": tool_version(), "torch": torch.__version__}
     run.manifest = Manifest(run.ctx.manifest, recipe=run.recipe, versions=versions)
     run.manifest.save(staging / "manifest.safetensors")
@@ -430,6 +439,7 @@ def _export_all(run: Run) -> dict[str, Artifact]:
         calib_x=data.x_train if data is not None else None,
         options=run.opts,
         layers=[c.name for c in run.choices],
+        specs=loaded.specs,
         status=run.hooks.status,
     )
     for name in run.opts.formats():
@@ -505,6 +515,20 @@ def _report(run: Run, built: dict[str, Artifact], dense_latency: list[Any]) -> d
     return report
 
 
+def _publish(run: Run) -> dict[str, Any]:
+    """The stages after sparsifying, shared by ``convert`` and :func:`export_model`: save the
+    manifest and weights, export and verify every format, time them beside the dense baseline,
+    write ``report.json`` and ``report.html``, and move the staging folder into place."""
+    _save(run)
+    artifacts = _export_all(run)
+    report = _report(run, artifacts, _measure(run, artifacts))
+    report["warnings"] = report.get("warnings", []) + artifact_findings(report)
+    write_report(run.staging / "report.json", report)
+    write_html(run.staging, report)
+    publish(run.staging, run.out)
+    return report
+
+
 def convert(
     opts: ConvertOptions, hooks: Hooks = Hooks(), need_labels: bool = False
 ) -> tuple[dict[str, Any], Path]:
@@ -524,13 +548,7 @@ def convert(
     try:
         if not _sparsify(run):
             return run.ctx.metrics, run.out
-        _save(run)
-        artifacts = _export_all(run)
-        report = _report(run, artifacts, _measure(run, artifacts))
-        report["warnings"] = report.get("warnings", []) + artifact_findings(report)
-        write_report(run.staging / "report.json", report)
-        write_html(run.staging, report)
-        publish(run.staging, run.out)
+        report = _publish(run)
         if run.ctx.workdir is not None:
             shutil.rmtree(run.ctx.workdir, ignore_errors=True)
     finally:
@@ -539,4 +557,117 @@ def convert(
         if lock is not None:
             lock.release()
         drop_idle_workdir(run.ctx.workdir if run.ctx else None)
+    return report, run.out
+
+
+def _check_trained(model: nn.Module, manifest: Manifest) -> None:
+    """The model is folded (no masks left) and its weights hold the manifest's zeros."""
+    from sparsify_cli.passes.masks import masked_modules
+
+    left = [name for name, _ in masked_modules(model)]
+    if left:
+        raise SparsifyError(
+            "the model still carries its training masks",
+            found=", ".join(left[:6]),
+            fix="call manifest = sp.finalize() before export()",
+        )
+    if not manifest.entries:
+        raise SparsifyError(
+            "the manifest lists no sparse tensor", fix="pass the manifest sp.finalize() returned"
+        )
+    modules = dict(model.named_modules())
+    for name, entry in manifest.entries.items():
+        module = modules.get(entry.module)
+        weight = getattr(module, "weight", None) if module is not None else None
+        if weight is None or tuple(weight.shape) != tuple(entry.mask.shape):
+            raise SparsifyError(
+                f"the manifest's {name} is not a weight of this model",
+                expected=f"a weight of shape {list(entry.mask.shape)} at {entry.module}",
+                found="no such weight" if weight is None else f"shape {list(weight.shape)}",
+                fix="export the model that sp.finalize() folded, with its manifest",
+            )
+        stray = int(((weight.detach().cpu().numpy() != 0) & ~entry.mask).sum())
+        if stray:
+            raise SparsifyError(
+                f"{entry.module}'s weight has {stray} nonzeros where the manifest's mask is off",
+                fix="do not train after sp.finalize(), or prepare and finalize again",
+            )
+
+
+def _specs_of(example: Any) -> tuple[Any, ...]:
+    from sparsify_cli.passes.inputs import InputSpec, spec_of
+
+    if isinstance(example, torch.Tensor):
+        return (InputSpec("input", tuple(example.shape)),)
+    return tuple(spec_of(name, t.detach().cpu().numpy()) for name, t in example.items())
+
+
+def _api_choices(run: Run, manifest: Manifest) -> None:
+    """The report's layer rows follow the manifest: a layer is sparse exactly when it has an
+    entry (the user's ``prepare`` chose them), whatever the default selection would say."""
+    group = group_size(run.configs)
+    run.trace = trace_model(run.loaded.model, run.loaded.example)
+    choices = select_layers(run.loaded.model, group, run.loaded.example, run.selection, run.trace)
+    sparse = set(manifest.by_module())
+    run.choices = [
+        replace(
+            c,
+            reason=None
+            if c.name in sparse
+            else (c.reason or "kept dense (not in the manifest: prepare() did not select it)"),
+        )
+        for c in choices
+    ]
+
+
+def export_model(
+    model: nn.Module,
+    manifest: Manifest,
+    dense: nn.Module,
+    example: Any,
+    opts: ConvertOptions,
+    data: Dataset | None = None,
+    hooks: Hooks = Hooks(),
+) -> tuple[dict[str, Any], Path]:
+    """The artifacts and report of ``convert`` for a model trained outside it (the Python API).
+
+    ``model`` is folded (``sp.finalize()`` returned ``manifest``), ``dense`` is the model before
+    its masks (the baseline timed and compared with), ``example`` a batch of its inputs. The run
+    object is built from them and the same stages as ``convert`` run: baseline, save, export and
+    verify, latency, report (:func:`_publish`). ``opts`` carries the export settings; its
+    ``data`` (or ``data``, already loaded) gives held-out inputs and labels. No ``recipe.yaml``
+    is written: the training ran in the caller's loop, which a recipe cannot replay.
+    """
+    _check_trained(model, manifest)
+    validation.finite_weights(model.state_dict())
+    specs = _specs_of(example)
+    validation.batch_allocation("batch_sizes", opts.batch_sizes, specs)
+    run = Run(opts, hooks, Path(opts.out) if opts.out else Path("sparsify-out"))
+    _check_early(run)
+    run.loaded = LoadedModel(model.eval(), example, "python api", None, None, specs)
+    run.data = data if data is not None else _dataset(opts, run.loaded)
+    if opts.quantize == "int8" and run.data is None:
+        raise SparsifyError(
+            "int8 calibrates on data, and export() was given none",
+            fix="pass data= (a dataset name, an .npz, or a Dataset), or int8-dynamic",
+        )
+    if run.data is None or run.data.y_test is None:
+        log.warning("export(): no labelled data given, so no accuracy is measured")
+    run.configs = list(opts.passes)
+    run.selection = Selection(opts.include, opts.exclude, opts.sparsify_head)
+    _api_choices(run, manifest)
+    run.ctx = PassContext(targets=[c.name for c in run.choices if c.selected], example=example)
+    run.ctx.manifest = dict(manifest.entries)
+    run.recipe = {
+        **recipe_dict(opts, run.configs),
+        "trained_by": "sparsify_cli.api (the caller's own training loop; not replayable)",
+    }
+    run.staging, lock = prepare_out(run.out, opts.force, _inputs(opts))
+    try:
+        _baseline(run, dense.eval())
+        report = _publish(run)
+    finally:
+        if run.staging.exists():
+            shutil.rmtree(run.staging, ignore_errors=True)
+        lock.release()
     return report, run.out

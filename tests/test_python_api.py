@@ -97,3 +97,92 @@ def test_prepare_refuses_what_the_loop_owns_and_unknown_methods() -> None:
         api.prepare(loaded.model, method="asp")
     with pytest.raises(SparsifyError, match="steps_per_epoch"):
         api.prepare(loaded.model, method="rigl", example=loaded.example, sparsity=0.5)
+
+
+def test_export_writes_the_cli_artifacts_from_a_hand_written_loop(tmp_path) -> None:
+    """prepare -> own loop -> finalize -> export: verified ONNX with exact 2:4, parity, a
+    report.json that `sparsify report` and `sparsify inspect` read, and no recipe.yaml."""
+    import json
+
+    import onnx
+    from onnx import numpy_helper
+
+    from sparsify_cli.exporters.onnx_export import weight_refs
+
+    npz = _subset(tmp_path / "digits.npz")
+    loaded = load_model("digits_cnn")
+    model, data = loaded.model, load_data(npz, (1, 8, 8))
+    sp = api.prepare(model, nm="2:4", method="asp", example=loaded.example, epochs=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+    model.train()
+    sp.epoch_start(0)
+    x, y = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
+    for i in range(0, len(x), BATCH):
+        loss = F.cross_entropy(model(x[i : i + BATCH]), y[i : i + BATCH])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        sp.step(optimizer)
+    manifest = sp.finalize()
+    out = tmp_path / "out"
+    report = api.export(
+        model, manifest, out, ("onnx", "condensed"), example=sp.example, dense=sp.dense,
+        data=npz, batch_sizes=(1,), bench_seconds=0.02,
+    )  # fmt: skip
+    names = {p.name for p in out.iterdir()}
+    assert {"model.onnx", "model_dense.onnx", "model_condensed.onnx", "manifest.safetensors",
+            "model_sparse.safetensors", "report.json", "report.html"} <= names  # fmt: skip
+    assert "recipe.yaml" not in names
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    arts = {a["format"]: a for a in report["artifacts"]}
+    assert arts["onnx"]["pattern_ok"] and arts["condensed"]["pattern_ok"]
+    assert arts["onnx"]["parity_max_abs"] <= 1e-4
+    assert report["accuracy"]["samples"] == len(data.y_test)
+    assert report["accuracy"]["sparse_onnx"] == report["accuracy"]["sparse"]
+    assert report["baseline"]["latency"] and arts["onnx"]["latency"][0]["speedup_vs_dense"]
+    assert report["recipe"]["options"]["method"] == "asp"
+    assert report["recipe"]["passes"][0]["pass"] == "asp"
+    sparse_rows = [r for r in report["layers"] if r["pattern"]]
+    assert {r["name"] for r in sparse_rows} == set(manifest.by_module())
+    # the N:M pattern, exact in the ONNX file: every group of 4 inputs holds at most 2 nonzeros
+    # (read back independently of the exporter's own check; BatchNorm may be folded in)
+    onnx_model = onnx.load(str(out / "model.onnx"))
+    weights = {i.name: numpy_helper.to_array(i) for i in onnx_model.graph.initializer}
+    refs = weight_refs(onnx_model, list(manifest.by_module()))
+    for module, entry in manifest.by_module().items():
+        assert refs[module], module
+        for ref in refs[module]:
+            stored = weights[ref.initializer]
+            assert nm_violations(stored, NMPattern(2, 4), axis=ref.in_axis) == 0, module
+            assert not ((stored != 0) & ~entry.mask).any(), module
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["inspect", str(out / "model.onnx"), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert rows
+
+
+def test_export_says_what_is_missing(tmp_path) -> None:
+    loaded = load_model("digits_cnn")
+    sp = api.prepare(loaded.model, method="asp", example=loaded.example, epochs=1)
+    with pytest.raises(SparsifyError, match="finalize"):
+        api.export(loaded.model, Manifest({}), tmp_path / "a", example=sp.example, dense=sp.dense)
+    manifest = sp.finalize()
+    with pytest.raises(SparsifyError, match="needs dense"):
+        api.export(loaded.model, manifest, tmp_path / "b", example=sp.example)
+    with pytest.raises(SparsifyError, match="int8 calibrates on data"):
+        api.export(
+            loaded.model, manifest, tmp_path / "c", ("onnx", "int8"),
+            example=sp.example, dense=sp.dense,
+        )  # fmt: skip
+    with pytest.raises(SparsifyError, match="does not take \\['lr'\\]"):
+        api.export(loaded.model, manifest, tmp_path / "d", example=sp.example, dense=sp.dense, lr=1)
+    with torch.no_grad():  # trained on after finalize: a weight leaves the manifest's mask
+        name = next(iter(manifest.entries.values())).module
+        w = dict(loaded.model.named_modules())[name].weight
+        w[w == 0] = 1.0
+    with pytest.raises(SparsifyError, match="nonzeros where the manifest's mask is off"):
+        api.export(loaded.model, manifest, tmp_path / "e", example=sp.example, dense=sp.dense)
+    assert not any((tmp_path / n).exists() for n in "abcde")

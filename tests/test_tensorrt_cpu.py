@@ -22,9 +22,16 @@ from sparsify_cli.exporters.tensorrt import (
     predict_sparse_benefit,
     sparsity_warnings,
 )
+from sparsify_cli.exporters.tensorrt.config import (
+    axis_ranges,
+    configure_build,
+    input_profiles,
+)
+from sparsify_cli.exporters.tensorrt.runtime import engine_feed, random_feed
 from sparsify_cli.exporters.tensorrt.sparsity_log import layer_tokens
 from sparsify_cli.exporters.tensorrt.stats import speedup, throughput
 from sparsify_cli.passes.errors import SparsifyError
+from sparsify_cli.passes.inputs import InputSpec
 
 # ---------------------------------------------------------------- builder settings
 
@@ -54,6 +61,14 @@ class _Recorder:
 def _trt_enums():
     flags = SimpleNamespace(FP16="FP16", INT8="INT8", TF32="TF32", SPARSE_WEIGHTS="SPARSE")
     return SimpleNamespace(
+        DataType=SimpleNamespace(
+            FLOAT="DT_FLOAT",
+            HALF="DT_HALF",
+            INT32="DT_INT32",
+            INT64="DT_INT64",
+            BOOL="DT_BOOL",
+            INT8="DT_INT8",
+        ),  # fmt: skip
         BuilderFlag=flags,
         MemoryPoolType=SimpleNamespace(WORKSPACE="WORKSPACE"),
         ProfilingVerbosity=SimpleNamespace(DETAILED="DETAILED"),
@@ -63,7 +78,8 @@ def _trt_enums():
 def _apply(settings: BuildSettings) -> list[tuple]:
     log: list[tuple] = []
     config, builder = _Recorder("config", log), _Recorder("builder", log)
-    apply_settings(settings, config, builder, _trt_enums(), {"input": (1, 8, 8)})
+    profiles = input_profiles({"input": ((-1, 1, 8, 8), "float32")}, settings)
+    apply_settings(settings, config, builder, _trt_enums(), profiles)
     return [(name, tuple(map(repr_or_value, args)), kw) for name, args, kw in log]
 
 
@@ -113,6 +129,81 @@ def test_profile_shapes_cover_the_batch_axis_and_timing_cache_file_is_reused(tmp
     cache_file.write_bytes(b"cached-tactics")
     calls = _apply(BuildSettings(timing_cache=str(cache_file)))
     assert ("config.create_timing_cache", (b"cached-tactics",), {}) in calls
+
+
+# ---------------------------------------------------------------- several inputs
+
+TOKEN_SPECS = (
+    InputSpec("input_ids", (1, 16), "int64", {0: "batch", 1: "sequence"}, 0, 30522),
+    InputSpec("attention_mask", (1, 16), "int64", {0: "batch", 1: "sequence"}, 1, 2),
+    InputSpec("pixel", (1, 3, 8, 8), "float32"),
+)
+
+
+def _network(**inputs):
+    """A parsed-network stand-in: ``name=(shape with -1 on dynamic axes, trt.DataType)``."""
+    tensors = [SimpleNamespace(name=n, shape=shape, dtype=dt) for n, (shape, dt) in inputs.items()]
+    return SimpleNamespace(num_inputs=len(tensors), get_input=tensors.__getitem__)
+
+
+def test_every_input_gets_its_profile_with_sequence_ranges_and_integer_dtypes():
+    check_x = {"input_ids": np.zeros((5, 24), np.int64), "attention_mask": np.ones((5, 24))}
+    axes = axis_ranges(TOKEN_SPECS, check_x)  # the longest length seen: the check inputs' 24
+    assert axes == (("input_ids", 1, 1, 24, 24), ("attention_mask", 1, 1, 24, 24))
+    settings = BuildSettings(opt_batch=8, max_batch=32, dynamic_axes=axes)
+    network = _network(
+        input_ids=((-1, -1), "DT_INT32"),  # the ONNX parser's int32 ids, or int64 in TRT 10
+        attention_mask=((-1, -1), "DT_INT64"),
+        pixel=((-1, 3, 8, 8), "DT_FLOAT"),
+    )
+    log: list[tuple] = []
+    config, profiles, _ = configure_build(
+        _Recorder("builder", log), network, settings, _trt_enums()
+    )
+    assert [(p.name, p.min, p.opt, p.max, p.dtype) for p in profiles] == [
+        ("input_ids", (1, 1), (8, 24), (32, 24), "int32"),
+        ("attention_mask", (1, 1), (8, 24), (32, 24), "int64"),
+        ("pixel", (1, 3, 8, 8), (8, 3, 8, 8), (32, 3, 8, 8), "float32"),
+    ]
+    shapes = [args for name, args, _ in log if name.endswith(".set_shape")]
+    assert shapes == [(p.name, p.min, p.opt, p.max) for p in profiles]  # one profile, all inputs
+    assert [n for n, _, _ in log].count("create_builder_config.add_optimization_profile") == 1
+    assert ("builder.create_builder_config", (), {}) in log
+
+
+def test_a_dynamic_axis_without_a_range_is_refused_by_name():
+    network = _network(input_ids=((-1, -1), "DT_INT64"))
+    with pytest.raises(SparsifyError, match="input_ids has dynamic axis 1 and no range"):
+        configure_build(_Recorder("builder", []), network, BuildSettings(), _trt_enums())
+    with pytest.raises(SparsifyError, match="axis >= 1"):
+        BuildSettings(dynamic_axes=(("input_ids", 1, 8, 4, 16),))
+
+
+def test_engine_feed_keeps_integer_inputs_integer_and_refuses_what_does_not_fit():
+    ids = np.array([[101, 2023, 102]], np.int64)
+    fed = engine_feed({"input_ids": ids, "mask": np.ones((1, 3), np.int64)},
+                      {"input_ids": "int32", "mask": "int64"})  # fmt: skip
+    assert fed["input_ids"].dtype == np.int32 and fed["input_ids"].tolist() == ids.tolist()
+    assert fed["mask"].dtype == np.int64
+    one = engine_feed(np.zeros((2, 4), np.float64), {"x": "float16"})  # a bare array: the input
+    assert one["x"].dtype == np.float16
+    with pytest.raises(SparsifyError, match="int32 and got float32"):
+        engine_feed({"input_ids": ids.astype(np.float32)}, {"input_ids": "int32"})
+    with pytest.raises(SparsifyError, match="do not fit"):
+        engine_feed({"input_ids": ids + (1 << 40)}, {"input_ids": "int32"})
+    with pytest.raises(SparsifyError, match="missing \\['mask'\\]"):
+        engine_feed({"input_ids": ids}, {"input_ids": "int32", "mask": "int64"})
+    with pytest.raises(SparsifyError, match="several inputs and got one array"):
+        engine_feed(ids, {"input_ids": "int32", "mask": "int64"})
+
+
+def test_timing_feeds_valid_values_of_every_input():
+    x = random_feed(TOKEN_SPECS, 4, np.random.default_rng(0))
+    assert x["input_ids"].shape == (4, 16) and x["input_ids"].dtype == np.int64
+    assert 0 <= x["input_ids"].min() and x["input_ids"].max() < 30522
+    assert (x["attention_mask"] == 1).all() and x["pixel"].dtype == np.float32
+    single = random_feed((1, 8, 8), 3, np.random.default_rng(0))  # a sample shape, as before
+    assert single.shape == (3, 1, 8, 8) and single.dtype == np.float32
 
 
 @pytest.mark.parametrize(

@@ -11,25 +11,53 @@ from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
 from report_outputs import invoke
+from test_tensorrt_cpu import _Recorder, _trt_enums
 
 from sparsify_cli.exporters import runtime
 from sparsify_cli.exporters.artifact import Artifact, LatencyRow
 from sparsify_cli.exporters.tensorrt import parse_engine_info, parse_sparsity_log
 from sparsify_cli.exporters.tensorrt.build import BuiltEngine
+from sparsify_cli.exporters.tensorrt.config import configure_build
 from sparsify_cli.exporters.tensorrt.export import EngineBackend, use_backend
 from sparsify_cli.exporters.tensorrt.runtime import TrtLatencyRow
 from sparsify_cli.exporters.tensorrt.stats import latency_stats
 from sparsify_cli.gates import check_gates
 
+ONNX_TO_TRT = {1: "DT_FLOAT", 6: "DT_INT32", 7: "DT_INT64", 9: "DT_BOOL", 10: "DT_HALF"}
+
+
+def _onnx_network(graph):
+    """What TensorRT's parser declares for the graph's inputs: shapes with -1 on symbolic axes."""
+    inits = {i.name for i in graph.initializer}
+    tensors = [
+        SimpleNamespace(
+            name=i.name,
+            shape=tuple(
+                d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim
+            ),
+            dtype=ONNX_TO_TRT[i.type.tensor_type.elem_type],
+        )  # fmt: skip
+        for i in graph.input
+        if i.name not in inits
+    ]
+    return SimpleNamespace(num_inputs=len(tensors), get_input=tensors.__getitem__)
+
 
 def _fake_build(onnx_path, engine_path, settings):
+    """The real profile construction (configure_build) on the ONNX file's inputs; the "engine"
+    is the ONNX file."""
+    graph = onnx.load(str(onnx_path)).graph
+    _, profiles, _ = configure_build(
+        _Recorder("builder", []), _onnx_network(graph), settings, _trt_enums()
+    )
     shutil.copyfile(onnx_path, engine_path)
-    nodes = [n.name for n in onnx.load(str(onnx_path)).graph.node if n.op_type in ("Conv", "Gemm")]
+    nodes = [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
     log = ""
     if settings.sparse_weights:
         log = (
@@ -64,6 +92,7 @@ def _fake_build(onnx_path, engine_path, settings):
         parse_engine_info(info),
         log_path,
         info_path,
+        tuple(profiles),
     )
 
 
@@ -185,3 +214,30 @@ def test_nan_parity_never_passes():
     assert not Parity("pytorch", "max_abs", float("nan"), 1.0).ok
     assert Parity("pytorch", "max_abs", 0.5, 1.0).ok
     assert np.isinf(Parity("onnx-fp32", "max_abs", 3.0, float("inf")).tolerance)
+
+
+def test_tensorrt_takes_a_model_with_token_ids_and_attention_mask(tmp_path):
+    """A Hugging Face encoder (input_ids, attention_mask: int64 [batch, sequence]) converts with
+    --export tensorrt: one profile per input, the sequence axis ranged, integers kept."""
+    from hf_tiny import tiny_bert
+
+    folder = tiny_bert(tmp_path / "bert")
+    out = tmp_path / "out"
+    with use_backend(FAKE):
+        result = invoke(
+            "convert", str(folder), "--export", "onnx,tensorrt", "--out", str(out),
+            "--batch-sizes", "1,2", "--bench-seconds", "0.02",
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    (trt,) = [a for a in report["artifacts"] if a["format"] == "tensorrt"]
+    assert trt["parity"]["ok"]
+    inputs = {p["name"]: p for p in trt["inputs"]}
+    assert set(inputs) == {"input_ids", "attention_mask"}
+    for p in inputs.values():
+        seq = p["opt"][1]
+        assert p["dtype"] == "int64" and seq > 1
+        assert (p["min"], p["opt"], p["max"]) == ([1, 1], [2, seq], [2, seq])
+    assert [list(a) for a in trt["build_settings"]["dynamic_axes"]] == [
+        [name, 1, 1, seq, seq] for name in ("input_ids", "attention_mask")
+    ]

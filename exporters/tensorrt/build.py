@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from sparsify_cli.exporters.tensorrt.availability import import_tensorrt
-from sparsify_cli.exporters.tensorrt.config import BuildSettings, apply_settings, save_timing_cache
+from sparsify_cli.exporters.tensorrt.config import (
+    BuildSettings,
+    InputProfile,
+    configure_build,
+    save_timing_cache,
+)
 from sparsify_cli.exporters.tensorrt.inspector import EngineLayer, parse_engine_info
 from sparsify_cli.exporters.tensorrt.sparsity_log import SparsityLog, parse_sparsity_log
 from sparsify_cli.passes.atomic import atomic_write_bytes, atomic_write_text
@@ -34,6 +39,8 @@ class BuiltEngine:
     layers: list[EngineLayer]
     log_path: Path
     info_path: Path
+    inputs: tuple[InputProfile, ...] = ()
+    """The optimization profile and dtype of every input the engine was built with."""
 
 
 def _capturing_logger(trt: Any) -> Any:
@@ -78,19 +85,7 @@ def build_engine(
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise SparsifyError(f"TensorRT cannot parse {onnx_path}", found=errors)
-    inputs = {}
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        shape = tuple(tensor.shape)
-        if any(d < 0 for d in shape[1:]):
-            raise SparsifyError(
-                f"TensorRT input {tensor.name} has dynamic axes other than the batch",
-                found=str(shape),
-                fix="export with a fixed input shape (--input-shape)",
-            )
-        inputs[tensor.name] = shape[1:]
-    config = builder.create_builder_config()
-    apply_settings(settings, config, builder, trt, inputs)
+    config, profiles, _ = configure_build(builder, network, settings, trt)
     start = time.perf_counter()
     blob = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
@@ -121,4 +116,5 @@ def build_engine(
         layers=parse_engine_info(info),
         log_path=log_path,
         info_path=info_path,
+        inputs=tuple(profiles),
     )

@@ -20,10 +20,12 @@ in the engine inspector), ``config.builder_optimization_level``,
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from sparsify_cli.passes.atomic import atomic_write_bytes
 from sparsify_cli.passes.errors import SparsifyError
@@ -55,6 +57,9 @@ class BuildSettings:
     max_batch: int = 256
     optimization_level: int = 3
     detailed_profiling: bool = True
+    dynamic_axes: tuple[tuple[str, int, int, int, int], ...] = ()
+    """``(input, axis, min, opt, max)`` of every dynamic axis other than the batch (a sequence
+    length): the profile range of that axis (:func:`axis_ranges` derives it from the inputs)."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -71,6 +76,14 @@ class BuildSettings:
                 "TensorRT builder optimization level must be 0..5",
                 found=str(self.optimization_level),
             )
+        for entry in self.dynamic_axes:
+            name, axis, low, opt, high = entry
+            if axis < 1 or not 1 <= low <= opt <= high:
+                raise SparsifyError(
+                    f"TensorRT range of input {name} axis {axis} must satisfy axis >= 1 and "
+                    "1 <= min <= opt <= max",
+                    found=str(tuple(entry)),
+                )
         if self.workspace_bytes < 1 << 20:
             raise SparsifyError(
                 "TensorRT workspace must be >= 1 MiB", found=str(self.workspace_bytes)
@@ -84,17 +97,142 @@ class BuildSettings:
         return (self.min_batch, *rest), (self.opt_batch, *rest), (self.max_batch, *rest)
 
 
+TRT_DTYPES = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "BOOL": "bool",
+    "INT8": "int8",
+}
+"""``trt.DataType`` member name -> the numpy dtype name an input of that type is fed."""
+
+
+@dataclass(frozen=True)
+class InputProfile:
+    """One network input in the optimization profile: (min, opt, max) shapes and its dtype.
+
+    Integer inputs (token ids, attention masks) keep the integer type the parsed network
+    declares (int32, or int64 where TensorRT 10 keeps it); the runner casts the data to it,
+    never to float."""
+
+    name: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        lengths = {len(self.min), len(self.opt), len(self.max)}
+        ordered = all(
+            1 <= a <= b <= c for a, b, c in zip(self.min, self.opt, self.max, strict=False)
+        )
+        if len(lengths) != 1 or not ordered:
+            raise SparsifyError(
+                f"TensorRT profile of input {self.name} must satisfy 1 <= min <= opt <= max "
+                "on every axis",
+                found=f"min={self.min}, opt={self.opt}, max={self.max}",
+            )
+
+
+def trt_dtype_name(trt: Any, dtype: Any) -> str:
+    """The numpy dtype name of a ``trt.DataType`` (``"float32"`` for one this table lacks)."""
+    for member, name in TRT_DTYPES.items():
+        if getattr(trt.DataType, member, object()) == dtype:
+            return name
+    return "float32"
+
+
+def network_inputs(network: Any, trt: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """name -> (shape with -1 on dynamic axes, dtype name) of every input of a parsed network."""
+    found = {}
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = tuple(int(d) for d in tensor.shape)
+        found[tensor.name] = (shape, trt_dtype_name(trt, tensor.dtype))
+    return found
+
+
+def input_profiles(
+    inputs: Mapping[str, tuple[Sequence[int], str]], settings: BuildSettings
+) -> list[InputProfile]:
+    """The optimization profile of every network input (one profile holds them all).
+
+    ``inputs``: :func:`network_inputs`. A fixed axis is fixed in the profile; the batch axis
+    (axis 0) spans ``settings``' batch range; any other dynamic axis (a sequence length) takes
+    its ``(min, opt, max)`` from ``settings.dynamic_axes`` and is refused, naming the input and
+    the axis, without one.
+    """
+    axes: dict[str, dict[int, tuple[int, int, int]]] = {}
+    for name, axis, low, opt, high in settings.dynamic_axes:
+        axes.setdefault(name, {})[axis] = (low, opt, high)
+    profiles = []
+    for name, (shape, dtype) in inputs.items():
+        low, opt, high = [], [], []
+        for axis, dim in enumerate(shape):
+            if axis == 0 and dim < 0:
+                span = (settings.min_batch, settings.opt_batch, settings.max_batch)
+            elif dim >= 0:
+                span = (dim, dim, dim)
+            elif axis in axes.get(name, {}):
+                span = tuple(int(d) for d in axes[name][axis])
+            else:
+                raise SparsifyError(
+                    f"TensorRT input {name} has dynamic axis {axis} and no range for it",
+                    found=f"network shape {list(shape)}",
+                    fix="export with that axis fixed, or give its (min, opt, max) in "
+                    "BuildSettings.dynamic_axes",
+                )
+            low.append(span[0])
+            opt.append(span[1])
+            high.append(span[2])
+        profiles.append(InputProfile(name, tuple(low), tuple(opt), tuple(high), dtype))
+    return profiles
+
+
+def axis_ranges(
+    specs: Sequence[Any], check_x: Any = None
+) -> tuple[tuple[str, int, int, int, int], ...]:
+    """``(input, axis, min, opt, max)`` of every dynamic non-batch axis of the inputs ``specs``
+    (:class:`~sparsify_cli.passes.inputs.InputSpec`), for ``BuildSettings.dynamic_axes``: from
+    1 up to the longest length the example or the check inputs have (a sequence padded to
+    ``--max-length``), tuned for that length."""
+    ranges = []
+    for spec in specs:
+        for axis in spec.dynamic:
+            if axis == 0 or axis >= len(spec.shape):
+                continue
+            longest = int(spec.shape[axis])
+            given = check_x.get(spec.name) if isinstance(check_x, Mapping) else None
+            if given is not None and np.ndim(given) > axis:
+                longest = max(longest, int(np.shape(given)[axis]))
+            ranges.append((spec.name, int(axis), 1, longest, longest))
+    return tuple(ranges)
+
+
+def configure_build(
+    builder: Any, network: Any, settings: BuildSettings, trt: Any
+) -> tuple[Any, list[InputProfile], Any]:
+    """A builder config for ``network`` (parsed): every input's profile (:func:`input_profiles`)
+    and ``settings`` applied. Returns ``(config, profiles, timing cache)``; ``trt`` is the
+    module, so this runs against a stand-in on a machine without TensorRT."""
+    profiles = input_profiles(network_inputs(network, trt), settings)
+    config = builder.create_builder_config()
+    cache = apply_settings(settings, config, builder, trt, profiles)
+    return config, profiles, cache
+
+
 def apply_settings(
     settings: BuildSettings,
     config: Any,
     builder: Any,
     trt: Any,
-    inputs: dict[str, Sequence[int]],
+    inputs: Sequence[InputProfile],
 ) -> Any:
     """Configure ``config`` (an ``IBuilderConfig``) for ``settings``; returns the timing cache.
 
-    ``inputs`` maps each network input name to its shape without the batch axis; every input gets
-    the same batch range in one optimization profile. The timing cache is loaded from
+    ``inputs`` are the profiles of every network input (:func:`input_profiles`), all set in one
+    optimization profile. The timing cache is loaded from
     ``settings.timing_cache`` when that file exists (so dense and sparse builds, and later runs,
     reuse each other's tactic timings) and is created empty otherwise; the caller writes it back
     with :func:`save_timing_cache` after the build.
@@ -114,8 +252,8 @@ def apply_settings(
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
 
     profile = builder.create_optimization_profile()
-    for name, shape in inputs.items():
-        profile.set_shape(name, *settings.profile_shapes(shape))
+    for p in inputs:
+        profile.set_shape(p.name, p.min, p.opt, p.max)
     config.add_optimization_profile(profile)
 
     data = b""

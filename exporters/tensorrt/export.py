@@ -11,18 +11,20 @@ trtexec-style latency of both engines per batch size with the dense/sparse ratio
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from sparsify_cli.exporters.artifact import Artifact, Parity
 from sparsify_cli.exporters.tensorrt.availability import require_tensorrt
 from sparsify_cli.exporters.tensorrt.build import BuiltEngine, build_engine
-from sparsify_cli.exporters.tensorrt.config import BuildSettings
+from sparsify_cli.exporters.tensorrt.config import BuildSettings, axis_ranges
 from sparsify_cli.exporters.tensorrt.layers import merge_layer_rows, sparsity_warnings
 from sparsify_cli.exporters.tensorrt.runtime import (
     EngineRunner,
@@ -105,6 +107,11 @@ def build_pair(
     return dense, sparse
 
 
+def _plain(value: Any) -> Any:
+    """``value`` as report.json stores it (tuples become lists), so a report reads back equal."""
+    return json.loads(json.dumps(value))
+
+
 def export_tensorrt(
     onnx_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -117,6 +124,7 @@ def export_tensorrt(
     timing: TimingSettings = TimingSettings(),
     timing_cache: str | os.PathLike[str] | None = None,
     labels: np.ndarray | None = None,
+    specs: Sequence[Any] = (),
 ) -> Artifact:
     """Build, verify and time; return the artifact of the 2:4 engine.
 
@@ -125,7 +133,11 @@ def export_tensorrt(
     ``patterns``: masked module -> manifest pattern; ``check_x`` / ``reference``: inputs and the
     PyTorch outputs the engine must reproduce within
     :data:`~sparsify_cli.exporters.tensorrt.stats.PARITY_RTOL`; ``labels``: the check inputs'
-    labels, for the engine's own top-1 accuracy (what the accuracy gate reads).
+    labels, for the engine's own top-1 accuracy (what the accuracy gate reads). ``specs``: the
+    model's inputs (:class:`~sparsify_cli.passes.inputs.InputSpec`); ``check_x`` is then
+    ``name -> array``. Every input gets its own optimization profile (the batch range, and for a
+    dynamic sequence axis 1 up to the longest length of the example and check inputs:
+    :func:`~sparsify_cli.exporters.tensorrt.config.axis_ranges`); integer inputs stay integer.
 
     Latency rows are the common :class:`~sparsify_cli.exporters.artifact.LatencyRow` (p50..p99
     and mean of the GPU compute time, samples per second); TensorRT's full statistics (GPU
@@ -138,6 +150,7 @@ def export_tensorrt(
         opt_batch=max(batch_sizes),
         max_batch=max(max(batch_sizes), 1),
         timing_cache=str(timing_cache) if timing_cache else None,
+        dynamic_axes=axis_ranges(specs, check_x),
     )
     dense, sparse = build_pair(onnx_path, out_dir, settings)
     rows = merge_layer_rows(node_map, patterns, sparse.layers, sparse.sparsity)
@@ -147,10 +160,9 @@ def export_tensorrt(
 
     outputs = engines.infer(sparse.path, check_x)
     check = parity(outputs, reference, precision)
-    sample_shape = tuple(check_x.shape[1:])
     latency = engines.measure(
         {"dense": dense.path, "sparse": sparse.path},
-        sample_shape,
+        tuple(specs) or tuple(check_x.shape[1:]),
         tuple(batch_sizes),
         timing,
         baseline="dense",
@@ -167,7 +179,8 @@ def export_tensorrt(
             "precision": precision,
             "dense_path": dense.path.name,
             "tensorrt": engines.version(),
-            "build_settings": asdict(sparse.settings),
+            "build_settings": _plain(asdict(sparse.settings)),
+            "inputs": _plain([asdict(p) for p in sparse.inputs]),
             "build_seconds": {"dense": dense.build_seconds, "sparse": sparse.build_seconds},
             "build_log": sparse.log_path.name,
             "layer_info": sparse.info_path.name,

@@ -28,6 +28,7 @@ import numpy as np
 from sparsify_cli.exporters.artifact import LatencyRow
 from sparsify_cli.exporters.tensorrt.availability import import_tensorrt
 from sparsify_cli.exporters.tensorrt.stats import LatencyStats, latency_stats, speedup, throughput
+from sparsify_cli.passes.errors import SparsifyError
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,65 @@ class TrtLatencyRow:
         )
 
 
+INTEGER_KINDS = "iub"
+
+
+def engine_feed(x: Any, dtypes: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """The host arrays for an engine whose inputs are ``dtypes`` (name -> numpy dtype name).
+
+    ``x`` is one array (the only input) or ``name -> array``. Every input keeps its kind:
+    integer data (token ids, attention masks) is cast between int64 and int32 as the engine
+    declares, after checking the values fit; float data feeds float inputs in the engine's
+    precision. A missing input, an unknown one, or float data for an integer input is refused.
+    """
+    if isinstance(x, np.ndarray):
+        if len(dtypes) != 1:
+            raise SparsifyError(
+                "the engine takes several inputs and got one array",
+                expected=f"name -> array for {', '.join(dtypes)}",
+            )
+        x = {next(iter(dtypes)): x}
+    missing, unknown = sorted(set(dtypes) - set(x)), sorted(set(x) - set(dtypes))
+    if missing or unknown:
+        raise SparsifyError(
+            "the inputs do not match the engine's",
+            expected=", ".join(dtypes),
+            found=f"missing {missing or 'none'}, unknown {unknown or 'none'}",
+        )
+    fed = {}
+    for name, dtype in dtypes.items():
+        array, target = np.asarray(x[name]), np.dtype(dtype)
+        if target.kind in "iu" and array.dtype.kind not in INTEGER_KINDS:
+            raise SparsifyError(
+                f"engine input {name} is {target} and got {array.dtype} data",
+                fix="feed token ids / masks as integers",
+            )
+        if target.kind in "iu" and array.size:
+            info = np.iinfo(target)
+            if array.min() < info.min or array.max() > info.max:
+                raise SparsifyError(
+                    f"engine input {name} is {target}, and its values do not fit",
+                    found=f"values {array.min()}..{array.max()}",
+                )
+        fed[name] = np.ascontiguousarray(array.astype(target, copy=False))
+    return fed
+
+
+def random_feed(specs: Sequence[Any], batch: int, rng: np.random.Generator) -> Any:
+    """``batch`` rows of valid values for every input (``InputSpec.random``: token ids below the
+    vocabulary, masks of 0/1, float noise), for timing: one array for a single input (it feeds
+    the engine's only input whatever its name), else ``name -> array``. ``specs`` may also be
+    the sample shape of one float input (without the batch axis)."""
+    from sparsify_cli.passes.inputs import InputSpec
+
+    if all(isinstance(d, (int, np.integer)) for d in specs):
+        specs = [InputSpec("input", (1, *(int(d) for d in specs)))]
+    x = {spec.name: spec.random(batch, rng) for spec in specs}
+    return next(iter(x.values())) if len(x) == 1 else x
+
+
 class EngineRunner:
-    """One deserialised engine, its execution context and a CUDA stream."""
+    """One deserialised engine, its execution context and a CUDA stream (one input or several)."""
 
     def __init__(self, engine_path: str | os.PathLike[str]) -> None:
         import torch
@@ -109,43 +167,48 @@ class EngineRunner:
         mode = self.engine.get_tensor_mode
         self.inputs = [n for n in names if mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(self.inputs) != 1:
-            raise ValueError(f"expected one engine input, found {self.inputs}")
-        self.max_batch = int(self.engine.get_tensor_profile_shape(self.inputs[0], 0)[2][0])
+        self.max_batch = min(
+            int(self.engine.get_tensor_profile_shape(n, 0)[2][0]) for n in self.inputs
+        )
+        self.dtypes = {
+            n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))).name for n in self.inputs
+        }
         self.stream = torch.cuda.Stream()
         self._bound: dict[str, Any] = {}
-        self._batch = 0
+        self._shapes: tuple = ()
         self._graph: Any = None
 
     def _dtype(self, name: str) -> Any:
         np_dtype = np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(name)))
         return self._torch.from_numpy(np.empty(0, np_dtype)).dtype
 
-    def bind(self, batch: int, sample_shape: Sequence[int]) -> None:
-        """Set the input shape and (re)allocate device buffers for ``batch``."""
-        if batch == self._batch:
+    def bind(self, shapes: Mapping[str, Sequence[int]]) -> None:
+        """Set every input's shape (batch first) and (re)allocate the device buffers."""
+        key = tuple((n, tuple(shapes[n])) for n in self.inputs)
+        if key == self._shapes:
             return
         torch = self._torch
-        self.context.set_input_shape(self.inputs[0], (batch, *sample_shape))
+        for name in self.inputs:
+            self.context.set_input_shape(name, tuple(shapes[name]))
         self._bound = {}
         for name in [*self.inputs, *self.outputs]:
             shape = tuple(self.context.get_tensor_shape(name))
             tensor = torch.empty(shape, dtype=self._dtype(name), device="cuda")
             self.context.set_tensor_address(name, tensor.data_ptr())
             self._bound[name] = tensor
-        self._batch = batch
+        self._shapes = key
         self._graph = None
 
-    def io_buffers(self) -> tuple[Any, Any]:
-        """The bound device tensors of the (only) input and the first output."""
-        return self._bound[self.inputs[0]], self._bound[self.outputs[0]]
+    def io_buffers(self) -> tuple[dict[str, Any], Any]:
+        """The bound device tensors of every input (by name) and of the first output."""
+        return {n: self._bound[n] for n in self.inputs}, self._bound[self.outputs[0]]
 
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError("TensorRT execute_async_v3 failed")
 
     def capture_graph(self) -> None:
-        """Capture the enqueue for the bound batch into a CUDA graph (after one plain run)."""
+        """Capture the enqueue for the bound shapes into a CUDA graph (after one plain run)."""
         torch = self._torch
         with torch.cuda.stream(self.stream):
             self._enqueue()  # TensorRT does its lazy set-up outside the capture
@@ -161,23 +224,29 @@ class EngineRunner:
         else:
             self._enqueue()
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        """First output for inputs ``x`` (chunks of at most the profile's max batch)."""
+    def infer(self, x: Any) -> np.ndarray:
+        """First output for inputs ``x`` (an array or ``name -> array``), in chunks of at most
+        the profile's max batch."""
         torch = self._torch
+        feed = engine_feed(x, self.dtypes)
+        rows = len(next(iter(feed.values())))
         outs = []
-        for i in range(0, len(x), self.max_batch):
-            chunk = np.ascontiguousarray(x[i : i + self.max_batch])
-            self.bind(len(chunk), chunk.shape[1:])
+        for i in range(0, rows, self.max_batch):
+            chunk = {n: np.ascontiguousarray(a[i : i + self.max_batch]) for n, a in feed.items()}
+            self.bind({n: a.shape for n, a in chunk.items()})
             d_in, d_out = self.io_buffers()
             with torch.cuda.stream(self.stream):
-                d_in.copy_(torch.from_numpy(chunk).to(d_in.dtype), non_blocking=True)
+                for name, array in chunk.items():
+                    d_in[name].copy_(torch.from_numpy(array), non_blocking=True)
                 self._enqueue()
                 out = d_out.float().cpu()
             self.stream.synchronize()
             outs.append(out.numpy())
         return np.concatenate(outs)
 
-    def timed_round(self, host_in: Any, host_out: Any, n: int, samples: Samples) -> None:
+    def timed_round(
+        self, host_in: Mapping[str, Any], host_out: Any, n: int, samples: Samples
+    ) -> None:
         """``n`` back-to-back queries with events; appends their times to ``samples``."""
         torch = self._torch
         events = [[torch.cuda.Event(enable_timing=True) for _ in range(4)] for _ in range(n)]
@@ -186,7 +255,8 @@ class EngineRunner:
         with torch.cuda.stream(self.stream):
             for e0, e1, e2, e3 in events:
                 e0.record(self.stream)
-                d_in.copy_(host_in, non_blocking=True)
+                for name, tensor in host_in.items():
+                    d_in[name].copy_(tensor, non_blocking=True)
                 e1.record(self.stream)
                 self._launch()
                 e2.record(self.stream)
@@ -201,25 +271,27 @@ class EngineRunner:
 
 def measure_engines(
     engines: Mapping[str, str | os.PathLike[str]],
-    sample_shape: Sequence[int],
+    specs: Sequence[Any],
     batch_sizes: Sequence[int],
     settings: TimingSettings = TimingSettings(),
     baseline: str | None = None,
 ) -> dict[str, list[TrtLatencyRow]]:
     """Time every engine at every batch size, interleaved; speedups vs ``baseline``'s median
-    GPU compute time."""
+    GPU compute time. ``specs`` (:class:`~sparsify_cli.passes.inputs.InputSpec`) say what each
+    input looks like: valid random values of its dtype are fed (:func:`random_feed`)."""
     import torch
 
     runners = {name: EngineRunner(path) for name, path in engines.items()}
     rng = np.random.default_rng(0)
     results: dict[str, list[TrtLatencyRow]] = {name: [] for name in runners}
     for batch in batch_sizes:
-        x = torch.from_numpy(rng.standard_normal((batch, *sample_shape), dtype=np.float32))
+        x = random_feed(specs, batch, rng)
         buffers = {}
         for name, runner in runners.items():
-            runner.bind(batch, sample_shape)
-            d_in, d_out = runner.io_buffers()
-            host_in = x.to(d_in.dtype).pin_memory()
+            feed = engine_feed(x, runner.dtypes)
+            runner.bind({n: a.shape for n, a in feed.items()})
+            _, d_out = runner.io_buffers()
+            host_in = {n: torch.from_numpy(a).pin_memory() for n, a in feed.items()}
             host_out = torch.empty(d_out.shape, dtype=d_out.dtype).pin_memory()
             buffers[name] = (host_in, host_out)
             if settings.cuda_graph:
