@@ -218,8 +218,8 @@ class Exporter:
     ``ort_timed``: the file is timed in ONNX Runtime beside the dense baseline (TensorRT times its
     own engines). ``fp32_reference``: latency rows also get ``speedup_vs_fp32`` against that
     format's rows (int8 against the fp32 sparse ONNX). ``check`` runs before any expensive work
-    (TensorRT: is a GPU there?). ``single_input``: the format takes only models with one float
-    input (int8 calibration, TensorRT's profile).
+    (TensorRT: is a GPU there?). Every format takes every model ``load_model`` accepts (one
+    float input, several, integer inputs).
     """
 
     name: str
@@ -229,7 +229,6 @@ class Exporter:
     ort_timed: bool = True
     fp32_reference: str | None = None
     check: Callable[[Any], None] | None = None
-    single_input: bool = False
 
 
 EXPORTERS: dict[str, Exporter] = {}

@@ -251,14 +251,6 @@ def _load(run: Run) -> None:
     )
     validation.finite_weights(loaded.model.state_dict())  # before any other check
     validation.batch_allocation("--batch-sizes", opts.batch_sizes, loaded.specs)
-    if not isinstance(loaded.example, torch.Tensor):
-        single = [n for n in opts.formats() if EXPORTERS[n].single_input]
-        if single:
-            raise SparsifyError(
-                f"{', '.join(single)} take models with one float input",
-                found=f"inputs {', '.join(loaded.example)}",
-                fix="leave them out of --export / --quantize",
-            )
     run.loaded, run.data = loaded, _dataset(opts, loaded)
     if run.need_labels and (run.data is None or run.data.y_test is None):
         raise SparsifyError(
