@@ -87,7 +87,7 @@ def test_sigint_and_sigterm_remove_the_staging_folder(tmp_path, sig, code):
 
 
 def test_sigkill_during_finetuning_then_resume_equals_a_clean_run(tmp_path):
-    args = ["convert", "digits_cnn", "--method", "asp", "--nm", "2:4", "--epochs", "3", *FAST]
+    args = ["convert", "digits_cnn", "--method", "asp", "--nm", "2:4", "--epochs", "2", *FAST]
     clean = run_cli(*args, "--out", str(tmp_path / "clean"))
     assert clean.returncode == 0, clean.stderr
     out = tmp_path / "out"
