@@ -25,6 +25,16 @@ Two ONNX forms are written by :func:`condense_onnx`:
   copies one scalar at a time; measured at 90% sparsity on 768/3072-wide layers); use it for
   portability, not speed.
 
+Which layers are condensed (``layers=``): ``"all"`` condenses every eligible layer (the same
+file on every run); ``"auto"`` (the CLI's default) first times each eligible layer alone in ONNX
+Runtime, the condensed node against the dense node(s) it would replace, at batch 1 on the run's
+threads, and keeps the layer dense unless the condensed node is at least :data:`MIN_SPEEDUP`
+times faster (the report names the measured ratio). The kernels win on large layers at high
+sparsity and lose on small ones and at 2:4, so a condensed file is then never slower than dense
+because of a layer where the dense kernel is faster; but the choice is a measurement, so a layer
+near the threshold may go either way from one run to the next (use ``"all"`` where identical
+artifacts matter).
+
 Ablated rows: the condensed node computes only the active rows and scatters them into the full
 output width, writing ``bias`` (or 0) into ablated columns, which is exactly what the dense layer
 outputs there. Consumers of the layer (an activation, a residual add, the next Linear) therefore
@@ -37,6 +47,9 @@ import ctypes
 import importlib.machinery
 import logging
 import os
+import statistics
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -58,6 +71,20 @@ OP_TYPE = "CondensedLinear"
 CONV_OP_TYPE = "CondensedConv"
 _LIBRARY_STEM = "_condensed_ort"
 _INT16_MAX_FEATURES = 32767
+
+LAYER_CHOICES = ("auto", "all")
+"""``layers=`` of :func:`condense_onnx` (``--condensed-layers``): time each layer and keep the
+dense ones that are faster, or condense every eligible layer."""
+MIN_SPEEDUP = 1.05
+"""``layers="auto"`` condenses a layer only when its condensed node, timed alone, runs at least
+this many times faster than the dense node(s): a 2% "gain" is within the noise of a shared
+machine, and the dense layer is the safe default (it is what the file replaces)."""
+TIMING_WARMUP = 3
+"""Untimed calls of each session before a layer is timed (first calls allocate and page in)."""
+TIMING_PAIRS = (7, 41)
+"""A layer is timed over at least the first and at most the second number of call pairs..."""
+TIMING_BUDGET_S = 0.06
+"""...stopping once the pairs took this long: a ~50-layer model is timed in a few seconds."""
 
 
 class CondensedWeight(NamedTuple):
@@ -188,6 +215,11 @@ class LayerResult:
     skipped: str | None = None
     kernel: str = "dense"
     fused: tuple[str, ...] = ()
+    speedup: float | None = None
+    """``layers="auto"``: dense time / condensed time of the layer alone at batch 1 (> 1: the
+    condensed node is faster); ``None`` when it was not timed (see ``note``)."""
+    note: str | None = None
+    """Why a condensed layer was not timed under ``layers="auto"`` (its input shape unknown)."""
 
 
 @dataclass
@@ -218,6 +250,9 @@ def condense_onnx(
     manifest: Manifest,
     out_path: str | os.PathLike[str],
     ops: Literal["custom", "standard"] = "custom",
+    layers: Literal["auto", "all"] = "all",
+    threads: int = 1,
+    example: np.ndarray | Mapping[str, np.ndarray] | None = None,
 ) -> list[LayerResult]:
     """Rewrite every constant fan-in Linear of a dense ONNX file into its condensed form.
 
@@ -228,8 +263,16 @@ def condense_onnx(
     (``fan_in is None``), non-Linear entries and entries not found stay dense and are reported
     with the reason. The input file is not modified; ``out_path`` is written atomically.
 
+    ``layers="auto"`` (custom ops only) times each eligible layer alone against its dense
+    node(s) on ``threads`` intra-op threads at batch 1, in the input shape ONNX shape inference
+    gives the layer with the graph's inputs at batch 1 (their other dims from ``example``, one
+    array or ``name -> array``, where the graph leaves them symbolic), and keeps it dense unless
+    the condensed node is :data:`MIN_SPEEDUP` times faster. A layer whose input shape is still
+    unknown is condensed, and its ``note`` says it was not timed. ``layers="all"`` condenses every
+    eligible layer: the same file on every run.
+
     >>> condense_onnx("model.onnx", Manifest.load("manifest.safetensors"),
-    ...               "model.condensed.onnx")  # doctest: +SKIP
+    ...               "model.condensed.onnx", layers="auto")  # doctest: +SKIP
     """
     if ops not in ("custom", "standard"):
         raise SparsifyError(
@@ -237,9 +280,24 @@ def condense_onnx(
             expected="'custom' (CondensedLinear kernel) or 'standard' (stock ONNX ops)",
             found=repr(ops),
         )
+    if layers not in LAYER_CHOICES:
+        raise SparsifyError(
+            f"unknown condensed layer choice {layers!r}",
+            expected="'auto' (time each layer, keep the faster) or 'all' (condense every one)",
+            found=repr(layers),
+        )
+    if layers == "auto" and ops == "standard":
+        # The stock-op form is 10-30x slower than dense on every layer: timing would keep every
+        # layer dense, and the form exists for runtimes without the kernel library, not speed.
+        raise SparsifyError(
+            "choosing condensed layers by timing applies to the custom kernels",
+            expected="layers='all' with ops='standard', or ops='custom'",
+            found="layers='auto', ops='standard'",
+        )
     model = onnx.load(str(dense_onnx_path))
     graph = model.graph
     shapes = _tensor_shapes(model)  # of the original graph: custom ops hide later shapes
+    timed_shapes = _batch1_shapes(model, example) if layers == "auto" else {}
     results = []
     for entry in manifest.entries.values():
         reason = _skip_reason(entry, ops)
@@ -251,6 +309,26 @@ def condense_onnx(
             )
             continue
         condensed = _checked_condense(entry, dense)
+        speedup, note = None, None
+        if layers == "auto":
+            speedup = _timed_speedup(model, dense, condensed, entry, timed_shapes, threads)
+            if speedup is None:
+                note = "not timed (input shape unknown at batch 1): condensed"
+            elif speedup < MIN_SPEEDUP:
+                why = f"dense is faster here: condensed {speedup:.2f}x of dense at batch 1"
+                logger.info("%s stays dense: %s", entry.module, why)
+                results.append(
+                    LayerResult(
+                        entry.module,
+                        dense.nodes[0].name,
+                        entry.fan_in,
+                        None,
+                        entry.shape[0],
+                        skipped=why,
+                        speedup=speedup,
+                    )
+                )
+                continue
         _replace(graph, dense, condensed, entry, ops)
         kernel = "stock ops" if ops == "standard" else CONV_OP_TYPE if dense.conv else OP_TYPE
         results.append(
@@ -262,6 +340,8 @@ def condense_onnx(
                 entry.shape[0],
                 kernel=kernel,
                 fused=dense.fused,
+                speedup=speedup,
+                note=note,
             )
         )
         logger.info(
@@ -278,6 +358,103 @@ def condense_onnx(
     with atomic_path(out_path) as tmp:
         onnx.save(model, str(tmp))
     return results
+
+
+def _batch1_shapes(
+    model: onnx.ModelProto, example: np.ndarray | Mapping[str, np.ndarray] | None
+) -> dict[str, tuple[int, ...]]:
+    """Every tensor's concrete shape when the graph's inputs have batch 1: a symbolic leading
+    dim becomes 1 and other symbolic dims take ``example``'s (a lone array is the first input),
+    so a layer is timed in the shape it runs in at batch 1 (a flattened ``batch * seq`` too)."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    inits = {t.name for t in fixed.graph.initializer}
+    inputs = [i for i in fixed.graph.input if i.name not in inits]
+    if isinstance(example, np.ndarray):
+        example = {inputs[0].name: example} if inputs else {}
+    given = {name: tuple(np.shape(a)) for name, a in (example or {}).items()}
+    for info in inputs:
+        if not info.type.tensor_type.HasField("shape"):
+            continue
+        want = given.get(info.name)
+        for i, dim in enumerate(info.type.tensor_type.shape.dim):
+            if i == 0:
+                dim.dim_value = 1
+            elif not dim.HasField("dim_value") and want is not None and len(want) > i:
+                dim.dim_value = int(want[i])
+    return {
+        name: tuple(int(d) for d in dims)
+        for name, dims in _tensor_shapes(fixed).items()
+        if all(isinstance(d, int) and d > 0 for d in dims)
+    }
+
+
+def _timed_speedup(
+    model: onnx.ModelProto,
+    dense: _Dense,
+    condensed: CondensedWeight,
+    entry: TensorEntry,
+    shapes: Mapping[str, tuple[int, ...]],
+    threads: int,
+) -> float | None:
+    """Dense over condensed time of the layer alone at batch 1 (``None``: its input shape is
+    unknown). Two one-layer models, the dense nodes and their replacement, are run in sessions
+    configured as the artifacts' (:func:`~sparsify_cli.exporters.runtime.session`) on the same
+    random input, in alternating order (drift hits both alike); the ratio is of the medians."""
+    from sparsify_cli.exporters import runtime  # it imports this module
+
+    feeds_shapes = {dense.x: shapes.get(dense.x)}
+    if dense.residual:
+        feeds_shapes[dense.residual] = shapes.get(dense.residual)
+    if any(shape is None for shape in feeds_shapes.values()):
+        return None
+    dense_model = _layer_model(model, dense, feeds_shapes)
+    condensed_model = onnx.ModelProto()
+    condensed_model.CopyFrom(dense_model)
+    _replace(condensed_model.graph, dense, condensed, entry, "custom")
+    condensed_model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    rng = np.random.default_rng(0)
+    feeds = {
+        name: rng.standard_normal(shape).astype(np.float32) for name, shape in feeds_shapes.items()
+    }
+    pair = [runtime.session(m.SerializeToString(), threads) for m in (dense_model, condensed_model)]
+    times: list[list[float]] = [[], []]
+    for sess in pair:
+        for _ in range(TIMING_WARMUP):
+            sess.run(None, feeds)
+    least, most = TIMING_PAIRS
+    start = time.perf_counter()
+    for i in range(most):
+        for which in (0, 1) if i % 2 == 0 else (1, 0):
+            t0 = time.perf_counter()
+            pair[which].run(None, feeds)
+            times[which].append(time.perf_counter() - t0)
+        if i + 1 >= least and time.perf_counter() - start > TIMING_BUDGET_S:
+            break
+    return statistics.median(times[0]) / statistics.median(times[1])
+
+
+def _layer_model(
+    model: onnx.ModelProto, dense: _Dense, inputs: Mapping[str, tuple[int, ...] | None]
+) -> onnx.ModelProto:
+    """The dense layer alone: its nodes and initializers, ``inputs`` (the layer's input and a
+    fused residual) as graph inputs, its output as the graph output."""
+    inits = [t for t in model.graph.initializer if t.name in set(dense.initializers)]
+    graph = helper.make_graph(
+        [_copy(n) for n in dense.nodes],
+        f"{dense.scope}.timing",
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info(dense.output, onnx.TensorProto.FLOAT, None)],
+        inits,
+    )
+    opsets = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version)
+
+
+def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
+    copied = onnx.NodeProto()
+    copied.CopyFrom(node)
+    return copied
 
 
 def _skip_reason(entry: TensorEntry, ops: str) -> str | None:
