@@ -363,9 +363,14 @@ def condense_onnx(
 def _batch1_shapes(
     model: onnx.ModelProto, example: np.ndarray | Mapping[str, np.ndarray] | None
 ) -> dict[str, tuple[int, ...]]:
-    """Every tensor's concrete shape when the graph's inputs have batch 1: a symbolic leading
-    dim becomes 1 and other symbolic dims take ``example``'s (a lone array is the first input),
-    so a layer is timed in the shape it runs in at batch 1 (a flattened ``batch * seq`` too)."""
+    """Every tensor's concrete shape when the graph's inputs have batch 1, so a layer is timed
+    in the shape it runs in at batch 1 (a flattened ``batch * seq`` too).
+
+    ONNX shape inference first, with a symbolic leading input dim set to 1 and other symbolic
+    dims taken from ``example`` (a lone array is the first input). Where it stops (a Pad whose
+    pads are computed in the graph, as Hugging Face's "same" padding writes it) and ``example``
+    is given, the dense model is run once on the example's first row and the inputs of its
+    Conv / Gemm / MatMul nodes are read off."""
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
     inits = {t.name for t in fixed.graph.initializer}
@@ -382,11 +387,36 @@ def _batch1_shapes(
                 dim.dim_value = 1
             elif not dim.HasField("dim_value") and want is not None and len(want) > i:
                 dim.dim_value = int(want[i])
-    return {
+    known = {
         name: tuple(int(d) for d in dims)
         for name, dims in _tensor_shapes(fixed).items()
         if all(isinstance(d, int) and d > 0 for d in dims)
     }
+    layer_inputs = {n.input[0] for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+    missing = sorted(layer_inputs - set(known) - inits)
+    if missing and example:
+        known.update(_run_shapes(model, example, missing))
+    return known
+
+
+def _run_shapes(
+    model: onnx.ModelProto, example: Mapping[str, np.ndarray], names: list[str]
+) -> dict[str, tuple[int, ...]]:
+    """The shapes ``names`` take when the model runs on the first row of ``example`` (empty
+    when it cannot run here: those layers are then condensed untimed)."""
+    from sparsify_cli.exporters import runtime  # it imports this module
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
+    feeds = {name: np.ascontiguousarray(a[:1]) for name, a in example.items()}
+    try:
+        outputs = runtime.session(probe.SerializeToString()).run(names, feeds)
+    except Exception as err:  # an input the example does not name, an op ORT lacks, ...
+        logger.warning("cannot run the dense model for its layer shapes: %s", err)
+        return {}
+    pairs = zip(names, outputs, strict=True)
+    return {name: tuple(int(d) for d in out.shape) for name, out in pairs}
 
 
 def _timed_speedup(

@@ -780,3 +780,41 @@ def test_condensed_layer_choice_is_refused_where_meaningless(tmp_path: Path) -> 
             tmp_path / "dense.onnx", manifest, tmp_path / "c.onnx", layers="some"
         )
     assert not (tmp_path / "c.onnx").exists()
+
+
+def test_auto_reads_shapes_inference_cannot_give_from_one_run_of_the_example(
+    tmp_path: Path,
+) -> None:
+    """A Reshape to a shape computed in the graph (as "same" padding computes Pad's pads in
+    Hugging Face convs) stops ONNX shape inference: the layer's input shape is then read from one
+    run of the dense model on the example's first row, and the layer is timed."""
+    rng = np.random.default_rng(8)
+    mask = fan_in_mask(rng, 64, 40, 4)
+    weight = rng.standard_normal(mask.shape).astype(np.float32) * mask
+    dense_linear(weight, np.zeros(64, np.float32), 2, tmp_path / "dense.onnx")
+    model = onnx.load(str(tmp_path / "dense.onnx"))
+    gemm = model.graph.node[0]
+    gemm.input[0] = "reshaped"
+    shape_nodes = [
+        helper.make_node("Shape", ["input"], ["shape"], start=1),
+        helper.make_node("Constant", [], ["minus1"], value=numpy_helper.from_array(np.array([-1]))),
+        helper.make_node("Concat", ["minus1", "shape"], ["target"], axis=0),
+        helper.make_node("Reshape", ["input", "target"], ["reshaped"]),
+    ]
+    for offset, node in enumerate(shape_nodes):
+        model.graph.node.insert(offset, node)
+    onnx.save(model, str(tmp_path / "dense.onnx"))
+    assert "reshaped" not in condensed._batch1_shapes(model, None)  # inference alone: unknown
+    manifest = Manifest({"fc.weight": entry_for(mask)})
+    example = rng.standard_normal((4, 40)).astype(np.float32)
+    (timed,) = condensed.condense_onnx(
+        tmp_path / "dense.onnx", manifest, tmp_path / "c.onnx", layers="auto", example=example
+    )
+    assert timed.speedup is not None and timed.note is None
+    (untimed,) = condensed.condense_onnx(
+        tmp_path / "dense.onnx", manifest, tmp_path / "u.onnx", layers="auto"
+    )
+    assert untimed.speedup is None and "not timed" in untimed.note
+    sess = ort.InferenceSession(str(tmp_path / "u.onnx"), condensed.session_options(1))
+    want = example @ weight.T
+    np.testing.assert_allclose(sess.run(None, {"input": example})[0], want, atol=ATOL)
