@@ -718,13 +718,15 @@ def big_and_tiny(tmp_path: Path) -> tuple[torch.nn.Module, Manifest, Path]:
 
 def test_auto_condenses_only_layers_that_run_faster(tmp_path: Path) -> None:
     """layers='auto' times each layer alone: the large 90% sparse Linear is condensed, the tiny
-    conv stays dense, and every layer kept dense names its measured ratio; 'all' condenses both.
-    Both files match torch."""
+    conv stays dense, and every layer kept dense names its measured ratio (the whole file, timed
+    against dense, keeps the big one condensed); 'all' condenses both. Both files match torch."""
     model, manifest, dense_path = big_and_tiny(tmp_path)
     x = np.random.default_rng(0).standard_normal((3, 16, 8, 8)).astype(np.float32)
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
-    auto = condensed.condense_onnx(dense_path, manifest, tmp_path / "auto.onnx", layers="auto")
+    auto = condensed.condense_onnx(
+        dense_path, manifest, tmp_path / "auto.onnx", layers="auto", example=x
+    )
     by = {r.module: r for r in auto}
     assert by["big"].kernel == condensed.OP_TYPE and by["big"].skipped is None
     assert by["big"].speedup >= condensed.MIN_SPEEDUP
@@ -818,3 +820,34 @@ def test_auto_reads_shapes_inference_cannot_give_from_one_run_of_the_example(
     sess = ort.InferenceSession(str(tmp_path / "u.onnx"), condensed.session_options(1))
     want = example @ weight.T
     np.testing.assert_allclose(sess.run(None, {"input": example})[0], want, atol=ATOL)
+
+
+@pytest.mark.parametrize("whole", [[0.8, 1.2], [0.8] * 10])
+def test_auto_returns_layers_to_dense_while_the_whole_file_is_slower(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, whole: list[float]
+) -> None:
+    """Layers faster alone can still make the whole file slower (layout conversions between
+    ONNX Runtime's NCHWc convs): the weakest go back to dense until the file is not slower,
+    and when it stays slower every layer does. Timings are fixed here so the test decides."""
+    model, manifest, dense_path = big_and_tiny(tmp_path)
+    alone = {"tiny": 1.5, "big": 3.0}
+    monkeypatch.setattr(condensed, "_timed_speedup", lambda m, d, c, entry, *a: alone[entry.module])
+    ratios = iter(whole)
+    monkeypatch.setattr(condensed, "_paired_speedup", lambda *a: next(ratios))
+    x = np.random.default_rng(0).standard_normal((2, 16, 8, 8)).astype(np.float32)
+    results = condensed.condense_onnx(
+        dense_path, manifest, tmp_path / "c.onnx", layers="auto", example=x
+    )
+    by = {r.module: r for r in results}
+    why = "dense in the whole model: with it condensed the file ran 0.80x of dense at batch 1"
+    assert by["tiny"].kernel == "dense" and by["tiny"].skipped == f"{why} (alone: 1.50x)"
+    if whole[1] >= 1.0:
+        assert by["big"].kernel == condensed.OP_TYPE and by["big"].skipped is None
+    else:
+        assert by["big"].kernel == "dense" and by["big"].skipped.startswith(why)
+    graph = onnx.load(str(tmp_path / "c.onnx")).graph
+    assert any(n.domain == condensed.DOMAIN for n in graph.node) == (whole[1] >= 1.0)
+    sess = ort.InferenceSession(str(tmp_path / "c.onnx"), condensed.session_options(1))
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(sess.run(None, {"input": x})[0], want, atol=ATOL)
