@@ -363,7 +363,7 @@ def _rewrite(
             if speedup is None:
                 note = "not timed (input shape unknown at batch 1): condensed"
             elif speedup < MIN_SPEEDUP:
-                why = f"dense is faster here: condensed {speedup:.2f}x of dense at batch 1"
+                why = _alone_reason(speedup)
             if why is not None:
                 logger.info("%s stays dense: %s", entry.module, why)
                 results.append(
@@ -404,6 +404,14 @@ def _rewrite(
     if ops == "custom" and any(r.skipped is None for r in results):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return model, results
+
+
+def _alone_reason(speedup: float) -> str:
+    """Why a layer timed alone stays dense (a ratio in [1, MIN_SPEEDUP) is no clear gain)."""
+    ratio = f"condensed {speedup:.2f}x of dense at batch 1"
+    if speedup >= 1.0:
+        return f"no clear gain: {ratio} (condensing needs {MIN_SPEEDUP:.2f}x)"
+    return f"dense is faster here: {ratio}"
 
 
 def _whole_model_guard(

@@ -731,11 +731,14 @@ def test_auto_condenses_only_layers_that_run_faster(tmp_path: Path) -> None:
     assert by["big"].kernel == condensed.OP_TYPE and by["big"].skipped is None
     assert by["big"].speedup >= condensed.MIN_SPEEDUP
     assert by["tiny"].kernel == "dense", by["tiny"]
+    assert by["tiny"].skipped.startswith("dense is faster here: condensed 0.")
     for r in auto:
         if r.kernel == "dense":
             assert r.speedup < condensed.MIN_SPEEDUP
-            assert r.skipped == (
-                f"dense is faster here: condensed {r.speedup:.2f}x of dense at batch 1"
+            ratio = f"condensed {r.speedup:.2f}x of dense at batch 1"
+            assert r.skipped in (
+                f"dense is faster here: {ratio}",
+                f"no clear gain: {ratio} (condensing needs 1.05x)",
             )
     everything = condensed.condense_onnx(dense_path, manifest, tmp_path / "all.onnx", layers="all")
     assert [r.kernel for r in everything] == [condensed.CONV_OP_TYPE, condensed.OP_TYPE]
