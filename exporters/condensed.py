@@ -25,6 +25,16 @@ Two ONNX forms are written by :func:`condense_onnx`:
   copies one scalar at a time; measured at 90% sparsity on 768/3072-wide layers); use it for
   portability, not speed.
 
+Which layers are condensed (``layers=``): ``"all"`` condenses every eligible layer (the same
+file on every run); ``"auto"`` (the CLI's default) first times each eligible layer alone in ONNX
+Runtime, the condensed node against the dense node(s) it would replace, at batch 1 on the run's
+threads, and keeps the layer dense unless the condensed node is at least :data:`MIN_SPEEDUP`
+times faster (the report names the measured ratio). The kernels win on large layers at high
+sparsity and lose on small ones and at 2:4, so a condensed file is then never slower than dense
+because of a layer where the dense kernel is faster; but the choice is a measurement, so a layer
+near the threshold may go either way from one run to the next (use ``"all"`` where identical
+artifacts matter).
+
 Ablated rows: the condensed node computes only the active rows and scatters them into the full
 output width, writing ``bias`` (or 0) into ablated columns, which is exactly what the dense layer
 outputs there. Consumers of the layer (an activation, a residual add, the next Linear) therefore
@@ -37,6 +47,9 @@ import ctypes
 import importlib.machinery
 import logging
 import os
+import statistics
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -58,6 +71,29 @@ OP_TYPE = "CondensedLinear"
 CONV_OP_TYPE = "CondensedConv"
 _LIBRARY_STEM = "_condensed_ort"
 _INT16_MAX_FEATURES = 32767
+
+LAYER_CHOICES = ("auto", "all")
+"""``layers=`` of :func:`condense_onnx` (``--condensed-layers``): time each layer and keep the
+dense ones that are faster, or condense every eligible layer."""
+MIN_SPEEDUP = 1.05
+"""``layers="auto"`` condenses a layer only when its condensed node, timed alone, runs at least
+this many times faster than the dense node(s): a 2% "gain" is within the noise of a shared
+machine, and the dense layer is the safe default (it is what the file replaces)."""
+TIMING_WARMUP = 3
+"""Untimed calls of each session before a layer is timed (first calls allocate and page in)."""
+TIMING_PAIRS = (7, 41)
+"""A layer is timed over at least the first and at most the second number of call pairs..."""
+TIMING_BUDGET_S = 0.06
+"""...stopping once the pairs took this long: a ~50-layer model is timed in a few seconds."""
+TIMING_MACS = 2_000_000
+"""A small layer is timed as up to :data:`TIMING_COPIES` copies side by side in one call (each
+on its own input, sharing the weights) until the copies hold about this many dense
+multiply-adds: a ``run`` costs ~5 us of ONNX Runtime overhead, more than a small layer's whole
+work, which alone would make every small layer's ratio read ~1.0x."""
+TIMING_COPIES = 16
+GUARD_TRIES = 4
+"""``auto``: times the whole file is re-timed with more of its weakest layers returned to dense
+(1, 2, 4, 8 more), before every condensed layer is (the file then is the dense model)."""
 
 
 class CondensedWeight(NamedTuple):
@@ -188,6 +224,11 @@ class LayerResult:
     skipped: str | None = None
     kernel: str = "dense"
     fused: tuple[str, ...] = ()
+    speedup: float | None = None
+    """``layers="auto"``: dense time / condensed time of the layer alone at batch 1 (> 1: the
+    condensed node is faster); ``None`` when it was not timed (see ``note``)."""
+    note: str | None = None
+    """Why a condensed layer was not timed under ``layers="auto"`` (its input shape unknown)."""
 
 
 @dataclass
@@ -218,6 +259,9 @@ def condense_onnx(
     manifest: Manifest,
     out_path: str | os.PathLike[str],
     ops: Literal["custom", "standard"] = "custom",
+    layers: Literal["auto", "all"] = "all",
+    threads: int = 1,
+    example: np.ndarray | Mapping[str, np.ndarray] | None = None,
 ) -> list[LayerResult]:
     """Rewrite every constant fan-in Linear of a dense ONNX file into its condensed form.
 
@@ -228,8 +272,16 @@ def condense_onnx(
     (``fan_in is None``), non-Linear entries and entries not found stay dense and are reported
     with the reason. The input file is not modified; ``out_path`` is written atomically.
 
+    ``layers="auto"`` (custom ops only) times each eligible layer alone against its dense
+    node(s) on ``threads`` intra-op threads at batch 1, in the input shape ONNX shape inference
+    gives the layer with the graph's inputs at batch 1 (their other dims from ``example``, one
+    array or ``name -> array``, where the graph leaves them symbolic), and keeps it dense unless
+    the condensed node is :data:`MIN_SPEEDUP` times faster. A layer whose input shape is still
+    unknown is condensed, and its ``note`` says it was not timed. ``layers="all"`` condenses every
+    eligible layer: the same file on every run.
+
     >>> condense_onnx("model.onnx", Manifest.load("manifest.safetensors"),
-    ...               "model.condensed.onnx")  # doctest: +SKIP
+    ...               "model.condensed.onnx", layers="auto")  # doctest: +SKIP
     """
     if ops not in ("custom", "standard"):
         raise SparsifyError(
@@ -237,9 +289,62 @@ def condense_onnx(
             expected="'custom' (CondensedLinear kernel) or 'standard' (stock ONNX ops)",
             found=repr(ops),
         )
-    model = onnx.load(str(dense_onnx_path))
+    if layers not in LAYER_CHOICES:
+        raise SparsifyError(
+            f"unknown condensed layer choice {layers!r}",
+            expected="'auto' (time each layer, keep the faster) or 'all' (condense every one)",
+            found=repr(layers),
+        )
+    if layers == "auto" and ops == "standard":
+        # The stock-op form is 10-30x slower than dense on every layer: timing would keep every
+        # layer dense, and the form exists for runtimes without the kernel library, not speed.
+        raise SparsifyError(
+            "choosing condensed layers by timing applies to the custom kernels",
+            expected="layers='all' with ops='standard', or ops='custom'",
+            found="layers='auto', ops='standard'",
+        )
+    original = onnx.load(str(dense_onnx_path))
+    shapes = _tensor_shapes(original)  # of the original graph: custom ops hide later shapes
+    timed: dict[str, float | None] = {}
+    if layers == "auto":
+        timed_shapes = _batch1_shapes(original, example)
+
+        def time_layer(model: onnx.ModelProto, entry: TensorEntry, dense: _Dense) -> float | None:
+            if entry.module not in timed:
+                condensed = _checked_condense(entry, dense)
+                timed[entry.module] = _timed_speedup(
+                    model, dense, condensed, entry, timed_shapes, threads
+                )
+            return timed[entry.module]
+
+        model, results = _rewrite(original, manifest, ops, shapes, time_layer, {})
+        feeds = _first_row(original, example)
+        if feeds is not None and any(r.skipped is None for r in results):
+            model, results = _whole_model_guard(
+                original, model, results, feeds, threads, manifest, shapes, time_layer
+            )
+    else:
+        model, results = _rewrite(original, manifest, ops, shapes, None, {})
+    onnx.checker.check_model(model)
+    with atomic_path(out_path) as tmp:
+        onnx.save(model, str(tmp))
+    return results
+
+
+def _rewrite(
+    original: onnx.ModelProto,
+    manifest: Manifest,
+    ops: str,
+    shapes: dict[str, tuple[int | str, ...]],
+    time_layer: Callable[[onnx.ModelProto, TensorEntry, _Dense], float | None] | None,
+    demoted: Mapping[str, str],
+) -> tuple[onnx.ModelProto, list[LayerResult]]:
+    """A copy of ``original`` with its eligible layers condensed, one after another (a fused
+    Add is gone before the next layer looks for one); ``time_layer`` (auto) gives each layer's
+    alone speedup, and the layers in ``demoted`` stay dense for the reason given there."""
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
     graph = model.graph
-    shapes = _tensor_shapes(model)  # of the original graph: custom ops hide later shapes
     results = []
     for entry in manifest.entries.values():
         reason = _skip_reason(entry, ops)
@@ -251,6 +356,28 @@ def condense_onnx(
             )
             continue
         condensed = _checked_condense(entry, dense)
+        speedup, note = None, None
+        if time_layer is not None:
+            speedup = time_layer(model, entry, dense)
+            why = demoted.get(entry.module)
+            if speedup is None:
+                note = "not timed (input shape unknown at batch 1): condensed"
+            elif speedup < MIN_SPEEDUP:
+                why = _alone_reason(speedup)
+            if why is not None:
+                logger.info("%s stays dense: %s", entry.module, why)
+                results.append(
+                    LayerResult(
+                        entry.module,
+                        dense.nodes[0].name,
+                        entry.fan_in,
+                        None,
+                        entry.shape[0],
+                        skipped=why,
+                        speedup=speedup,
+                    )
+                )
+                continue
         _replace(graph, dense, condensed, entry, ops)
         kernel = "stock ops" if ops == "standard" else CONV_OP_TYPE if dense.conv else OP_TYPE
         results.append(
@@ -262,6 +389,8 @@ def condense_onnx(
                 entry.shape[0],
                 kernel=kernel,
                 fused=dense.fused,
+                speedup=speedup,
+                note=note,
             )
         )
         logger.info(
@@ -274,10 +403,255 @@ def condense_onnx(
         )
     if ops == "custom" and any(r.skipped is None for r in results):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
-    onnx.checker.check_model(model)
-    with atomic_path(out_path) as tmp:
-        onnx.save(model, str(tmp))
-    return results
+    return model, results
+
+
+def _alone_reason(speedup: float) -> str:
+    """Why a layer timed alone stays dense (a ratio in [1, MIN_SPEEDUP) is no clear gain)."""
+    ratio = f"condensed {speedup:.2f}x of dense at batch 1"
+    if speedup >= 1.0:
+        return f"no clear gain: {ratio} (condensing needs {MIN_SPEEDUP:.2f}x)"
+    return f"dense is faster here: {ratio}"
+
+
+def _whole_model_guard(
+    original: onnx.ModelProto,
+    model: onnx.ModelProto,
+    results: list[LayerResult],
+    feeds: dict[str, np.ndarray],
+    threads: int,
+    manifest: Manifest,
+    shapes: dict[str, tuple[int | str, ...]],
+    time_layer: Callable[[onnx.ModelProto, TensorEntry, _Dense], float | None],
+) -> tuple[onnx.ModelProto, list[LayerResult]]:
+    """Time the whole rewritten model against the dense one at batch 1 and, while it is slower
+    (below 1.0x), return its weakest condensed layers (lowest alone ratio) to dense, 1, 2, 4, ...
+    more each time, up to :data:`GUARD_TRIES` times; then, if still slower, every one.
+
+    Layers timed alone miss what they cost in the graph: ONNX Runtime runs consecutive dense
+    convs in its blocked NCHWc layout, and a custom op between them adds two layout conversions
+    (HF MobileNetV2 at 2:4: 9 of 34 layers 1.2-1.6x faster alone, the file 0.81x of dense)."""
+    from sparsify_cli.exporters import runtime  # it imports this module
+
+    dense_sess = runtime.session(original.SerializeToString(), threads)
+    demoted: dict[str, str] = {}
+    whole = _paired_speedup(dense_sess, runtime.session(model.SerializeToString(), threads), feeds)
+    for attempt in range(GUARD_TRIES + 1):
+        kept = [r for r in results if r.skipped is None]
+        if whole >= 1.0 or not kept:
+            break
+        why = (
+            f"dense in the whole model: with it condensed the file ran {whole:.2f}x of dense at "
+            "batch 1"
+        )
+        if attempt == GUARD_TRIES:  # still slower: the safe file is the dense one
+            demoted.update({r.module: why for r in kept})
+        else:  # 1, 2, 4, ... weakest (lowest alone ratio, untimed first) more each time
+            order = sorted(kept, key=lambda r: (r.speedup is not None, r.speedup or 0.0))
+            for weak in order[: 2**attempt]:
+                alone = f"{weak.speedup:.2f}x" if weak.speedup is not None else "not timed"
+                demoted[weak.module] = f"{why} (alone: {alone})"
+        model, results = _rewrite(original, manifest, "custom", shapes, time_layer, demoted)
+        if attempt < GUARD_TRIES:
+            candidate = runtime.session(model.SerializeToString(), threads)
+            whole = _paired_speedup(dense_sess, candidate, feeds)
+    logger.info("condensed model vs dense at batch 1: %.2fx", whole)
+    return model, results
+
+
+def _first_row(
+    model: onnx.ModelProto, example: np.ndarray | Mapping[str, np.ndarray] | None
+) -> dict[str, np.ndarray] | None:
+    """``example``'s first row as a feed of the whole model (``None`` without an example)."""
+    if example is None:
+        return None
+    if isinstance(example, np.ndarray):
+        inits = {t.name for t in model.graph.initializer}
+        first = next((i.name for i in model.graph.input if i.name not in inits), None)
+        if first is None:
+            return None
+        example = {first: example}
+    return {name: np.ascontiguousarray(a[:1]) for name, a in example.items()}
+
+
+def _paired_speedup(
+    dense: ort.InferenceSession, condensed: ort.InferenceSession, feeds: dict[str, np.ndarray]
+) -> float:
+    """Dense over condensed median time per call on ``feeds``: warm-up calls, then call pairs
+    in alternating order (drift hits both alike), :data:`TIMING_PAIRS` within
+    :data:`TIMING_BUDGET_S`."""
+    pair = [dense, condensed]
+    times: list[list[float]] = [[], []]
+    for sess in pair:
+        for _ in range(TIMING_WARMUP):
+            sess.run(None, feeds)
+    least, most = TIMING_PAIRS
+    start = time.perf_counter()
+    for i in range(most):
+        for which in (0, 1) if i % 2 == 0 else (1, 0):
+            t0 = time.perf_counter()
+            pair[which].run(None, feeds)
+            times[which].append(time.perf_counter() - t0)
+        if i + 1 >= least and time.perf_counter() - start > TIMING_BUDGET_S:
+            break
+    return statistics.median(times[0]) / statistics.median(times[1])
+
+
+def _batch1_shapes(
+    model: onnx.ModelProto, example: np.ndarray | Mapping[str, np.ndarray] | None
+) -> dict[str, tuple[int, ...]]:
+    """Every tensor's concrete shape when the graph's inputs have batch 1, so a layer is timed
+    in the shape it runs in at batch 1 (a flattened ``batch * seq`` too).
+
+    ONNX shape inference first, with a symbolic leading input dim set to 1 and other symbolic
+    dims taken from ``example`` (a lone array is the first input). Where it stops (a Pad whose
+    pads are computed in the graph, as Hugging Face's "same" padding writes it) and ``example``
+    is given, the dense model is run once on the example's first row and the inputs of its
+    Conv / Gemm / MatMul nodes are read off."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    inits = {t.name for t in fixed.graph.initializer}
+    inputs = [i for i in fixed.graph.input if i.name not in inits]
+    if isinstance(example, np.ndarray):
+        example = {inputs[0].name: example} if inputs else {}
+    given = {name: tuple(np.shape(a)) for name, a in (example or {}).items()}
+    for info in inputs:
+        if not info.type.tensor_type.HasField("shape"):
+            continue
+        want = given.get(info.name)
+        for i, dim in enumerate(info.type.tensor_type.shape.dim):
+            if i == 0:
+                dim.dim_value = 1
+            elif not dim.HasField("dim_value") and want is not None and len(want) > i:
+                dim.dim_value = int(want[i])
+    known = {
+        name: tuple(int(d) for d in dims)
+        for name, dims in _tensor_shapes(fixed).items()
+        if all(isinstance(d, int) and d > 0 for d in dims)
+    }
+    layer_inputs = {n.input[0] for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+    missing = sorted(layer_inputs - set(known) - inits)
+    if missing and example:
+        known.update(_run_shapes(model, example, missing))
+    return known
+
+
+def _run_shapes(
+    model: onnx.ModelProto, example: Mapping[str, np.ndarray], names: list[str]
+) -> dict[str, tuple[int, ...]]:
+    """The shapes ``names`` take when the model runs on the first row of ``example`` (empty
+    when it cannot run here: those layers are then condensed untimed)."""
+    from sparsify_cli.exporters import runtime  # it imports this module
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
+    feeds = {name: np.ascontiguousarray(a[:1]) for name, a in example.items()}
+    try:
+        outputs = runtime.session(probe.SerializeToString()).run(names, feeds)
+    except Exception as err:  # an input the example does not name, an op ORT lacks, ...
+        logger.warning("cannot run the dense model for its layer shapes: %s", err)
+        return {}
+    pairs = zip(names, outputs, strict=True)
+    return {name: tuple(int(d) for d in out.shape) for name, out in pairs}
+
+
+def _timed_speedup(
+    model: onnx.ModelProto,
+    dense: _Dense,
+    condensed: CondensedWeight,
+    entry: TensorEntry,
+    shapes: Mapping[str, tuple[int, ...]],
+    threads: int,
+) -> float | None:
+    """Dense over condensed time of the layer alone at batch 1 (``None``: its input shape is
+    unknown). Two one-layer models, the dense nodes and their replacement, are run in sessions
+    configured as the artifacts' (:func:`~sparsify_cli.exporters.runtime.session`) on the same
+    random input, in alternating order (drift hits both alike); the ratio is of the medians."""
+    from sparsify_cli.exporters import runtime  # it imports this module
+
+    feeds_shapes = {dense.x: shapes.get(dense.x)}
+    if dense.residual:
+        feeds_shapes[dense.residual] = shapes.get(dense.residual)
+    if any(shape is None for shape in feeds_shapes.values()):
+        return None
+    dense_model = _layer_model(model, dense, feeds_shapes)
+    condensed_model = onnx.ModelProto()
+    condensed_model.CopyFrom(dense_model)
+    _replace(condensed_model.graph, dense, condensed, entry, "custom")
+    condensed_model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    x_shape = feeds_shapes[dense.x]
+    positions = int(np.prod(x_shape[2:])) if dense.conv else int(np.prod(x_shape[:-1]))
+    strides = int(np.prod(dense.conv["strides"])) if dense.conv else 1
+    macs = max(1, dense.weight.size * max(1, positions // strides))
+    copies = int(min(TIMING_COPIES, max(1, -(-TIMING_MACS // macs))))
+    dense_model, condensed_model = (_copies(m, copies) for m in (dense_model, condensed_model))
+    rng = np.random.default_rng(0)
+    feeds = {
+        f"{name}#{k}": rng.standard_normal(shape).astype(np.float32)
+        for name, shape in feeds_shapes.items()
+        for k in range(copies)
+    }
+    dense_sess, condensed_sess = (
+        runtime.session(m.SerializeToString(), threads) for m in (dense_model, condensed_model)
+    )
+    return _paired_speedup(dense_sess, condensed_sess, feeds)
+
+
+def _layer_model(
+    model: onnx.ModelProto, dense: _Dense, inputs: Mapping[str, tuple[int, ...] | None]
+) -> onnx.ModelProto:
+    """The dense layer alone: its nodes and initializers, ``inputs`` (the layer's input and a
+    fused residual) as graph inputs, its output as the graph output."""
+    inits = [t for t in model.graph.initializer if t.name in set(dense.initializers)]
+    graph = helper.make_graph(
+        [_copy(n) for n in dense.nodes],
+        f"{dense.scope}.timing",
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info(dense.output, onnx.TensorProto.FLOAT, None)],
+        inits,
+    )
+    opsets = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version)
+
+
+def _copies(layer: onnx.ModelProto, copies: int) -> onnx.ModelProto:
+    """``copies`` copies of a one-layer model side by side, tensor ``t`` of copy ``k`` renamed
+    ``t#k``, all reading the same initializers (so no copy of the weights; distinct inputs, so
+    ONNX Runtime cannot merge the copies as common subexpressions)."""
+    graph = layer.graph
+    shared = {t.name for t in graph.initializer}
+
+    def rename(name: str, k: int) -> str:
+        return name if not name or name in shared else f"{name}#{k}"
+
+    nodes, inputs, outputs = [], [], []
+    for k in range(copies):
+        for node in graph.node:
+            copied = _copy(node)
+            copied.name = f"{node.name}#{k}"
+            copied.input[:] = [rename(n, k) for n in node.input]
+            copied.output[:] = [rename(n, k) for n in node.output]
+            nodes.append(copied)
+        for infos, into in ((graph.input, inputs), (graph.output, outputs)):
+            for info in infos:
+                renamed = onnx.ValueInfoProto()
+                renamed.CopyFrom(info)
+                renamed.name = rename(info.name, k)
+                into.append(renamed)
+    out = onnx.ModelProto()
+    out.CopyFrom(layer)
+    del out.graph.node[:], out.graph.input[:], out.graph.output[:]
+    out.graph.node.extend(nodes)
+    out.graph.input.extend(inputs)
+    out.graph.output.extend(outputs)
+    return out
+
+
+def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
+    copied = onnx.NodeProto()
+    copied.CopyFrom(node)
+    return copied
 
 
 def _skip_reason(entry: TensorEntry, ops: str) -> str | None:

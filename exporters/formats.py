@@ -71,24 +71,41 @@ def build_condensed(stage: ExportStage) -> Artifact:
     """Constant fan-in layers as values + indices (``CondensedLinear`` / ``CondensedConv`` or
     stock ops), checked; each layer's check names the kernel that runs it, or why it stays dense.
 
-    The pattern check compares each condensed layer's fan-in with the manifest's; parity is
-    against the same PyTorch outputs as the plain ONNX, with the same tolerance.
+    ``--condensed-layers auto`` (custom ops) times every eligible layer alone at batch 1 on the
+    run's ``--threads`` and keeps the ones where dense is faster dense (the detail names the
+    measured ratio); the standard-op form condenses every eligible layer. The pattern check
+    compares each condensed layer's fan-in with the manifest's; parity is against the same
+    PyTorch outputs as the plain ONNX, with the same tolerance.
     """
     from sparsify_cli.exporters.condensed import condense_onnx, kernel_isa
 
     ops = getattr(stage.options, "condensed_ops", "custom")
+    layers = getattr(stage.options, "condensed_layers", "all") if ops == "custom" else "all"
+    threads = int(getattr(stage.options, "threads", 1))
     path = stage.folder / "model_condensed.onnx"
-    results = condense_onnx(stage.onnx, stage.manifest, path, ops=ops)
+    if layers == "auto":
+        stage.status("timing each condensable layer against dense (--condensed-layers auto)")
+    results = condense_onnx(
+        stage.onnx,
+        stage.manifest,
+        path,
+        ops=ops,
+        layers=layers,
+        threads=threads,
+        example=stage.check_x,
+    )
     entries = stage.manifest.by_module()
     checks = [
         {
             "module": r.module,
             "pattern": entries[r.module].pattern,
             "ok": r.skipped is not None or r.fan_in == entries[r.module].fan_in,
-            "detail": r.skipped or f"k={r.fan_in} over {r.active_rows}/{r.out_features} rows",
+            "detail": r.skipped or _condensed_detail(r),
             # what runs the layer (CondensedLinear / CondensedConv / stock ops / dense: detail)
             "kernel": r.kernel,
             "fused": list(r.fused),
+            # --condensed-layers auto: dense / condensed time of the layer alone at batch 1
+            "speedup_alone": r.speedup,
         }
         for r in results
     ]
@@ -98,13 +115,25 @@ def build_condensed(stage: ExportStage) -> Artifact:
         pattern_checks=checks,
         extras={
             "condensed_ops": ops,
+            "condensed_layers": layers,
             # which kernel set produced the latency (avx512, avx2 or portable)
             "kernels": kernel_isa() if ops == "custom" else None,
             "layers_condensed": sum(r.skipped is None for r in results),
+            # eligible layers kept dense because they ran faster dense (auto)
+            "layers_dense_by_timing": sum(
+                r.skipped is not None and r.speedup is not None for r in results
+            ),
         },
     )
     require_pattern(art, "condensed ONNX")
     return _checked_ort(art, stage, _fp32_atol(stage), "condensed ONNX")
+
+
+def _condensed_detail(r: Any) -> str:
+    detail = f"k={r.fan_in} over {r.active_rows}/{r.out_features} rows"
+    if r.speedup is not None:
+        detail += f"; {r.speedup:.2f}x of dense alone at batch 1"
+    return detail + (f"; {r.note}" if r.note else "")
 
 
 def _build_quantized(mode: str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from sparsify_cli.exporters.condensed import DOMAIN, library_path
@@ -24,10 +25,12 @@ def uses_condensed_ops(path: str | os.PathLike[str]) -> bool:
     return any(op.domain == DOMAIN for op in model.opset_import)
 
 
-def session(path: str | os.PathLike[str], threads: int = 1) -> ort.InferenceSession:
+def session(path: str | os.PathLike[str] | bytes, threads: int = 1) -> ort.InferenceSession:
     """A CPU session with ``threads`` intra-op threads, sequential execution, full optimization.
 
     Condensed models (``CondensedLinear`` nodes) get the project's kernel library registered.
+    ``path`` may also be a serialized model (the condensed exporter times single layers built in
+    memory with the same settings as the artifacts, so its choice is made on the same terms).
     """
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -35,13 +38,21 @@ def session(path: str | os.PathLike[str], threads: int = 1) -> ort.InferenceSess
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    if uses_condensed_ops(path):
+    in_memory = isinstance(path, bytes)
+    if in_memory:
+        domains = {op.domain for op in onnx.load_from_string(path).opset_import}
+        custom = DOMAIN in domains
+    else:
+        custom = uses_condensed_ops(path)
+    if custom:
         opts.register_custom_ops_library(str(library_path()))
+    source = path if in_memory else str(path)
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as err:
         raise SparsifyError(
-            f"ONNX Runtime cannot load {path}: {str(err).splitlines()[0]}",
+            f"ONNX Runtime cannot load {'a model built in memory' if in_memory else path}: "
+            f"{str(err).splitlines()[0]}",
             fix="check the file is a complete ONNX model (re-run the export)",
         ) from err
 

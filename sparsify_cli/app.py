@@ -296,6 +296,13 @@ def convert(
     condensed_ops: Annotated[
         str, typer.Option(help="Condensed layers as 'custom' kernel ops or 'standard' ONNX ops.")
     ] = "custom",
+    condensed_layers: Annotated[
+        str,
+        typer.Option(
+            help="Condensed export: 'auto' times each layer at batch 1 and keeps it dense where "
+            "dense is faster; 'all' condenses every eligible layer (same file every run)."
+        ),
+    ] = "auto",
     quantize: Annotated[
         str | None, typer.Option(help="Also write int8: int8 (static QDQ) or int8-dynamic.")
     ] = None,
@@ -403,6 +410,7 @@ def convert(
             force=force,
             export=_exports(export),
             condensed_ops=condensed_ops,
+            condensed_layers=condensed_layers,
             quantize=quantize,
             calib_size=calib_size,
             calib_method=calib_method,

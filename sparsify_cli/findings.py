@@ -46,10 +46,18 @@ def _why_slow(art: dict[str, Any], report: dict[str, Any], vnni: bool) -> tuple[
             "Sparse Wide widens the layers, and dense kernels run their zeros too",
             "--export onnx,condensed with --dst srigl (constant fan-in), or drop --ift wide",
         )
+    if fmt == "condensed" and art.get("condensed_layers") == "all":
+        return (
+            "--condensed-layers all condensed every eligible layer, those where the dense kernel "
+            "is faster (small layers, 50% zeros) too",
+            "--condensed-layers auto (times each layer, keeps it dense where dense is faster)",
+        )
     if fmt == "condensed":
         return (
             "condensed kernels win on large layers at high sparsity; at 50% zeros (2:4) or on "
-            "small layers the dense kernel is faster",
+            "small layers the dense kernel is faster (--condensed-layers auto times each layer "
+            "alone; in the whole graph a condensed layer can cost more, e.g. layout changes "
+            "between dense convolutions)",
             "--dst srigl --sparsity 0.9 (constant fan-in at 90%), or deploy model.onnx",
         )
     if fmt == "onnx-int8-dynamic":
@@ -66,6 +74,28 @@ def _why_slow(art: dict[str, Any], report: dict[str, Any], vnni: bool) -> tuple[
     return ("it is slower than the model it replaces", "--min-speedup 1 to fail such a run")
 
 
+def _no_op_condensed(art: dict[str, Any]) -> dict[str, Any]:
+    """A condensed export that condensed nothing: because timing kept every layer dense
+    (``--condensed-layers auto``), or because no layer could be condensed at all."""
+    timed = art.get("layers_dense_by_timing")
+    if timed:
+        return {
+            "kind": "no-op-export",
+            "message": f"--export condensed condensed no layer: {art['path']} is the plain "
+            f"sparse model (all {timed} eligible layers ran faster dense when timed alone at "
+            "batch 1)",
+            "option": "--dst srigl --sparsity 0.9 (the kernels win on large layers at high "
+            "sparsity), or --condensed-layers all to condense them anyway",
+        }
+    return {
+        "kind": "no-op-export",
+        "message": f"--export condensed condensed no layer: {art['path']} is the plain sparse "
+        "model (only sparsified layers with constant fan-in condense; the standard-op form "
+        "leaves convolutions dense)",
+        "option": "--condensed-ops custom, and --nm N:M or --dst srigl",
+    }
+
+
 def artifact_findings(report: dict[str, Any], vnni: bool | None = None) -> list[dict[str, Any]]:
     """The findings of ``report`` (a ``report.json`` document); ``vnni``: whether the CPU
     has int8 dot-product instructions (default: this machine's)."""
@@ -76,15 +106,7 @@ def artifact_findings(report: dict[str, Any], vnni: bool | None = None) -> list[
     found = []
     for art in report.get("artifacts") or []:
         if art.get("format") == "condensed" and not art.get("layers_condensed"):
-            found.append(
-                {
-                    "kind": "no-op-export",
-                    "message": f"--export condensed condensed no layer: {art['path']} is the "
-                    "plain sparse model (only sparsified layers with constant fan-in condense; "
-                    "the standard-op form leaves convolutions dense)",
-                    "option": "--condensed-ops custom, and --nm N:M or --dst srigl",
-                }
-            )
+            found.append(_no_op_condensed(art))
         slow = _slow_rows(art)
         if slow:
             figures = ", ".join(

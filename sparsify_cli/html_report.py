@@ -263,7 +263,9 @@ def _details(art: Artifact) -> str:
     if art.format == "condensed":
         kernels = f"{x['kernels']} kernels" if x.get("kernels") else "stock ONNX ops"
         condensed = x.get("layers_condensed")
-        return f"{x.get('condensed_ops')} ops, {kernels}; {condensed} layers condensed"
+        timed = x.get("layers_dense_by_timing")
+        dense = f", {timed} kept dense (faster dense, timed alone)" if timed else ""
+        return f"{x.get('condensed_ops')} ops, {kernels}; {condensed} layers condensed{dense}"
     return ""
 
 

@@ -25,6 +25,9 @@ PARITY_ATOL = 1e-4
 """fp32 ONNX Runtime vs PyTorch: max abs difference allowed on the outputs (``--parity-atol``)."""
 
 CONDENSED_OPS = ("custom", "standard")
+CONDENSED_LAYERS = ("auto", "all")
+"""``--condensed-layers``: time each eligible layer and keep it dense where dense is faster
+(``auto``), or condense every eligible layer (``all``: the same file on every run)."""
 QUANTIZE_MODES = ("int8", "int8-dynamic")
 TRAINED = ("asp", "srste", "maxq")
 """N:M methods that fine-tune and so need training data."""
@@ -111,6 +114,7 @@ class ConvertOptions:
     parity_atol: float = PARITY_ATOL
     export: tuple[str, ...] = ("onnx",)
     condensed_ops: str = "custom"
+    condensed_layers: str = "auto"
     quantize: str | None = None
     calib_size: int = 256
     calib_method: str = "minmax"
@@ -141,6 +145,7 @@ class ConvertOptions:
             parse_input_spec(text)
         check_choice("--method", self.method, METHODS)
         check_choice("--condensed-ops", self.condensed_ops, CONDENSED_OPS)
+        check_choice("--condensed-layers", self.condensed_layers, CONDENSED_LAYERS)
         if self.quantize is not None:
             check_choice("--quantize", self.quantize, QUANTIZE_MODES)
             self.quantize_config()  # validates the calibration settings
@@ -257,9 +262,15 @@ def _ineffective(opts: ConvertOptions) -> list[tuple[str, str]]:
             "int8-dynamic has no calibration; use --quantize int8",
         ),
         (
-            ("condensed_ops",),
+            ("condensed_ops", "condensed_layers"),
             "condensed" not in opts.export,
             "it applies to the condensed export; add --export onnx,condensed",
+        ),
+        (
+            ("condensed_layers",),
+            opts.condensed_ops == "standard",
+            "the standard-op form condenses every eligible layer (timing applies to the custom "
+            "kernels); use --condensed-ops custom",
         ),
         (
             ("sparsity",),

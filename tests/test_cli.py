@@ -18,6 +18,7 @@ def test_convert_sample_in_process(tmp_path):
     result = CliRunner().invoke(
         app,
         ["convert", "digits_cnn", "--nm", "2:4", "--export", "onnx,condensed", "--out", str(out)]
+        + ["--condensed-layers", "all"]  # every layer, whichever kernel is faster on this CPU
         + list(FAST),
     )
     assert result.exit_code == 0, result.output
@@ -100,6 +101,8 @@ def test_convert_exports_condensed_onnx(tmp_path, ops):
     layer, checked against torch and timed beside the dense ONNX in the same report."""
     out = tmp_path / "out"
     args = ["convert", "digits_transformer", "--nm", "2:4", "--export", "onnx,condensed"]
+    if ops == "custom":  # every layer, whichever kernel is faster (standard always condenses all)
+        args += ["--condensed-layers", "all"]
     result = CliRunner().invoke(app, [*args, "--condensed-ops", ops, "--out", str(out), *FAST])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())

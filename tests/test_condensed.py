@@ -686,3 +686,171 @@ def test_conv_kernel_rejects_residual_of_another_shape() -> None:
     np.testing.assert_allclose(got, 0.0)  # relu(3 - 5)
     with pytest.raises(Exception, match="residual must be a float tensor of Y's shape"):
         sess.run(None, {"x": x, "r": np.ones((1, 2, 1, 1), np.float32)})
+
+
+class BigAndTiny(torch.nn.Module):
+    """A tiny 3x3 conv (8x8 map, 90% of weights kept: dense ORT wins) feeding a large Linear at 90%
+    constant fan-in (1024 -> 1024: the condensed kernel wins several times over at batch 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tiny = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.big = torch.nn.Linear(1024, 1024)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.big(torch.relu(self.tiny(x)).flatten(1))
+
+
+def big_and_tiny(tmp_path: Path) -> tuple[torch.nn.Module, Manifest, Path]:
+    torch.manual_seed(2)
+    model = BigAndTiny().eval()
+    rng = np.random.default_rng(2)
+    for layer, k in ((model.tiny, 130), (model.big, 102)):
+        out, fan = layer.weight.shape[0], layer.weight[0].numel()
+        keep = fan_in_mask(rng, out, fan, k)
+        attach_mask(layer, WeightMask(torch.from_numpy(keep.reshape(layer.weight.shape)), "fanin"))
+    manifest = Manifest(manifest_entries(model))
+    fold(model)
+    dense_path = tmp_path / "model.onnx"
+    export_onnx(model, torch.zeros(1, 16, 8, 8), dense_path)
+    return model, manifest, dense_path
+
+
+def test_auto_condenses_only_layers_that_run_faster(tmp_path: Path) -> None:
+    """layers='auto' times each layer alone: the large 90% sparse Linear is condensed, the tiny
+    conv stays dense, and every layer kept dense names its measured ratio (the whole file, timed
+    against dense, keeps the big one condensed); 'all' condenses both. Both files match torch."""
+    model, manifest, dense_path = big_and_tiny(tmp_path)
+    x = np.random.default_rng(0).standard_normal((3, 16, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    auto = condensed.condense_onnx(
+        dense_path, manifest, tmp_path / "auto.onnx", layers="auto", example=x
+    )
+    by = {r.module: r for r in auto}
+    assert by["big"].kernel == condensed.OP_TYPE and by["big"].skipped is None
+    assert by["big"].speedup >= condensed.MIN_SPEEDUP
+    assert by["tiny"].kernel == "dense", by["tiny"]
+    assert by["tiny"].skipped.startswith("dense is faster here: condensed 0.")
+    for r in auto:
+        if r.kernel == "dense":
+            assert r.speedup < condensed.MIN_SPEEDUP
+            ratio = f"condensed {r.speedup:.2f}x of dense at batch 1"
+            assert r.skipped in (
+                f"dense is faster here: {ratio}",
+                f"no clear gain: {ratio} (condensing needs 1.05x)",
+            )
+    everything = condensed.condense_onnx(dense_path, manifest, tmp_path / "all.onnx", layers="all")
+    assert [r.kernel for r in everything] == [condensed.CONV_OP_TYPE, condensed.OP_TYPE]
+    assert all(r.speedup is None and r.note is None for r in everything)
+    for name, kept_conv in (("auto.onnx", True), ("all.onnx", False)):
+        graph = onnx.load(str(tmp_path / name)).graph
+        assert any(n.op_type == "Conv" for n in graph.node) == kept_conv, name
+        sess = ort.InferenceSession(str(tmp_path / name), condensed.session_options(1))
+        np.testing.assert_allclose(sess.run(None, {"input": x})[0], want, atol=ATOL)
+
+
+def test_auto_times_symbolic_dims_in_the_examples_shape(tmp_path: Path) -> None:
+    """A layer whose input has a symbolic dim besides batch is timed in the example's shape;
+    without an example it is condensed untimed, and its note says so."""
+    rng = np.random.default_rng(5)
+    mask = fan_in_mask(rng, 48, 40, 6)
+    weight = rng.standard_normal(mask.shape).astype(np.float32) * mask
+    dense_linear(weight, rng.standard_normal(48).astype(np.float32), 3, tmp_path / "dense.onnx")
+    manifest = Manifest({"fc.weight": entry_for(mask)})
+    (untimed,) = condensed.condense_onnx(
+        tmp_path / "dense.onnx", manifest, tmp_path / "u.onnx", layers="auto"
+    )
+    assert untimed.kernel == condensed.OP_TYPE and untimed.speedup is None
+    assert untimed.note == "not timed (input shape unknown at batch 1): condensed"
+    example = np.zeros((7, 5, 40), np.float32)
+    (timed,) = condensed.condense_onnx(
+        tmp_path / "dense.onnx", manifest, tmp_path / "t.onnx", layers="auto", example=example
+    )
+    assert timed.speedup is not None and timed.speedup > 0 and timed.note is None
+    assert (timed.kernel == "dense") == (timed.speedup < condensed.MIN_SPEEDUP)
+
+
+def test_condensed_layer_choice_is_refused_where_meaningless(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    mask = fan_in_mask(rng, 8, 16, 4)
+    dense_linear(mask.astype(np.float32), np.zeros(8, np.float32), 2, tmp_path / "dense.onnx")
+    manifest = Manifest({"fc.weight": entry_for(mask)})
+    with pytest.raises(SparsifyError, match="applies to the custom kernels"):
+        condensed.condense_onnx(
+            tmp_path / "dense.onnx", manifest, tmp_path / "c.onnx", "standard", layers="auto"
+        )
+    with pytest.raises(SparsifyError, match="unknown condensed layer choice 'some'"):
+        condensed.condense_onnx(
+            tmp_path / "dense.onnx", manifest, tmp_path / "c.onnx", layers="some"
+        )
+    assert not (tmp_path / "c.onnx").exists()
+
+
+def test_auto_reads_shapes_inference_cannot_give_from_one_run_of_the_example(
+    tmp_path: Path,
+) -> None:
+    """A Reshape to a shape computed in the graph (as "same" padding computes Pad's pads in
+    Hugging Face convs) stops ONNX shape inference: the layer's input shape is then read from one
+    run of the dense model on the example's first row, and the layer is timed."""
+    rng = np.random.default_rng(8)
+    mask = fan_in_mask(rng, 64, 40, 4)
+    weight = rng.standard_normal(mask.shape).astype(np.float32) * mask
+    dense_linear(weight, np.zeros(64, np.float32), 2, tmp_path / "dense.onnx")
+    model = onnx.load(str(tmp_path / "dense.onnx"))
+    gemm = model.graph.node[0]
+    gemm.input[0] = "reshaped"
+    shape_nodes = [
+        helper.make_node("Shape", ["input"], ["shape"], start=1),
+        helper.make_node("Constant", [], ["minus1"], value=numpy_helper.from_array(np.array([-1]))),
+        helper.make_node("Concat", ["minus1", "shape"], ["target"], axis=0),
+        helper.make_node("Reshape", ["input", "target"], ["reshaped"]),
+    ]
+    for offset, node in enumerate(shape_nodes):
+        model.graph.node.insert(offset, node)
+    onnx.save(model, str(tmp_path / "dense.onnx"))
+    assert "reshaped" not in condensed._batch1_shapes(model, None)  # inference alone: unknown
+    manifest = Manifest({"fc.weight": entry_for(mask)})
+    example = rng.standard_normal((4, 40)).astype(np.float32)
+    (timed,) = condensed.condense_onnx(
+        tmp_path / "dense.onnx", manifest, tmp_path / "c.onnx", layers="auto", example=example
+    )
+    assert timed.speedup is not None and timed.note is None
+    (untimed,) = condensed.condense_onnx(
+        tmp_path / "dense.onnx", manifest, tmp_path / "u.onnx", layers="auto"
+    )
+    assert untimed.speedup is None and "not timed" in untimed.note
+    sess = ort.InferenceSession(str(tmp_path / "u.onnx"), condensed.session_options(1))
+    want = example @ weight.T
+    np.testing.assert_allclose(sess.run(None, {"input": example})[0], want, atol=ATOL)
+
+
+@pytest.mark.parametrize("whole", [[0.8, 1.2], [0.8] * 10])
+def test_auto_returns_layers_to_dense_while_the_whole_file_is_slower(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, whole: list[float]
+) -> None:
+    """Layers faster alone can still make the whole file slower (layout conversions between
+    ONNX Runtime's NCHWc convs): the weakest go back to dense until the file is not slower,
+    and when it stays slower every layer does. Timings are fixed here so the test decides."""
+    model, manifest, dense_path = big_and_tiny(tmp_path)
+    alone = {"tiny": 1.5, "big": 3.0}
+    monkeypatch.setattr(condensed, "_timed_speedup", lambda m, d, c, entry, *a: alone[entry.module])
+    ratios = iter(whole)
+    monkeypatch.setattr(condensed, "_paired_speedup", lambda *a: next(ratios))
+    x = np.random.default_rng(0).standard_normal((2, 16, 8, 8)).astype(np.float32)
+    results = condensed.condense_onnx(
+        dense_path, manifest, tmp_path / "c.onnx", layers="auto", example=x
+    )
+    by = {r.module: r for r in results}
+    why = "dense in the whole model: with it condensed the file ran 0.80x of dense at batch 1"
+    assert by["tiny"].kernel == "dense" and by["tiny"].skipped == f"{why} (alone: 1.50x)"
+    if whole[1] >= 1.0:
+        assert by["big"].kernel == condensed.OP_TYPE and by["big"].skipped is None
+    else:
+        assert by["big"].kernel == "dense" and by["big"].skipped.startswith(why)
+    graph = onnx.load(str(tmp_path / "c.onnx")).graph
+    assert any(n.domain == condensed.DOMAIN for n in graph.node) == (whole[1] >= 1.0)
+    sess = ort.InferenceSession(str(tmp_path / "c.onnx"), condensed.session_options(1))
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(sess.run(None, {"input": x})[0], want, atol=ATOL)

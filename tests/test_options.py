@@ -26,6 +26,11 @@ INEFFECTIVE = [
     (["--full-range"], "--reduce-range"),
     (["--quantize", "int8-dynamic", "--calib-size", "64"], "--calib-size"),
     (["--condensed-ops", "standard"], "--condensed-ops"),
+    (["--condensed-layers", "all"], "--condensed-layers"),
+    (
+        ["--export", "onnx,condensed", "--condensed-ops", "standard", "--condensed-layers", "all"],
+        "--condensed-layers",
+    ),
     (["--sparsity", "0.5"], "--sparsity"),
     (["--mask-init", "erk"], "--mask-init"),
     (["--ift", "wide", "--mask-init", "erk"], "--mask-init"),
@@ -55,6 +60,9 @@ def test_an_option_without_effect_is_refused_by_name_before_loading(args, option
 def test_options_that_do_take_effect_are_accepted():
     ConvertOptions("digits_cnn", quantize="int8", calib_size=64, calib_method="entropy")
     ConvertOptions("digits_cnn", export=("onnx", "condensed"), condensed_ops="standard")
+    ConvertOptions("digits_cnn", export=("onnx", "condensed"), condensed_layers="all")
+    with pytest.raises(SparsifyError, match="unknown --condensed-layers 'some'"):
+        ConvertOptions("digits_cnn", export=("onnx", "condensed"), condensed_layers="some")
     ConvertOptions("digits_cnn", method="asp", epochs=2, lr=0.01, optimizer="sgd", distill=True)
     ConvertOptions("digits_cnn", dst="rigl", sparsity=0.9, mask_init="erk", device="cpu")
 

@@ -64,11 +64,16 @@ def test_every_value_is_escaped_and_details_shown():
         {**art, "format": "condensed", "path": "c.onnx", "condensed_ops": "custom"}
         | {"kernels": "avx2", "layers_condensed": 0}
     )
+    report["artifacts"].append(
+        {**art, "format": "condensed", "path": "c2.onnx", "condensed_ops": "custom"}
+        | {"kernels": "avx2", "layers_condensed": 2, "layers_dense_by_timing": 5}
+    )
     page = render_html(report)
     assert "<script>" not in page and "<img src=x" not in page and "<b>slow</b>" not in page
     assert "&lt;script&gt;" in page and "--x &lt;y&gt;" in page
     assert "SQNR 34.6 dB" in page and "excluded (kept float): /fc/Gemm" in page
     assert "custom ops, avx2 kernels; 0 layers condensed" in page
+    assert "2 layers condensed, 5 kept dense (faster dense, timed alone)" in page
 
 
 def test_report_command_regenerates(tmp_path):

@@ -406,6 +406,25 @@ def test_findings_no_op_export_and_slower_than_dense():
     assert artifact_findings(report, vnni=False)[1]["option"] == "keep the float model.onnx"
 
 
+def test_findings_name_the_condensed_layer_choice():
+    """A condensed export that timing left all dense says so (not "no layer could condense");
+    a slow --condensed-layers all artifact points at auto."""
+    from sparsify_cli.findings import artifact_findings
+
+    slow = {"batch": 1, "speedup_vs_dense": 0.12, "ratio_low": 0.11, "ratio_high": 0.13}
+    noop = {"path": "model_condensed.onnx", "format": "condensed", "layers_condensed": 0}
+    report = {"recipe": {"options": {}}, "artifacts": [noop | {"layers_dense_by_timing": 7}]}
+    (found,) = artifact_findings(report, vnni=True)
+    assert found["kind"] == "no-op-export"
+    assert "all 7 eligible layers ran faster dense when timed alone" in found["message"]
+    assert "--condensed-layers all" in found["option"]
+    every = {**noop, "layers_condensed": 34, "condensed_layers": "all", "latency": [slow]}
+    (found,) = artifact_findings({"recipe": {"options": {}}, "artifacts": [every]}, vnni=True)
+    assert found["kind"] == "slower-than-dense" and "0.12x at batch 1" in found["message"]
+    assert "--condensed-layers all condensed every eligible layer" in found["message"]
+    assert found["option"].startswith("--condensed-layers auto")
+
+
 # -- recipes replay from any folder ----------------------------------------------------------
 
 
