@@ -85,7 +85,7 @@ def parse_dims(text: str, commas: bool = True) -> tuple[int, ...] | None:
     ``(1, 3, 32, 32)``; None unless every dimension is an integer >= 1. The one reading of a
     shape for ``--input``, ``--input-shape`` and ``bench --shapes``."""
     parts = re.split(r"[,x]" if commas else "x", text.replace(" ", ""))
-    if not all(p.isdigit() for p in parts) or any(int(p) < 1 for p in parts):
+    if not all(p.isascii() and p.isdigit() for p in parts) or any(int(p) < 1 for p in parts):
         return None
     return tuple(int(p) for p in parts)
 
