@@ -47,8 +47,6 @@ import ctypes
 import importlib.machinery
 import logging
 import os
-import statistics
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,10 +79,10 @@ this many times faster than the dense node(s): a 2% "gain" is within the noise o
 machine, and the dense layer is the safe default (it is what the file replaces)."""
 TIMING_WARMUP = 3
 """Untimed calls of each session before a layer is timed (first calls allocate and page in)."""
-TIMING_PAIRS = (7, 41)
-"""A layer is timed over at least the first and at most the second number of call pairs..."""
+TIMING_ROUNDS = 7
+"""A layer is timed over at least this many rounds (one call of each session per round)..."""
 TIMING_BUDGET_S = 0.06
-"""...stopping once the pairs took this long: a ~50-layer model is timed in a few seconds."""
+"""...and until the rounds took about this long: a ~50-layer model is timed in a few seconds."""
 TIMING_MACS = 2_000_000
 """A small layer is timed as up to :data:`TIMING_COPIES` copies side by side in one call (each
 on its own input, sharing the weights) until the copies hold about this many dense
@@ -477,24 +475,18 @@ def _first_row(
 def _paired_speedup(
     dense: ort.InferenceSession, condensed: ort.InferenceSession, feeds: dict[str, np.ndarray]
 ) -> float:
-    """Dense over condensed median time per call on ``feeds``: warm-up calls, then call pairs
-    in alternating order (drift hits both alike), :data:`TIMING_PAIRS` within
-    :data:`TIMING_BUDGET_S`."""
-    pair = [dense, condensed]
-    times: list[list[float]] = [[], []]
-    for sess in pair:
-        for _ in range(TIMING_WARMUP):
-            sess.run(None, feeds)
-    least, most = TIMING_PAIRS
-    start = time.perf_counter()
-    for i in range(most):
-        for which in (0, 1) if i % 2 == 0 else (1, 0):
-            t0 = time.perf_counter()
-            pair[which].run(None, feeds)
-            times[which].append(time.perf_counter() - t0)
-        if i + 1 >= least and time.perf_counter() - start > TIMING_BUDGET_S:
-            break
-    return statistics.median(times[0]) / statistics.median(times[1])
+    """Dense over condensed median time per call on ``feeds``: the interleaved timing of
+    :func:`~sparsify_cli.exporters.latency.time_batch` (drift hits both alike), one call per
+    block, at least :data:`TIMING_ROUNDS` rounds and about :data:`TIMING_BUDGET_S` in all."""
+    from sparsify_cli.exporters.latency import LatencySettings, median_ratio, time_batch
+
+    settings = LatencySettings(
+        (1,), warmup=TIMING_WARMUP, seconds=TIMING_BUDGET_S / 2, round_size=1,
+        min_rounds=TIMING_ROUNDS, max_factor=1.0,
+    )  # fmt: skip
+    sessions = {"dense": dense, "condensed": condensed}
+    blocks = time_batch(sessions, dict.fromkeys(sessions, feeds), settings, None)
+    return median_ratio(blocks["dense"], blocks["condensed"])
 
 
 def _batch1_shapes(

@@ -130,7 +130,7 @@ def _spread(low: float, high: float, point: float) -> float:
     return max(point - low, high - point) / point
 
 
-def _point(base: list[list[float]], own: list[list[float]]) -> float:
+def median_ratio(base: list[list[float]], own: list[list[float]]) -> float:
     return float(np.median([t for b in base for t in b]) / np.median([t for b in own for t in b]))
 
 
@@ -140,7 +140,7 @@ def spread(blocks: Mapping[str, list[list[float]]], name: str, baseline: str | N
     if baseline is None or name == baseline:
         return median_spread(blocks[name])
     low, high = ratio_interval(blocks[baseline], blocks[name])
-    return _spread(low, high, _point(blocks[baseline], blocks[name]))
+    return _spread(low, high, median_ratio(blocks[baseline], blocks[name]))
 
 
 def _feeds(
@@ -164,7 +164,7 @@ def _block_size(call_s: float, settings: LatencySettings) -> int:
     return max(1, min(settings.round_size, int(budget / max(call_s, 1e-6))))
 
 
-def _time_batch(
+def time_batch(
     sessions: Mapping[str, Any],
     feeds: Mapping[str, dict[str, np.ndarray]],
     settings: LatencySettings,
@@ -237,7 +237,7 @@ def measure_latency(
     results: dict[str, list[LatencyRow]] = {name: [] for name in artifacts}
     batches = settings.batch_sizes
     for batch in track(batches, "timing", len(batches)) if track else batches:
-        blocks = _time_batch(sessions, _feeds(sessions, input_shape, batch), settings, baseline)
+        blocks = time_batch(sessions, _feeds(sessions, input_shape, batch), settings, baseline)
         for name, own in blocks.items():
             row = _row(batch, [t for b in own for t in b])
             if baseline is not None:
@@ -246,7 +246,7 @@ def measure_latency(
                 )
                 row = replace(
                     row,
-                    speedup_vs_dense=_point(blocks[baseline], own),
+                    speedup_vs_dense=median_ratio(blocks[baseline], own),
                     ratio_low=low,
                     ratio_high=high,
                 )

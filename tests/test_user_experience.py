@@ -87,13 +87,13 @@ class _Counted:
 
 def test_default_warmup_stops_once_it_took_the_duration_and_an_explicit_one_is_kept(tmp_path):
     from sparsify_cli.exporters import runtime
-    from sparsify_cli.exporters.latency import AUTO_WARMUP, _feeds, _time_batch
+    from sparsify_cli.exporters.latency import AUTO_WARMUP, _feeds, time_batch
 
     path = linear(tmp_path / "big.onnx", 512, 512)
     for warmup, seconds, expect in ((None, 1e-9, 1), (None, 60.0, AUTO_WARMUP), (3, 1e-9, 3)):
         sess = _Counted(runtime.session(path, 1))
         settings = LatencySettings((1,), warmup=warmup, seconds=seconds, iterations=10)
-        blocks = _time_batch({"a": sess}, _feeds({"a": sess.sess}, (512,), 1), settings, None)
+        blocks = time_batch({"a": sess}, _feeds({"a": sess.sess}, (512,), 1), settings, None)
         timed = sum(len(b) for b in blocks["a"])
         assert sess.calls - timed == expect, (warmup, seconds)
 
