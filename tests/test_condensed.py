@@ -472,6 +472,10 @@ def conv_kernel_model(
         (3, 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (1, 1), 2, 2, 1),  # 1x1 input, pads only
         (64, 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (20, 20), 4, 58, 2),  # batch on 2 threads
         (3700, 3, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (2, 3), 1, 9, 1),  # int32 indices
+        # 2:4-like density on 96 channels: several channel blocks (partial sums carried between
+        # them) and, with 150 output channels, several row blocks
+        (96, 150, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (17, 19), 1, 432, 1),
+        (8, 10, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), (30, 41), 2, 4, 1),  # 1x1: long tiles, tail
         # im2col path (<= 256 output positions): 16 positions (one vector), 35 (masked tails,
         # batch on 2 threads), 256 (four 64-position tiles; the second size, 19x17, is planes)
         (6, 10, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (4, 4), 1, 20, 1),
@@ -536,6 +540,28 @@ def test_conv_kernel_matches_torch(
         )
         want2 = want2.relu() if relu else want2
         np.testing.assert_allclose(sess.run(None, {"x": x2})[0], want2.numpy(), atol=ATOL)
+
+
+def test_conv_kernel_takes_each_row_in_any_order() -> None:
+    """The kernel sorts each row's kept weights by input channel (its channel blocks are ranges
+    of that order): a file whose rows list them in another order computes the same conv."""
+    rng = np.random.default_rng(7)
+    mask = fan_in_mask(rng, 12, 80 * 9, 360, ablated=0).reshape(12, 80, 3, 3)
+    weight = rng.standard_normal(mask.shape).astype(np.float32) * mask
+    c = condensed.condense(weight, mask)
+    order = np.argsort(rng.random(c.indices.shape), axis=1)
+    shuffled = c._replace(
+        values=np.take_along_axis(c.values, order, axis=1),
+        indices=np.take_along_axis(c.indices, order, axis=1),
+    )
+    geometry = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    x = rng.standard_normal((1, 80, 20, 20)).astype(np.float32)
+    want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(weight), padding=1)
+    for weights in (c, shuffled):
+        sess = ort.InferenceSession(
+            conv_kernel_model(weights, None, geometry, False), condensed.session_options(1)
+        )
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], want.numpy(), atol=ATOL, rtol=1e-5)
 
 
 def test_conv_kernel_rejects_bad_inputs() -> None:

@@ -52,6 +52,14 @@ struct ConvOffsets {
   int64_t plane = 0;       // floats per plane copy in the band buffer
   int64_t buffer = 0;      // floats of one band buffer
   std::vector<int32_t> offsets;  // [rows, k] (phase * copies + shift) * plane + row shift
+  // Input channels in blocks of block_channels: a tile of positions runs every row's kept
+  // weights of one block before the next, so the planes it reads stay in L1. A row's weights
+  // are sorted by input channel; those of block b are [seg[r * (blocks + 1) + b], ... + b + 1).
+  int64_t tile_vectors = 4;  // vectors of positions per tile
+  int64_t block_channels = 1;
+  int64_t blocks = 1;
+  int64_t row_block = 1;  // rows whose partial sums a tile holds at once
+  std::vector<int32_t> seg;
 };
 
 struct ConvPacked {
@@ -60,7 +68,7 @@ struct ConvPacked {
   int64_t k = 0;     // kept weights per row
   int64_t out = 0;   // output channels
   int32_t max_channel = -1;
-  std::vector<float> values;      // [rows, k]
+  std::vector<float> values;      // [rows, k], each row sorted by flattened [in, kh, kw] index
   std::vector<int32_t> channel;   // [rows, k] input channel of each kept weight
   std::vector<int32_t> ky, kx;    // [rows, k] kernel row * dh, kernel column * dw
   std::vector<float> bias;        // [out]; empty when the node has no bias
