@@ -41,6 +41,13 @@ def _why_slow(art: dict[str, Any], report: dict[str, Any], vnni: bool) -> tuple[
             "stock Gather/Mul/ReduceSum ops stand in for the condensed kernel",
             "--condensed-ops custom",
         )
+    if recipe.get("ift") == "wide" and fmt == "condensed" and recipe.get("dst") == "srigl":
+        return (
+            "Sparse Wide keeps the dense model's multiply-adds (layers widened, then sparse), and "
+            "the condensed kernels do fewer of them per second than dense ones on small layers",
+            "drop --ift wide (--dst srigl --sparsity 0.9 on the original widths), or deploy the "
+            "dense model",
+        )
     if recipe.get("ift") == "wide":
         return (
             "Sparse Wide widens the layers, and dense kernels run their zeros too",

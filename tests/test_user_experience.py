@@ -389,7 +389,13 @@ def test_findings_no_op_export_and_slower_than_dense():
     report["artifacts"][0]["latency"] = [slow]
     wide = artifact_findings(report, vnni=True)[0]
     assert "Sparse Wide" in wide["message"] and "--ift wide" in wide["option"]
-    del report["recipe"]["options"]["ift"]
+    # already condensed with constant fan-in: no advice to do what the run did
+    report["recipe"]["options"]["dst"] = "srigl"
+    report["artifacts"][0].update(format="condensed", layers_condensed=4)
+    wide = artifact_findings(report, vnni=True)[0]
+    assert "multiply-adds" in wide["message"] and "drop --ift wide" in wide["option"]
+    assert "--export onnx,condensed" not in wide["option"]
+    del report["recipe"]["options"]["ift"], report["recipe"]["options"]["dst"]
     report["artifacts"] = [
         {
             "path": "model_condensed.onnx",
