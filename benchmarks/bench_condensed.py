@@ -275,8 +275,20 @@ def deepsparse_ms(python: str | None, jobs: list[dict]) -> list[float | None]:
     """Median ms of each job under DeepSparse (None without DeepSparse, or where it failed)."""
     if python is None or not jobs:
         return [None] * len(jobs)
+    env = dict(os.environ)
+    if env.get("SPARSIFY_BENCH_AVX2_ONLY") == "1":
+        # --as-avx2: DeepSparse's engine crashes under CPUID faulting; it takes its AVX2 build
+        # from NM_ARCH instead (the code it runs on an AVX2 machine)
+        env.pop("LD_PRELOAD", None)
+        env["NM_ARCH"] = "avx2"
+    # errors="replace": DeepSparse's engine log can hold bytes that are not UTF-8
     run = subprocess.run(
-        [python, str(DEEPSPARSE_TIMER)], input=json.dumps(jobs), capture_output=True, text=True
+        [python, str(DEEPSPARSE_TIMER)],
+        env=env,
+        input=json.dumps(jobs),
+        capture_output=True,
+        text=True,
+        errors="replace",
     )
     if run.returncode != 0:
         logger.warning("DeepSparse timer failed: %s", run.stderr[-500:])
