@@ -5,8 +5,8 @@
 // broadcast-FMA run per kept weight of the block, carrying its partial sums to the next block;
 // after the last block, bias + activation go into the valid columns of y.
 //
-// Why tiles of 4 vectors and channel blocks (this session's rewrite; before, each row ran all of
-// its kept weights over 8 vectors x 4 tiles at once): 8 accumulators in 2 sets of 4 keep the FMA
+// Why tiles of 4 vectors and channel blocks (before, each row ran all of its kept weights over
+// 8 vectors x 4 tiles at once): 8 accumulators in 2 sets of 4 keep the FMA
 // chains independent with fewer vectors per kept weight, and a block keeps the planes a tile
 // reads (kh * kw runs per channel) within L1 while every row walks them. A block holds at least
 // 64 kept weights per row on average, so the partial sums' load and store stay small next to its
@@ -52,7 +52,7 @@ namespace sparsify {
 namespace {
 
 // Vectors of output positions per tile (32 positions with AVX2, 64 with AVX-512); direct 1x1
-// convs, whose rows keep few weights and read x itself, take 256 positions (fewer passes over
+// convs, whose rows keep few weights and read x itself, take 128 positions (fewer passes over
 // each row's weights, a row's setup paid once per register subtiles of 8 vectors; 512 with
 // AVX-512 read 256 KiB of x per tile at 128 channels and ran 1x1 128->512 at 28x28 2x slower).
 constexpr int64_t kTileVectors = 4;
@@ -204,26 +204,6 @@ SPARSIFY_AVX2 void row_tile_avx2(const RowTile& rt) {
   }
 }
 
-SPARSIFY_AVX2 void block_rows_avx2(const BlockRows& br, int64_t r0, int64_t r1, int64_t nv) {
-  for (int64_t r = r0; r < r1; ++r) {
-    RowTile rt = br.row(r, r0);
-    for (int64_t t0 = 0; t0 < nv; t0 += kSubtileVectors) {
-      switch (std::min(kSubtileVectors, nv - t0)) {
-        case 8: row_tile_avx2<8, 1>(rt); break;
-        case 7: row_tile_avx2<7, 1>(rt); break;
-        case 6: row_tile_avx2<6, 2>(rt); break;
-        case 5: row_tile_avx2<5, 2>(rt); break;
-        case 4: row_tile_avx2<4, 2>(rt); break;
-        case 3: row_tile_avx2<3, 3>(rt); break;
-        case 2: row_tile_avx2<2, 4>(rt); break;
-        default: row_tile_avx2<1, 8>(rt); break;
-      }
-      rt.x += kSubtileVectors * 8;
-      rt.part += kSubtileVectors * 8;
-      rt.dst += kSubtileVectors * 8;
-    }
-  }
-}
 
 // ---------------------------------------------------------------- AVX-512 path
 
@@ -248,14 +228,14 @@ SPARSIFY_AVX512 void row_tile_avx512(const RowTile& rt) {
   for (; j + U <= rt.n; j += U) {
 #pragma GCC unroll 16
     for (int u = 0; u < U; ++u) {
-      const __m512 w = _mm512_set1_ps(*(v + j + u));
+      const __m512 w = _mm512_set1_ps(v[j + u]);
       const float* p = rt.x + off[j + u];
 #pragma GCC unroll 16
       for (int t = 0; t < T; ++t) acc[u][t] = _mm512_fmadd_ps(w, _mm512_loadu_ps(p + 16 * t), acc[u][t]);
     }
   }
   for (; j < rt.n; ++j) {
-    const __m512 w = _mm512_set1_ps(*(v + j));
+    const __m512 w = _mm512_set1_ps(v[j]);
     const float* p = rt.x + off[j];
 #pragma GCC unroll 16
     for (int t = 0; t < T; ++t) acc[0][t] = _mm512_fmadd_ps(w, _mm512_loadu_ps(p + 16 * t), acc[0][t]);
@@ -274,25 +254,52 @@ SPARSIFY_AVX512 void row_tile_avx512(const RowTile& rt) {
   }
 }
 
-SPARSIFY_AVX512 void block_rows_avx512(const BlockRows& br, int64_t r0, int64_t r1, int64_t nv) {
+
+// The two ISAs' register tiles, for block_rows_simd. Forced inline (here and there): inlined
+// into the ISA's own entry point below, the tiles inline too (a plain call per row and subtile
+// cost 5-8% at 90% sparsity, where a row keeps few weights).
+#define SPARSIFY_INLINE inline __attribute__((always_inline))
+struct Avx2Tiles {
+  static constexpr int64_t kWidth = 8;
+  template <int T, int U>
+  static SPARSIFY_INLINE void run(const RowTile& rt) { row_tile_avx2<T, U>(rt); }
+};
+struct Avx512Tiles {
+  static constexpr int64_t kWidth = 16;
+  template <int T, int U>
+  static SPARSIFY_INLINE void run(const RowTile& rt) { row_tile_avx512<T, U>(rt); }
+};
+
+// Rows [r0, r1) of one channel block over nv vectors: each row's tile in subtiles of up to
+// kSubtileVectors register vectors (T * U >= 8 independent FMA chains in each).
+template <class Tiles>
+SPARSIFY_INLINE void block_rows_simd(const BlockRows& br, int64_t r0, int64_t r1, int64_t nv) {
   for (int64_t r = r0; r < r1; ++r) {
     RowTile rt = br.row(r, r0);
     for (int64_t t0 = 0; t0 < nv; t0 += kSubtileVectors) {
       switch (std::min(kSubtileVectors, nv - t0)) {
-        case 8: row_tile_avx512<8, 1>(rt); break;
-        case 7: row_tile_avx512<7, 1>(rt); break;
-        case 6: row_tile_avx512<6, 2>(rt); break;
-        case 5: row_tile_avx512<5, 2>(rt); break;
-        case 4: row_tile_avx512<4, 2>(rt); break;
-        case 3: row_tile_avx512<3, 3>(rt); break;
-        case 2: row_tile_avx512<2, 4>(rt); break;
-        default: row_tile_avx512<1, 8>(rt); break;
+        case 8: Tiles::template run<8, 1>(rt); break;
+        case 7: Tiles::template run<7, 1>(rt); break;
+        case 6: Tiles::template run<6, 2>(rt); break;
+        case 5: Tiles::template run<5, 2>(rt); break;
+        case 4: Tiles::template run<4, 2>(rt); break;
+        case 3: Tiles::template run<3, 3>(rt); break;
+        case 2: Tiles::template run<2, 4>(rt); break;
+        default: Tiles::template run<1, 8>(rt); break;
       }
-      rt.x += kSubtileVectors * 16;
-      rt.part += kSubtileVectors * 16;
-      rt.dst += kSubtileVectors * 16;
+      rt.x += kSubtileVectors * Tiles::kWidth;
+      rt.part += kSubtileVectors * Tiles::kWidth;
+      rt.dst += kSubtileVectors * Tiles::kWidth;
     }
   }
+}
+
+SPARSIFY_AVX2 void block_rows_avx2(const BlockRows& br, int64_t r0, int64_t r1, int64_t nv) {
+  block_rows_simd<Avx2Tiles>(br, r0, r1, nv);
+}
+
+SPARSIFY_AVX512 void block_rows_avx512(const BlockRows& br, int64_t r0, int64_t r1, int64_t nv) {
+  block_rows_simd<Avx512Tiles>(br, r0, r1, nv);
 }
 
 // im2col path: rows [r0, r1) (r0 a multiple of 4) of the grouped layout against positions
@@ -519,9 +526,8 @@ std::shared_ptr<const ConvOffsets> ConvPacked::offsets_for(int64_t h, int64_t w,
   for (int64_t r = 0; r < rows; ++r) {
     const int32_t* ch = channel.data() + r * k;
     int32_t* seg = o->seg.data() + r * (o->blocks + 1);
-    for (int64_t b = 0; b <= o->blocks; ++b) {
-      const int64_t first = b * o->block_channels;
-      seg[b] = static_cast<int32_t>(std::lower_bound(ch, ch + k, first) - ch);
+    for (int64_t b = 0; b < o->blocks; ++b) {
+      seg[b] = static_cast<int32_t>(std::lower_bound(ch, ch + k, b * o->block_channels) - ch);
     }
     seg[o->blocks] = static_cast<int32_t>(k);
   }
@@ -813,6 +819,7 @@ void ConvPlan::run_chunk(int64_t chunk) const {
   br.part = part;
   br.ldp = tile;
   br.relu = relu_;
+  br.y_stride = hw;
   // Tiles of whole vectors; direct, the positions past the last whole vector go scalar.
   for (int64_t q0 = 0, q1 = 0; q0 < grid; q0 = q1) {
     const bool vector = q0 < vector_end;
@@ -821,7 +828,6 @@ void ConvPlan::run_chunk(int64_t chunk) const {
     br.x = src + q0;
     // Direct: the tile's positions are y's, so the last block stores straight into y.
     br.y_rows = off_->direct ? y + oh0 * off_->out_w + q0 : nullptr;
-    br.y_stride = hw;
     for (int64_t rb = r0; rb < r1; rb += row_block) {
       const int64_t re = std::min(r1, rb + row_block);
       for (br.b = 0; br.b < br.blocks; ++br.b) {
