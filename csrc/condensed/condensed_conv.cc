@@ -24,15 +24,18 @@
 // vector boundaries. Otherwise (small maps, e.g. 8x8 with pads: 10 -> 16 would waste 60%) the
 // rows stay compact and the shift goes into the offset.
 //
-// Small maps (at most kColPositions outputs, e.g. the digits CNN's 8x8 and 4x4) take the im2col
-// path instead: each image is unfolded once into xcol [in * kh * kw, positions], and the conv is
-// the batched CondensedLinear over the positions (the grouped layout of ConvPacked::linear: 4
-// output channels x up to 4 vectors of positions in registers, each kept weight one broadcast
-// and a few FMAs, sums + bias + ReLU stored straight into the output planes). There the planes'
-// padded grid wasted up to half the vector lanes (a 4x4 map with pads: 24 grid positions for 16
-// outputs, 32 with AVX-512) and the per-row copies cost as much as the work. Measured on the
-// Zen 5-class EPYC, 1 thread, batch 1: digits CNN at 1:8 0.053 -> 0.045 ms, its Sparse Wide
-// variant at 75% 0.20 -> 0.14 ms.
+// Small maps (at most kColPositions outputs, e.g. the digits CNN's 8x8 and 4x4) take the
+// column-plane path instead: each image is copied once into planes of exactly out_w columns, one
+// per (channel, row phase, kernel column) (see ConvOffsets::columns), so each kept weight reads
+// one contiguous run of the out_h * out_w positions and the conv is the batched CondensedLinear
+// over them (the grouped layout of ConvPacked::linear: 4 output channels x up to 4 vectors of
+// positions in registers, each kept weight one broadcast and a few FMAs, sums + bias + ReLU
+// stored straight into the output planes). There the planes' padded grid wasted up to half the
+// vector lanes (a 4x4 map with pads: 24 grid positions for 16 outputs, 32 with AVX-512) and the
+// per-row copies cost as much as the work. Measured on the Zen 4 EPYC, 1 thread, digits CNN at
+// 1:8: batch 1 1.09x -> 1.40x of dense ORT, batch 64 0.78x -> 1.59x (the im2col that came
+// before these planes wrote kh * kw runs per channel and output row: 3x the copying).
+
 #include "condensed_conv.h"
 
 #include <algorithm>
@@ -71,9 +74,9 @@ constexpr int64_t kBandBytes = 256 * 1024;
 // The q grid and planes are padded to this many floats (the widest vector), so the offsets do
 // not depend on the ISA.
 constexpr int64_t kGridAlign = 16;
-// The im2col path: xcol (floats of one image's unfolded input) at most this many bytes, and at
-// most this many output positions (small maps, where the planes' padded grid and the per-row
-// copies cost as much as the work: 4x4 maps computed 32 grid positions for 16 outputs).
+// The column-plane path: one image's planes at most this many bytes, and at most this many
+// output positions (small maps, where the band planes' padded grid and the per-row copies cost as
+// much as the work: 4x4 maps computed 32 grid positions for 16 outputs).
 constexpr int64_t kColBytes = 512 * 1024;
 constexpr int64_t kColPositions = 256;
 
@@ -302,12 +305,13 @@ SPARSIFY_AVX512 void block_rows_avx512(const BlockRows& br, int64_t r0, int64_t 
   block_rows_simd<Avx512Tiles>(br, r0, r1, nv);
 }
 
-// im2col path: rows [r0, r1) (r0 a multiple of 4) of the grouped layout against positions
-// [p0, p0 + 16 * NV) of xcol [K, ldcol]: 4 rows x NV vectors in registers, each kept entry one
+// Column-plane path: rows [r0, r1) (r0 a multiple of 4) of the grouped layout against positions
+// [p0, p0 + 16 * NV) of each kept entry's run (planes + col_off): 4 rows x NV vectors in
+// registers, each kept entry one
 // broadcast and NV FMAs; each row's sums (+ bias, ReLU) go straight to its output plane
 // (masked past n positions). NV == 1: two accumulator sets (even / odd entries), so 8 FMA chains.
 template <int NV>
-SPARSIFY_AVX512 void col_rows_avx512(const Packed& lw, const float* xcol, int64_t ldcol,
+SPARSIFY_AVX512 void col_rows_avx512(const Packed& lw, const float* planes, const int32_t* col_off,
                                      const float* bias, const int32_t* cols, bool relu,
                                      int64_t r0, int64_t r1, int64_t p0, int64_t n, int64_t plane,
                                      float* y) {
@@ -315,7 +319,7 @@ SPARSIFY_AVX512 void col_rows_avx512(const Packed& lw, const float* xcol, int64_
   const int64_t nb = lw.kp / 8;
   const int tail = static_cast<int>(lw.k - (nb - 1) * 8);
   const int64_t stride = lw.group_stride;
-  const float* xc = xcol + p0;
+  const float* xc = planes + p0;
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t r = r0; r < r1; r += 4) {
     const float* p = lw.grouped.data() + (r / 4) * nb * stride;
@@ -325,8 +329,8 @@ SPARSIFY_AVX512 void col_rows_avx512(const Packed& lw, const float* xcol, int64_
         for (auto& v : row) v = zero;
       }
     }
-    for (int64_t b = 0; b < nb; ++b, p += stride) {
-      const int16_t* id = reinterpret_cast<const int16_t*>(p + 32);
+    const int32_t* of = col_off + (r / 4) * nb * 32;
+    for (int64_t b = 0; b < nb; ++b, p += stride, of += 32) {
       const int entries = b + 1 < nb ? 8 : tail;
       if (entries == 8) {
 #pragma GCC unroll 8
@@ -334,9 +338,9 @@ SPARSIFY_AVX512 void col_rows_avx512(const Packed& lw, const float* xcol, int64_
 #pragma GCC unroll 4
           for (int q = 0; q < 4; ++q) {
             const __m512 v = _mm512_set1_ps(p[q * 8 + e]);
-            const float* xr = xc + static_cast<int64_t>(id[q * 8 + e]) * ldcol;
+            const float* xr = xc + of[q * 8 + e];
             for (int t = 0; t < NV; ++t) {
-              a[e % U][q][t] = _mm512_fmadd_ps(v, _mm512_load_ps(xr + 16 * t), a[e % U][q][t]);
+              a[e % U][q][t] = _mm512_fmadd_ps(v, _mm512_loadu_ps(xr + 16 * t), a[e % U][q][t]);
             }
           }
         }
@@ -346,8 +350,8 @@ SPARSIFY_AVX512 void col_rows_avx512(const Packed& lw, const float* xcol, int64_
 #pragma GCC unroll 4
         for (int q = 0; q < 4; ++q) {
           const __m512 v = _mm512_set1_ps(p[q * 8 + e]);
-          const float* xr = xc + static_cast<int64_t>(id[q * 8 + e]) * ldcol;
-          for (int t = 0; t < NV; ++t) a[0][q][t] = _mm512_fmadd_ps(v, _mm512_load_ps(xr + 16 * t), a[0][q][t]);
+          const float* xr = xc + of[q * 8 + e];
+          for (int t = 0; t < NV; ++t) a[0][q][t] = _mm512_fmadd_ps(v, _mm512_loadu_ps(xr + 16 * t), a[0][q][t]);
         }
       }
     }
@@ -371,14 +375,14 @@ SPARSIFY_AVX512 void col_rows_avx512(const Packed& lw, const float* xcol, int64_
 // The AVX2 form: NV vectors of 8 positions (NV <= 2: 4 rows x 2 x 2 sets = 16 accumulators
 // would not fit, so NV == 2 has one set, NV == 1 two).
 template <int NV>
-SPARSIFY_AVX2 void col_rows_avx2(const Packed& lw, const float* xcol, int64_t ldcol,
+SPARSIFY_AVX2 void col_rows_avx2(const Packed& lw, const float* planes, const int32_t* col_off,
                                  const float* bias, const int32_t* cols, bool relu, int64_t r0,
                                  int64_t r1, int64_t p0, int64_t n, int64_t plane, float* y) {
   constexpr int U = NV == 1 ? 2 : 1;
   const int64_t nb = lw.kp / 8;
   const int tail = static_cast<int>(lw.k - (nb - 1) * 8);
   const int64_t stride = lw.group_stride;
-  const float* xc = xcol + p0;
+  const float* xc = planes + p0;
   const __m256 zero = _mm256_setzero_ps();
   for (int64_t r = r0; r < r1; r += 4) {
     const float* p = lw.grouped.data() + (r / 4) * nb * stride;
@@ -388,8 +392,8 @@ SPARSIFY_AVX2 void col_rows_avx2(const Packed& lw, const float* xcol, int64_t ld
         for (auto& v : row) v = zero;
       }
     }
-    for (int64_t b = 0; b < nb; ++b, p += stride) {
-      const int16_t* id = reinterpret_cast<const int16_t*>(p + 32);
+    const int32_t* of = col_off + (r / 4) * nb * 32;
+    for (int64_t b = 0; b < nb; ++b, p += stride, of += 32) {
       const int entries = b + 1 < nb ? 8 : tail;
       if (entries == 8) {
 #pragma GCC unroll 8
@@ -397,9 +401,9 @@ SPARSIFY_AVX2 void col_rows_avx2(const Packed& lw, const float* xcol, int64_t ld
 #pragma GCC unroll 4
           for (int q = 0; q < 4; ++q) {
             const __m256 v = _mm256_broadcast_ss(p + q * 8 + e);
-            const float* xr = xc + static_cast<int64_t>(id[q * 8 + e]) * ldcol;
+            const float* xr = xc + of[q * 8 + e];
             for (int t = 0; t < NV; ++t) {
-              a[e % U][q][t] = _mm256_fmadd_ps(v, _mm256_load_ps(xr + 8 * t), a[e % U][q][t]);
+              a[e % U][q][t] = _mm256_fmadd_ps(v, _mm256_loadu_ps(xr + 8 * t), a[e % U][q][t]);
             }
           }
         }
@@ -409,8 +413,8 @@ SPARSIFY_AVX2 void col_rows_avx2(const Packed& lw, const float* xcol, int64_t ld
 #pragma GCC unroll 4
         for (int q = 0; q < 4; ++q) {
           const __m256 v = _mm256_broadcast_ss(p + q * 8 + e);
-          const float* xr = xc + static_cast<int64_t>(id[q * 8 + e]) * ldcol;
-          for (int t = 0; t < NV; ++t) a[0][q][t] = _mm256_fmadd_ps(v, _mm256_load_ps(xr + 8 * t), a[0][q][t]);
+          const float* xr = xc + of[q * 8 + e];
+          for (int t = 0; t < NV; ++t) a[0][q][t] = _mm256_fmadd_ps(v, _mm256_loadu_ps(xr + 8 * t), a[0][q][t]);
         }
       }
     }
@@ -507,12 +511,41 @@ std::shared_ptr<const ConvOffsets> ConvPacked::offsets_for(int64_t h, int64_t w,
     o->plane = h * w;
     o->buffer = 0;
   }
-  // Small maps: im2col when the unfolded image stays within kColBytes (AVX2 / AVX-512 only: the
+  // Small maps: column planes when one image's stay within kColBytes (AVX2 / AVX-512 only: the
   // kernels read the grouped layout of `linear`).
   const int64_t positions = o->out_h * o->out_w;
-  o->ldcol = round_up(positions, vec);
-  o->im2col = has_linear && !o->direct && positions <= kColPositions &&
-              channels * g.kh * g.kw * o->ldcol * static_cast<int64_t>(sizeof(float)) <= kColBytes;
+  o->col_rows = o->out_h + (g.kh - 1) * g.dh / g.sh;
+  o->col_plane = o->col_rows * o->out_w;
+  // Slack: rows are stored in whole vectors of 8, and the kernels read whole vectors of a run.
+  o->col_buffer = channels * g.sh * g.kw * o->col_plane + 16;
+  o->columns = has_linear && !o->direct && positions <= kColPositions &&
+              o->col_buffer * static_cast<int64_t>(sizeof(float)) <= kColBytes;
+  if (o->columns) {
+    const Packed& lw = linear;
+    const int64_t nb = lw.kp / 8, groups = (lw.rows + 3) / 4;
+    o->col_off.resize(static_cast<size_t>(groups * nb * 32));
+    for (int64_t gb = 0; gb < groups * nb; ++gb) {
+      const int16_t* id = reinterpret_cast<const int16_t*>(lw.grouped.data() + gb * lw.group_stride + 32);
+      for (int64_t e = 0; e < 32; ++e) {
+        const int64_t tap = id[e] % (g.kh * g.kw), c = id[e] / (g.kh * g.kw);
+        const int64_t i = tap / g.kw * g.dh, j = tap % g.kw;
+        o->col_off[gb * 32 + e] =
+            static_cast<int32_t>(((c * g.sh + i % g.sh) * g.kw + j) * o->col_plane + i / g.sh * o->out_w);
+      }
+    }
+    // Stride 1 with out_w == w ("same" padding along the rows): a column plane's rows that read
+    // input rows are one run of x at the column shift, valid where ow falls inside the input.
+    o->col_run = g.sh == 1 && g.sw == 1 && o->out_w == w;
+    if (o->col_run) {
+      o->col_valid.assign(static_cast<size_t>(g.kw * o->col_plane), 0);
+      for (int64_t j = 0; j < g.kw; ++j) {
+        for (int64_t q = 0; q < o->col_plane; ++q) {
+          const int64_t col = q % o->out_w + j * g.dw - g.pl;
+          o->col_valid[j * o->col_plane + q] = col >= 0 && col < w ? -1 : 0;
+        }
+      }
+    }
+  }
   // Channel blocks: a tile reads kh * kw runs of tile_vectors vectors per channel.
   const int64_t channel_bytes = g.kh * g.kw * o->tile_vectors * vec * static_cast<int64_t>(sizeof(float));
   // Blocks of at least kBlockWeights kept weights per row (on average): the partial sums' load
@@ -601,7 +634,7 @@ std::string pack_conv(const ConvGeometry& g, const float* values, const void* in
         check_output_rows(cols, rows, width, "out_channels", &p.cols, &p.empty_cols);
     if (!err.empty()) return err;
   }
-  // The im2col path's layout (int16 indices only: the flattened [in, kh, kw] index must fit).
+  // The column-plane path's layout (int16 indices only: the flattened [in, kh, kw] index must fit).
   p.has_linear = false;
   if (isa_level() >= 1 && indices_are_int16 && rows > 0) {
     const std::string err = pack(values, indices, true, rows, k, nullptr, 0, nullptr, -1, rows,
@@ -621,9 +654,9 @@ ConvPlan::ConvPlan(const ConvPacked& w, const float* x, int64_t batch, int64_t c
   work_ = batch * w.rows * w.k * off_->out_h * off_->out_w;
   // Enough chunks for a thread pool: bands of every image, and, when those are few, ranges of
   // rows as well (each chunk then copies its band again, a small cost next to the work).
-  const int64_t bands = batch * (off_->im2col ? 1 : off_->bands);
+  const int64_t bands = batch * (off_->columns ? 1 : off_->bands);
   row_chunks_ = bands >= 8 || work_ < 1000 * 1000 ? 1 : std::min<int64_t>(w.rows, 8 / bands);
-  if (off_->im2col) row_chunks_ = 1;  // one chunk per image (each unfolds its own image)
+  if (off_->columns) row_chunks_ = 1;  // one chunk per image (each copies its own image)
   row_chunks_ = std::max<int64_t>(1, row_chunks_);
   rows_per_chunk_ = (w.rows + row_chunks_ - 1) / std::max<int64_t>(1, row_chunks_);
   chunks_ = bands * row_chunks_;
@@ -685,89 +718,128 @@ void ConvPlan::store_grid(const float* buf, int64_t oh0, int64_t q0, int64_t q1,
   }
 }
 
-// xcol [(c * kh + i) * kw + j, ldcol] = x[c, oh * sh + i * dh - pt, ow * sw + j * dw - pl] at
-// position oh * out_w + ow (0 in the pads and past the positions). Through a padded copy of the
-// image (pads as zeros), so each xcol row is out_h plain runs of out_w floats; runs of 4 and 8
-// (4x4 and 8x8 maps, stride 1) are single vector copies (a generic per-float loop with bounds
-// tests took longer than the multiply-adds on the digits CNN's 4x4 maps).
-void ConvPlan::fill_col(const float* x, float* xcol, float* padded) const {
+#ifdef SPARSIFY_X86
+// The column planes of image x (see ConvOffsets::columns), in address order: plane (c, a, j) row
+// r holds input row sh * r + a - pt at columns sw * ow + j * dw - pl, zeros outside the input.
+// With col_run, a plane is its zero rows and one masked copy of x (a few vectors per plane on
+// the digits CNN's 4x4 maps); otherwise each row is a masked vector load (a load and a permute
+// for a stride whose row spans 8 floats, gathers past that). Vectors are stored whole: lanes
+// past a row or run land in what is written next (or the buffer's slack). AVX2 only: the path
+// needs the grouped layout, built with AVX2. Per-run copies (im2col's kh * kw runs per channel
+// and output row, then runs through a padded copy of each row, whose reads stalled on store
+// forwarding) took twice as long as the digits CNN's multiply-adds at 1:8.
+// n floats rounded up to whole vectors of zeros.
+SPARSIFY_AVX2 inline void zero_vectors(float* dst, int64_t n) {
+  for (int64_t t = 0; t < n; t += 8) _mm256_storeu_ps(dst + t, _mm256_setzero_ps());
+}
+
+SPARSIFY_AVX2 void ConvPlan::fill_col_planes(const float* x, float* planes) const {
   const ConvGeometry& g = w_.g;
-  const int64_t oh_n = off_->out_h, ow_n = off_->out_w, ld = off_->ldcol;
-  const int64_t hp = h_ + g.pt + g.pb, wp = wd_ + g.pl + g.pr;
-  for (int64_t c = 0; c < channels_; ++c) {
-    float* pc = padded + c * hp * wp;
-    std::fill(pc, pc + g.pt * wp, 0.0f);
-    for (int64_t r = 0; r < h_; ++r) {
-      float* row = pc + (g.pt + r) * wp;
-      std::fill(row, row + g.pl, 0.0f);
-      std::memcpy(row + g.pl, x + (c * h_ + r) * wd_, static_cast<size_t>(wd_) * sizeof(float));
-      std::fill(row + g.pl + wd_, row + wp, 0.0f);
+  const int64_t ow_n = off_->out_w, rows = off_->col_rows, plane = off_->col_plane;
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i step = _mm256_mullo_epi32(lane, _mm256_set1_epi32(static_cast<int>(g.sw)));
+  const bool permute = g.sw > 1 && (ow_n - 1) * g.sw < 8;
+  const __m256 zero = _mm256_setzero_ps();
+  float* dst = planes;
+  if (off_->col_run) {
+    // Plane rows [r0, r1) read input rows [r0 - pt, r1 - pt).
+    const int64_t r0 = std::clamp<int64_t>(g.pt, 0, rows), r1 = std::clamp<int64_t>(g.pt + h_, r0, rows);
+    const int64_t n = (r1 - r0) * ow_n;
+    const __m256i count = _mm256_set1_epi32(static_cast<int>(n));
+    for (int64_t c = 0; c < channels_; ++c) {
+      for (int64_t j = 0; j < g.kw; ++j, dst += plane) {
+        const float* src = x + (c * h_ + r0 - g.pt) * wd_ + j * g.dw - g.pl;
+        const int32_t* valid = off_->col_valid.data() + j * plane + r0 * ow_n;
+        zero_vectors(dst, r0 * ow_n);
+        float* run = dst + r0 * ow_n;
+        for (int64_t t = 0; t < n; t += 8) {
+          const __m256i in = _mm256_and_si256(
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(valid + t)),
+              _mm256_cmpgt_epi32(count, _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int>(t)))));
+          _mm256_storeu_ps(run + t, _mm256_maskload_ps(src + t, in));
+        }
+        zero_vectors(dst + r1 * ow_n, (rows - r1) * ow_n);
+      }
     }
-    std::fill(pc + (g.pt + h_) * wp, pc + hp * wp, 0.0f);
-  }
-  const bool v4 = g.sw == 1 && ow_n == 4, v8 = g.sw == 1 && ow_n == 8;
-  for (int64_t c = 0; c < channels_; ++c) {
-    for (int64_t i = 0; i < g.kh; ++i) {
-      for (int64_t j = 0; j < g.kw; ++j) {
-        float* dst = xcol + ((c * g.kh + i) * g.kw + j) * ld;
-        const float* src = padded + (c * hp + i * g.dh) * wp + j * g.dw;
-        for (int64_t oh = 0; oh < oh_n; ++oh, dst += ow_n) {
-          const float* s = src + oh * g.sh * wp;
-          if (v4) {
-            std::memcpy(dst, s, 4 * sizeof(float));
-          } else if (v8) {
-            std::memcpy(dst, s, 8 * sizeof(float));
-          } else if (g.sw == 1) {
-            std::memcpy(dst, s, static_cast<size_t>(ow_n) * sizeof(float));
-          } else {
-            for (int64_t ow = 0; ow < ow_n; ++ow) dst[ow] = s[ow * g.sw];
+  } else {
+    for (int64_t c = 0; c < channels_; ++c) {
+      for (int64_t a = 0; a < g.sh; ++a) {
+        for (int64_t j = 0; j < g.kw; ++j) {
+          // Output columns [o0, o1) read input columns sw * ow + shift inside the input.
+          const int64_t shift = j * g.dw - g.pl;
+          const int64_t o0 = std::min(ow_n, std::max<int64_t>(0, (-shift + g.sw - 1) / g.sw));
+          const int64_t o1 =
+              std::clamp<int64_t>(shift >= wd_ ? 0 : (wd_ - 1 - shift) / g.sw + 1, o0, ow_n);
+          // permute: the lanes of input columns shift + [sw * o0, sw * (o1 - 1)].
+          const __m256i lo = _mm256_set1_epi32(static_cast<int>(permute ? g.sw * o0 - 1 : o0 - 1));
+          const __m256i hi = _mm256_set1_epi32(static_cast<int>(permute ? g.sw * (o1 - 1) + 1 : o1));
+          for (int64_t r = 0; r < rows; ++r, dst += ow_n) {
+            const int64_t src_row = r * g.sh + a - g.pt;
+            if (src_row < 0 || src_row >= h_) {
+              zero_vectors(dst, ow_n);
+              continue;
+            }
+            const float* src = x + (c * h_ + src_row) * wd_ + shift;
+            for (int64_t t = 0; t < ow_n; t += 8) {
+              const __m256i ow = _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int>(t)));
+              const __m256i in = _mm256_and_si256(_mm256_cmpgt_epi32(ow, lo), _mm256_cmpgt_epi32(hi, ow));
+              __m256 v;
+              if (permute) {
+                v = _mm256_permutevar8x32_ps(_mm256_maskload_ps(src, in), step);
+              } else if (g.sw == 1) {
+                v = _mm256_maskload_ps(src + t, in);
+              } else {
+                v = _mm256_mask_i32gather_ps(zero, src + t * g.sw, step, _mm256_castsi256_ps(in), 4);
+              }
+              _mm256_storeu_ps(dst + t, v);
+            }
           }
         }
-        std::fill(dst, xcol + ((c * g.kh + i) * g.kw + j + 1) * ld, 0.0f);
       }
     }
   }
+  std::fill(dst, planes + off_->col_buffer, 0.0f);
 }
+#endif  // SPARSIFY_X86
 
-void ConvPlan::run_im2col(int64_t image) const {
+void ConvPlan::run_columns(int64_t image) const {
   const int64_t hw = off_->out_h * off_->out_w;
   float* y = y_ + image * w_.out * hw;
   for (int32_t c : w_.empty_cols) {
     std::fill(y + c * hw, y + (c + 1) * hw, activate(relu_, w_.bias.empty() ? 0.0f : w_.bias[c]));
   }
   if (w_.rows == 0) return;
-  const int64_t k_all = channels_ * w_.g.kh * w_.g.kw;
-  const int64_t padded = channels_ * (h_ + w_.g.pt + w_.g.pb) * (wd_ + w_.g.pl + w_.g.pr);
-  float* xcol = static_cast<float*>(::operator new(
-      static_cast<size_t>(k_all * off_->ldcol + padded) * sizeof(float), std::align_val_t(64)));
-  fill_col(x_ + image * channels_ * h_ * wd_, xcol, xcol + k_all * off_->ldcol);
+#ifdef SPARSIFY_X86
+  float* planes = static_cast<float*>(::operator new(
+      static_cast<size_t>(off_->col_buffer) * sizeof(float), std::align_val_t(64)));
+  fill_col_planes(x_ + image * channels_ * h_ * wd_, planes);
+  const int32_t* col_off = off_->col_off.data();
   const float* bias = w_.bias.empty() ? nullptr : w_.bias.data();
   const int32_t* cols = w_.cols.empty() ? nullptr : w_.cols.data();
   const bool relu = relu_;
   const Packed& lw = w_.linear;
-#ifdef SPARSIFY_X86
   if (level() == 2) {
     for (int64_t p0 = 0; p0 < hw; p0 += 64) {
       const int64_t n = std::min<int64_t>(64, hw - p0);
       switch ((n + 15) / 16) {
-        case 1: col_rows_avx512<1>(lw, xcol, off_->ldcol, bias, cols, relu, 0, w_.rows, p0, n, hw, y); break;
-        case 2: col_rows_avx512<2>(lw, xcol, off_->ldcol, bias, cols, relu, 0, w_.rows, p0, n, hw, y); break;
-        case 3: col_rows_avx512<3>(lw, xcol, off_->ldcol, bias, cols, relu, 0, w_.rows, p0, n, hw, y); break;
-        default: col_rows_avx512<4>(lw, xcol, off_->ldcol, bias, cols, relu, 0, w_.rows, p0, n, hw, y); break;
+        case 1: col_rows_avx512<1>(lw, planes, col_off, bias, cols, relu, 0, w_.rows, p0, n, hw, y); break;
+        case 2: col_rows_avx512<2>(lw, planes, col_off, bias, cols, relu, 0, w_.rows, p0, n, hw, y); break;
+        case 3: col_rows_avx512<3>(lw, planes, col_off, bias, cols, relu, 0, w_.rows, p0, n, hw, y); break;
+        default: col_rows_avx512<4>(lw, planes, col_off, bias, cols, relu, 0, w_.rows, p0, n, hw, y); break;
       }
     }
   } else {
     for (int64_t p0 = 0; p0 < hw; p0 += 16) {
       const int64_t n = std::min<int64_t>(16, hw - p0);
       if (n > 8) {
-        col_rows_avx2<2>(lw, xcol, off_->ldcol, bias, cols, relu, 0, w_.rows, p0, n, hw, y);
+        col_rows_avx2<2>(lw, planes, col_off, bias, cols, relu, 0, w_.rows, p0, n, hw, y);
       } else {
-        col_rows_avx2<1>(lw, xcol, off_->ldcol, bias, cols, relu, 0, w_.rows, p0, n, hw, y);
+        col_rows_avx2<1>(lw, planes, col_off, bias, cols, relu, 0, w_.rows, p0, n, hw, y);
       }
     }
   }
+  ::operator delete(planes, std::align_val_t(64));
 #endif
-  ::operator delete(xcol, std::align_val_t(64));
 }
 
 void ConvPlan::add_residual() const {
@@ -781,7 +853,7 @@ void ConvPlan::add_residual() const {
 }
 
 void ConvPlan::run_chunk(int64_t chunk) const {
-  if (off_->im2col) return run_im2col(chunk);
+  if (off_->columns) return run_columns(chunk);
   const int64_t range = chunk % row_chunks_, band = chunk / row_chunks_;
   const int64_t image = band / off_->bands, oh0 = (band % off_->bands) * off_->band_rows;
   const int64_t band_h = std::min(off_->band_rows, off_->out_h - oh0);

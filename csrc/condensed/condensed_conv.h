@@ -39,10 +39,21 @@ struct ConvOffsets {
   int64_t h = -1, w = -1, channels = -1;  // input it was built for
   int64_t out_h = 0, out_w = 0;
   bool direct = false;     // 1x1, stride 1, no pads: kernels read x itself (plane = h * w)
-  // Small maps (im2col): x unfolded to xcol [in * kh * kw, ldcol] once per image, so the conv is
-  // the batched CondensedLinear over the out_h * out_w positions (no grid padding, no planes).
-  bool im2col = false;
-  int64_t ldcol = 0;       // positions rounded up to the vector width (zero lanes past them)
+  // Small maps (column planes): per image, each (channel, row phase, kernel column) gets a plane
+  // of col_rows rows of exactly out_w floats, xpad[c, sh * r + a, sw * ow + j * dw]; the run of
+  // out_h * out_w positions a kept weight (c, i, j) reads starts (i * dh) / sh rows into plane
+  // (c, (i * dh) % sh, j), so the conv is the batched CondensedLinear over the positions with
+  // no grid padding (an im2col without its kh-fold copy). col_off holds each kept weight's run,
+  // in the order of the grouped layout of ConvPacked::linear.
+  bool columns = false;
+  int64_t col_rows = 0;    // rows of a column plane
+  int64_t col_plane = 0;   // floats of a column plane (col_rows * out_w)
+  int64_t col_buffer = 0;  // floats of one image's planes, and the slack the last vector reads
+  std::vector<int32_t> col_off;  // [groups, blocks, 4 rows x 8 entries] run start in the planes
+  // Stride 1 and out_w == w: a plane's rows that read x are one run of it, masked by col_valid
+  // [kw, col_plane] (-1 where the position's input column lies inside x, else 0).
+  bool col_run = false;
+  std::vector<int32_t> col_valid;
   bool aligned = false;    // rows padded to the vector width, one plane copy per column shift
   int64_t wq = 0;          // plane row width (the output grid's row width)
   int64_t copies = 1;      // shifted copies of each plane (aligned: kernel column shifts)
@@ -116,8 +127,8 @@ class ConvPlan {
 
  private:
   void fill_band(const float* x, int64_t i0, float* buf) const;
-  void fill_col(const float* x, float* xcol, float* padded) const;
-  void run_im2col(int64_t image) const;
+  void fill_col_planes(const float* x, float* planes) const;
+  void run_columns(int64_t image) const;
   void store_grid(const float* buf, int64_t oh0, int64_t q0, int64_t q1, int64_t r,
                   float* y) const;
 
