@@ -539,6 +539,10 @@ def main() -> None:
     budget_s, min_reps = (0.15, 10) if args.quick else (0.6, 25)
     sizes = [tuple(int(d) for d in s.split("x")) for s in args.sizes.split(",")]
     known = dict(SPARSITIES)
+    for flag, labels in (("--sparsities", args.sparsities), ("--conv-sparsities", args.conv_sparsities)):
+        unknown = [label for label in labels.split(",") if label not in known]
+        if unknown:
+            parser.error(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
     sparsities = [(label, known[label]) for label in args.sparsities.split(",")]
     convs = [tuple(int(v) for v in c.split("x")) for c in args.convs.split(",") if c]
     conv_sparsities = [(label, known[label]) for label in args.conv_sparsities.split(",")]

@@ -44,3 +44,17 @@ def test_avx2_only_hides_avx512_from_torch_and_the_kernels(tmp_path: Path) -> No
     assert plain.stdout.split()[:2] == ["AVX512", "avx512"]
     assert hidden.stdout.split()[:2] == ["AVX2", "avx2"]  # torch (cpuinfo) and our dispatch
     assert float(hidden.stdout.split()[2]) < 1e-3  # the AVX2 code computes the same conv
+
+
+def test_bench_condensed_refuses_an_unknown_sparsity_by_name() -> None:
+    """A sparsity the benchmark has no mask for is refused with the choices, not a KeyError."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_condensed", "--conv-sparsities", "2:4,0.875"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--conv-sparsities: unknown 0.875; choose from 2:4, 0.75, 0.9, 0.95" in done.stderr
+    assert "Traceback" not in done.stderr
