@@ -485,6 +485,10 @@ def conv_kernel_model(
         # on an 8x8 map (a load and a permute per row); the sw = 3 row above takes gathers
         (6, 5, (3, 3), (1, 1), (0, 1, 2, 0), (1, 2), (7, 9), 2, 17, 1),
         (8, 12, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), (8, 8), 2, 20, 1),
+        # several images per kernel call (one vector of positions each): 4 + 2 on one thread,
+        # 9 images over 2 threads (AVX-512 takes 4x4 maps by 4, AVX2 maps of <= 8 by 2)
+        (10, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (4, 4), 6, 30, 1),
+        (10, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (2, 4), 9, 30, 2),
     ],
 )
 @pytest.mark.parametrize("relu", [False, True])

@@ -30,7 +30,8 @@
 // one contiguous run of the out_h * out_w positions and the conv is the batched CondensedLinear
 // over them (the grouped layout of ConvPacked::linear: 4 output channels x up to 4 vectors of
 // positions in registers, each kept weight one broadcast and a few FMAs, sums + bias + ReLU
-// stored straight into the output planes). There the planes' padded grid wasted up to half the
+// stored straight into the output planes; maps of one or two vectors take several images per
+// call, sharing each weight's loads). There the planes' padded grid wasted up to half the
 // vector lanes (a 4x4 map with pads: 24 grid positions for 16 outputs, 32 with AVX-512) and the
 // per-row copies cost as much as the work. Measured on the Zen 4 EPYC, 1 thread, digits CNN at
 // 1:8: batch 1 1.09x -> 1.40x of dense ORT, batch 64 0.78x -> 1.59x (the im2col that came
@@ -306,16 +307,19 @@ SPARSIFY_AVX512 void block_rows_avx512(const BlockRows& br, int64_t r0, int64_t 
 }
 
 // Column-plane path: rows [r0, r1) (r0 a multiple of 4) of the grouped layout against positions
-// [p0, p0 + 16 * NV) of each kept entry's run (planes + col_off): 4 rows x NV vectors in
-// registers, each kept entry one
-// broadcast and NV FMAs; each row's sums (+ bias, ReLU) go straight to its output plane
-// (masked past n positions). NV == 1: two accumulator sets (even / odd entries), so 8 FMA chains.
-template <int NV>
-SPARSIFY_AVX512 void col_rows_avx512(const Packed& lw, const float* planes, const int32_t* col_off,
-                                     const float* bias, const int32_t* cols, bool relu,
-                                     int64_t r0, int64_t r1, int64_t p0, int64_t n, int64_t plane,
-                                     float* y) {
-  constexpr int U = NV == 1 ? 2 : 1;
+// [p0, p0 + 16 * NV) of each kept entry's run in NI images' planes (image i's at planes + i *
+// ld, its output at y + i * y_image): 4 rows x NI x NV vectors in registers, each kept entry one
+// broadcast, one offset and NI * NV FMAs; each row's sums (+ bias, ReLU) go straight to its
+// output plane (masked past n positions). Small maps take several images per call (4 x 4 maps:
+// 4 images of one vector each), so the weight and offset loads are shared; NI * NV == 1: two
+// accumulator sets (even / odd entries), so 8 FMA chains.
+template <int NV, int NI>
+SPARSIFY_AVX512 void col_rows_avx512(const Packed& lw, const float* planes, int64_t ld,
+                                     const int32_t* col_off, const float* bias, const int32_t* cols,
+                                     bool relu, int64_t r0, int64_t r1, int64_t p0, int64_t n,
+                                     int64_t plane, float* y, int64_t y_image) {
+  constexpr int V = NV * NI;
+  constexpr int U = V == 1 ? 2 : 1;
   const int64_t nb = lw.kp / 8;
   const int tail = static_cast<int>(lw.k - (nb - 1) * 8);
   const int64_t stride = lw.group_stride;
@@ -323,7 +327,7 @@ SPARSIFY_AVX512 void col_rows_avx512(const Packed& lw, const float* planes, cons
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t r = r0; r < r1; r += 4) {
     const float* p = lw.grouped.data() + (r / 4) * nb * stride;
-    __m512 a[U][4][NV];
+    __m512 a[U][4][V];
     for (auto& set : a) {
       for (auto& row : set) {
         for (auto& v : row) v = zero;
@@ -339,8 +343,9 @@ SPARSIFY_AVX512 void col_rows_avx512(const Packed& lw, const float* planes, cons
           for (int q = 0; q < 4; ++q) {
             const __m512 v = _mm512_set1_ps(p[q * 8 + e]);
             const float* xr = xc + of[q * 8 + e];
-            for (int t = 0; t < NV; ++t) {
-              a[e % U][q][t] = _mm512_fmadd_ps(v, _mm512_loadu_ps(xr + 16 * t), a[e % U][q][t]);
+#pragma GCC unroll 4
+            for (int t = 0; t < V; ++t) {
+              a[e % U][q][t] = _mm512_fmadd_ps(v, _mm512_loadu_ps(xr + t / NV * ld + 16 * (t % NV)), a[e % U][q][t]);
             }
           }
         }
@@ -351,34 +356,38 @@ SPARSIFY_AVX512 void col_rows_avx512(const Packed& lw, const float* planes, cons
         for (int q = 0; q < 4; ++q) {
           const __m512 v = _mm512_set1_ps(p[q * 8 + e]);
           const float* xr = xc + of[q * 8 + e];
-          for (int t = 0; t < NV; ++t) a[0][q][t] = _mm512_fmadd_ps(v, _mm512_loadu_ps(xr + 16 * t), a[0][q][t]);
+#pragma GCC unroll 4
+          for (int t = 0; t < V; ++t) {
+            a[0][q][t] = _mm512_fmadd_ps(v, _mm512_loadu_ps(xr + t / NV * ld + 16 * (t % NV)), a[0][q][t]);
+          }
         }
       }
     }
     for (int64_t q = 0; q < 4 && r + q < r1; ++q) {
       const int64_t col = cols == nullptr ? r + q : cols[r + q];
       const __m512 bv = _mm512_set1_ps(bias == nullptr ? 0.0f : bias[col]);
-      float* yr = y + col * plane + p0;
-      for (int t = 0; t < NV; ++t) {
+      for (int t = 0; t < V; ++t) {
         __m512 s = _mm512_add_ps(a[0][q][t], bv);
         if (U == 2) s = _mm512_add_ps(s, a[U - 1][q][t]);
         if (relu) s = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s, zero, _CMP_NLT_UQ), s);
-        const int64_t left = n - 16 * t;
-        if (left <= 0) break;
+        const int64_t left = n - 16 * (t % NV);
+        if (left <= 0) continue;
         const __mmask16 m = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
-        _mm512_mask_storeu_ps(yr + 16 * t, m, s);
+        _mm512_mask_storeu_ps(y + t / NV * y_image + col * plane + p0 + 16 * (t % NV), m, s);
       }
     }
   }
 }
 
-// The AVX2 form: NV vectors of 8 positions (NV <= 2: 4 rows x 2 x 2 sets = 16 accumulators
-// would not fit, so NV == 2 has one set, NV == 1 two).
-template <int NV>
-SPARSIFY_AVX2 void col_rows_avx2(const Packed& lw, const float* planes, const int32_t* col_off,
-                                 const float* bias, const int32_t* cols, bool relu, int64_t r0,
-                                 int64_t r1, int64_t p0, int64_t n, int64_t plane, float* y) {
-  constexpr int U = NV == 1 ? 2 : 1;
+// The AVX2 form: NV vectors of 8 positions in NI images, NI * NV <= 2 (4 rows x 2 x 2 sets = 16
+// accumulators would not fit, so NI * NV == 2 has one set, NI * NV == 1 two).
+template <int NV, int NI>
+SPARSIFY_AVX2 void col_rows_avx2(const Packed& lw, const float* planes, int64_t ld,
+                                 const int32_t* col_off, const float* bias, const int32_t* cols,
+                                 bool relu, int64_t r0, int64_t r1, int64_t p0, int64_t n,
+                                 int64_t plane, float* y, int64_t y_image) {
+  constexpr int V = NV * NI;
+  constexpr int U = V == 1 ? 2 : 1;
   const int64_t nb = lw.kp / 8;
   const int tail = static_cast<int>(lw.k - (nb - 1) * 8);
   const int64_t stride = lw.group_stride;
@@ -386,7 +395,7 @@ SPARSIFY_AVX2 void col_rows_avx2(const Packed& lw, const float* planes, const in
   const __m256 zero = _mm256_setzero_ps();
   for (int64_t r = r0; r < r1; r += 4) {
     const float* p = lw.grouped.data() + (r / 4) * nb * stride;
-    __m256 a[U][4][NV];
+    __m256 a[U][4][V];
     for (auto& set : a) {
       for (auto& row : set) {
         for (auto& v : row) v = zero;
@@ -402,8 +411,8 @@ SPARSIFY_AVX2 void col_rows_avx2(const Packed& lw, const float* planes, const in
           for (int q = 0; q < 4; ++q) {
             const __m256 v = _mm256_broadcast_ss(p + q * 8 + e);
             const float* xr = xc + of[q * 8 + e];
-            for (int t = 0; t < NV; ++t) {
-              a[e % U][q][t] = _mm256_fmadd_ps(v, _mm256_loadu_ps(xr + 8 * t), a[e % U][q][t]);
+            for (int t = 0; t < V; ++t) {
+              a[e % U][q][t] = _mm256_fmadd_ps(v, _mm256_loadu_ps(xr + t / NV * ld + 8 * (t % NV)), a[e % U][q][t]);
             }
           }
         }
@@ -414,26 +423,28 @@ SPARSIFY_AVX2 void col_rows_avx2(const Packed& lw, const float* planes, const in
         for (int q = 0; q < 4; ++q) {
           const __m256 v = _mm256_broadcast_ss(p + q * 8 + e);
           const float* xr = xc + of[q * 8 + e];
-          for (int t = 0; t < NV; ++t) a[0][q][t] = _mm256_fmadd_ps(v, _mm256_loadu_ps(xr + 8 * t), a[0][q][t]);
+          for (int t = 0; t < V; ++t) {
+            a[0][q][t] = _mm256_fmadd_ps(v, _mm256_loadu_ps(xr + t / NV * ld + 8 * (t % NV)), a[0][q][t]);
+          }
         }
       }
     }
     for (int64_t q = 0; q < 4 && r + q < r1; ++q) {
       const int64_t col = cols == nullptr ? r + q : cols[r + q];
       const __m256 bv = _mm256_set1_ps(bias == nullptr ? 0.0f : bias[col]);
-      float* yr = y + col * plane + p0;
-      for (int t = 0; t < NV; ++t) {
+      for (int t = 0; t < V; ++t) {
         __m256 s = _mm256_add_ps(a[0][q][t], bv);
         if (U == 2) s = _mm256_add_ps(s, a[U - 1][q][t]);
         if (relu) s = _mm256_blendv_ps(s, zero, _mm256_cmp_ps(s, zero, _CMP_LT_OQ));
-        const int64_t left = n - 8 * t;
-        if (left <= 0) break;
+        const int64_t left = n - 8 * (t % NV);
+        if (left <= 0) continue;
+        float* yr = y + t / NV * y_image + col * plane + p0 + 8 * (t % NV);
         if (left >= 8) {
-          _mm256_storeu_ps(yr + 8 * t, s);
+          _mm256_storeu_ps(yr, s);
         } else {
           alignas(32) float tmp[8];
           _mm256_store_ps(tmp, s);
-          std::copy(tmp, tmp + left, yr + 8 * t);
+          std::copy(tmp, tmp + left, yr);
         }
       }
     }
@@ -542,6 +553,12 @@ std::shared_ptr<const ConvOffsets> ConvPacked::offsets_for(int64_t h, int64_t w,
   o->col_buffer = channels * g.sh * g.kw * o->col_plane + 16;
   o->columns = has_linear && !o->direct && positions <= kColPositions &&
               o->col_buffer * static_cast<int64_t>(sizeof(float)) <= kColBytes;
+  // Images per chunk: those the kernels take at once (maps of one or two vectors per image).
+  if (vec == 16) {
+    o->col_images = positions <= 16 ? 4 : positions <= 32 ? 2 : 1;
+  } else {
+    o->col_images = positions <= 8 ? 2 : 1;
+  }
   if (o->columns) {
     const Packed& lw = linear;
     const int64_t nb = lw.kp / 8, groups = (lw.rows + 3) / 4;
@@ -676,9 +693,10 @@ ConvPlan::ConvPlan(const ConvPacked& w, const float* x, int64_t batch, int64_t c
   work_ = batch * w.rows * w.k * off_->out_h * off_->out_w;
   // Enough chunks for a thread pool: bands of every image, and, when those are few, ranges of
   // rows as well (each chunk then copies its band again, a small cost next to the work).
-  const int64_t bands = batch * (off_->columns ? 1 : off_->bands);
+  const int64_t bands =
+      off_->columns ? (batch + off_->col_images - 1) / off_->col_images : batch * off_->bands;
   row_chunks_ = bands >= 8 || work_ < 1000 * 1000 ? 1 : std::min<int64_t>(w.rows, 8 / bands);
-  if (off_->columns) row_chunks_ = 1;  // one chunk per image (each copies its own image)
+  if (off_->columns) row_chunks_ = 1;  // one chunk per group of images (each copies its own)
   row_chunks_ = std::max<int64_t>(1, row_chunks_);
   rows_per_chunk_ = (w.rows + row_chunks_ - 1) / std::max<int64_t>(1, row_chunks_);
   chunks_ = bands * row_chunks_;
@@ -824,38 +842,65 @@ SPARSIFY_AVX2 void ConvPlan::fill_col_planes(const float* x, float* planes) cons
 }
 #endif  // SPARSIFY_X86
 
-void ConvPlan::run_columns(int64_t image) const {
-  const int64_t hw = off_->out_h * off_->out_w;
-  float* y = y_ + image * w_.out * hw;
-  for (int32_t c : w_.empty_cols) {
-    std::fill(y + c * hw, y + (c + 1) * hw, activate(relu_, w_.bias.empty() ? 0.0f : w_.bias[c]));
+// Chunk `chunk` of the column-plane path: images [chunk * col_images, ...), their planes side by
+// side in the scratch buffer.
+void ConvPlan::run_columns(int64_t chunk) const {
+  const int64_t hw = off_->out_h * off_->out_w, y_image = w_.out * hw;
+  const int64_t i0 = chunk * off_->col_images, ni = std::min(off_->col_images, batch_ - i0);
+  for (int64_t i = i0; i < i0 + ni; ++i) {
+    float* y = y_ + i * y_image;
+    for (int32_t c : w_.empty_cols) {
+      std::fill(y + c * hw, y + (c + 1) * hw, activate(relu_, w_.bias.empty() ? 0.0f : w_.bias[c]));
+    }
   }
   if (w_.rows == 0) return;
 #ifdef SPARSIFY_X86
-  float* planes = scratch(0, off_->col_buffer);
-  fill_col_planes(x_ + image * channels_ * h_ * wd_, planes);
+  const int64_t ld = off_->col_buffer;
+  float* planes = scratch(0, ni * ld);
+  for (int64_t i = 0; i < ni; ++i) fill_col_planes(x_ + (i0 + i) * channels_ * h_ * wd_, planes + i * ld);
+  float* y = y_ + i0 * y_image;
   const int32_t* col_off = off_->col_off.data();
   const float* bias = w_.bias.empty() ? nullptr : w_.bias.data();
   const int32_t* cols = w_.cols.empty() ? nullptr : w_.cols.data();
   const bool relu = relu_;
   const Packed& lw = w_.linear;
+  const int64_t r1 = w_.rows;
   if (level() == 2) {
+    if (hw <= 16) {  // images by 4, 2 and 1, one vector each
+      int64_t i = 0;
+      for (; i + 4 <= ni; i += 4) col_rows_avx512<1, 4>(lw, planes + i * ld, ld, col_off, bias, cols, relu, 0, r1, 0, hw, hw, y + i * y_image, y_image);
+      for (; i + 2 <= ni; i += 2) col_rows_avx512<1, 2>(lw, planes + i * ld, ld, col_off, bias, cols, relu, 0, r1, 0, hw, hw, y + i * y_image, y_image);
+      for (; i < ni; ++i) col_rows_avx512<1, 1>(lw, planes + i * ld, ld, col_off, bias, cols, relu, 0, r1, 0, hw, hw, y + i * y_image, y_image);
+      return;
+    }
+    if (hw <= 32) {  // images by 2, two vectors each
+      int64_t i = 0;
+      for (; i + 2 <= ni; i += 2) col_rows_avx512<2, 2>(lw, planes + i * ld, ld, col_off, bias, cols, relu, 0, r1, 0, hw, hw, y + i * y_image, y_image);
+      if (i < ni) col_rows_avx512<2, 1>(lw, planes + i * ld, ld, col_off, bias, cols, relu, 0, r1, 0, hw, hw, y + i * y_image, y_image);
+      return;
+    }
     for (int64_t p0 = 0; p0 < hw; p0 += 64) {
       const int64_t n = std::min<int64_t>(64, hw - p0);
       switch ((n + 15) / 16) {
-        case 1: col_rows_avx512<1>(lw, planes, col_off, bias, cols, relu, 0, w_.rows, p0, n, hw, y); break;
-        case 2: col_rows_avx512<2>(lw, planes, col_off, bias, cols, relu, 0, w_.rows, p0, n, hw, y); break;
-        case 3: col_rows_avx512<3>(lw, planes, col_off, bias, cols, relu, 0, w_.rows, p0, n, hw, y); break;
-        default: col_rows_avx512<4>(lw, planes, col_off, bias, cols, relu, 0, w_.rows, p0, n, hw, y); break;
+        case 1: col_rows_avx512<1, 1>(lw, planes, ld, col_off, bias, cols, relu, 0, r1, p0, n, hw, y, y_image); break;
+        case 2: col_rows_avx512<2, 1>(lw, planes, ld, col_off, bias, cols, relu, 0, r1, p0, n, hw, y, y_image); break;
+        case 3: col_rows_avx512<3, 1>(lw, planes, ld, col_off, bias, cols, relu, 0, r1, p0, n, hw, y, y_image); break;
+        default: col_rows_avx512<4, 1>(lw, planes, ld, col_off, bias, cols, relu, 0, r1, p0, n, hw, y, y_image); break;
       }
     }
   } else {
+    if (hw <= 8) {  // images by 2, one vector each
+      int64_t i = 0;
+      for (; i + 2 <= ni; i += 2) col_rows_avx2<1, 2>(lw, planes + i * ld, ld, col_off, bias, cols, relu, 0, r1, 0, hw, hw, y + i * y_image, y_image);
+      if (i < ni) col_rows_avx2<1, 1>(lw, planes + i * ld, ld, col_off, bias, cols, relu, 0, r1, 0, hw, hw, y + i * y_image, y_image);
+      return;
+    }
     for (int64_t p0 = 0; p0 < hw; p0 += 16) {
       const int64_t n = std::min<int64_t>(16, hw - p0);
       if (n > 8) {
-        col_rows_avx2<2>(lw, planes, col_off, bias, cols, relu, 0, w_.rows, p0, n, hw, y);
+        col_rows_avx2<2, 1>(lw, planes, ld, col_off, bias, cols, relu, 0, r1, p0, n, hw, y, y_image);
       } else {
-        col_rows_avx2<1>(lw, planes, col_off, bias, cols, relu, 0, w_.rows, p0, n, hw, y);
+        col_rows_avx2<1, 1>(lw, planes, ld, col_off, bias, cols, relu, 0, r1, p0, n, hw, y, y_image);
       }
     }
   }

@@ -53,6 +53,7 @@ struct ConvOffsets {
   // Stride 1 and out_w == w: a plane's rows that read x are one run of it, masked by col_valid
   // [kw, col_plane] (-1 where the position's input column lies inside x, else 0).
   bool col_run = false;
+  int64_t col_images = 1;  // images per chunk (small maps: several, sharing each weight's loads)
   std::vector<int32_t> col_valid;
   bool aligned = false;    // rows padded to the vector width, one plane copy per column shift
   int64_t wq = 0;          // plane row width (the output grid's row width)
@@ -128,7 +129,7 @@ class ConvPlan {
  private:
   void fill_band(const float* x, int64_t i0, float* buf) const;
   void fill_col_planes(const float* x, float* planes) const;
-  void run_columns(int64_t image) const;
+  void run_columns(int64_t chunk) const;
   void store_grid(const float* buf, int64_t oh0, int64_t q0, int64_t q1, int64_t r,
                   float* y) const;
 
