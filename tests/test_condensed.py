@@ -723,12 +723,13 @@ def test_conv_kernel_rejects_residual_of_another_shape() -> None:
 
 
 class BigAndTiny(torch.nn.Module):
-    """A tiny 3x3 conv (8x8 map, every weight kept: dense ORT wins) feeding a large Linear at 90%
+    """A small 3x3 conv (64 -> 16 channels on an 8x8 map, every weight kept: dense ORT wins; with
+    16 input channels the condensed kernel ran level with it) feeding a large Linear at 90%
     constant fan-in (1024 -> 1024: the condensed kernel wins several times over at batch 1)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.tiny = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.tiny = torch.nn.Conv2d(64, 16, 3, padding=1)
         self.big = torch.nn.Linear(1024, 1024)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -739,14 +740,14 @@ def big_and_tiny(tmp_path: Path) -> tuple[torch.nn.Module, Manifest, Path]:
     torch.manual_seed(2)
     model = BigAndTiny().eval()
     rng = np.random.default_rng(2)
-    for layer, k in ((model.tiny, 144), (model.big, 102)):
+    for layer, k in ((model.tiny, 576), (model.big, 102)):
         out, fan = layer.weight.shape[0], layer.weight[0].numel()
         keep = fan_in_mask(rng, out, fan, k)
         attach_mask(layer, WeightMask(torch.from_numpy(keep.reshape(layer.weight.shape)), "fanin"))
     manifest = Manifest(manifest_entries(model))
     fold(model)
     dense_path = tmp_path / "model.onnx"
-    export_onnx(model, torch.zeros(1, 16, 8, 8), dense_path)
+    export_onnx(model, torch.zeros(1, 64, 8, 8), dense_path)
     return model, manifest, dense_path
 
 
@@ -755,7 +756,7 @@ def test_auto_condenses_only_layers_that_run_faster(tmp_path: Path) -> None:
     conv stays dense, and every layer kept dense names its measured ratio (the whole file, timed
     against dense, keeps the big one condensed); 'all' condenses both. Both files match torch."""
     model, manifest, dense_path = big_and_tiny(tmp_path)
-    x = np.random.default_rng(0).standard_normal((3, 16, 8, 8)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((3, 64, 8, 8)).astype(np.float32)
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
     auto = condensed.condense_onnx(
@@ -870,7 +871,7 @@ def test_auto_returns_layers_to_dense_while_the_whole_file_is_slower(
     monkeypatch.setattr(condensed, "_timed_speedup", lambda m, d, c, entry, *a: alone[entry.module])
     ratios = iter(whole)
     monkeypatch.setattr(condensed, "_paired_speedup", lambda *a: next(ratios))
-    x = np.random.default_rng(0).standard_normal((2, 16, 8, 8)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((2, 64, 8, 8)).astype(np.float32)
     results = condensed.condense_onnx(
         dense_path, manifest, tmp_path / "c.onnx", layers="auto", example=x
     )

@@ -548,7 +548,12 @@ std::shared_ptr<const ConvOffsets> ConvPacked::offsets_for(int64_t h, int64_t w,
   // kernels read the grouped layout of `linear`).
   const int64_t positions = o->out_h * o->out_w;
   o->col_rows = o->out_h + (g.kh - 1) * g.dh / g.sh;
+  // Stride 1 with out_w == w ("same" padding along the rows): the plane rows that read input
+  // rows are one run of x at the column shift, so a whole plane is one masked copy of x (see
+  // col_valid); its planes are padded to 64 bytes so that copy stores whole aligned vectors.
+  o->col_run = g.sh == 1 && g.sw == 1 && o->out_w == w;
   o->col_plane = o->col_rows * o->out_w;
+  if (o->col_run) o->col_plane = round_up(o->col_plane, kGridAlign);
   // Slack: rows are stored in whole vectors of 8, and the kernels read whole vectors of a run.
   o->col_buffer = channels * g.sh * g.kw * o->col_plane + 16;
   o->columns = has_linear && !o->direct && positions <= kColPositions &&
@@ -572,15 +577,14 @@ std::shared_ptr<const ConvOffsets> ConvPacked::offsets_for(int64_t h, int64_t w,
             static_cast<int32_t>(((c * g.sh + i % g.sh) * g.kw + j) * o->col_plane + i / g.sh * o->out_w);
       }
     }
-    // Stride 1 with out_w == w ("same" padding along the rows): a column plane's rows that read
-    // input rows are one run of x at the column shift, valid where ow falls inside the input.
-    o->col_run = g.sh == 1 && g.sw == 1 && o->out_w == w;
     if (o->col_run) {
+      // Plane position q (row q / out_w) reads x at q - pt * w + column shift: inside x when its
+      // row and column are.
       o->col_valid.assign(static_cast<size_t>(g.kw * o->col_plane), 0);
       for (int64_t j = 0; j < g.kw; ++j) {
-        for (int64_t q = 0; q < o->col_plane; ++q) {
-          const int64_t col = q % o->out_w + j * g.dw - g.pl;
-          o->col_valid[j * o->col_plane + q] = col >= 0 && col < w ? -1 : 0;
+        for (int64_t q = 0; q < o->col_rows * o->out_w; ++q) {
+          const int64_t row = q / o->out_w - g.pt, col = q % o->out_w + j * g.dw - g.pl;
+          o->col_valid[j * o->col_plane + q] = row >= 0 && row < h && col >= 0 && col < w ? -1 : 0;
         }
       }
     }
@@ -761,8 +765,8 @@ void ConvPlan::store_grid(const float* buf, int64_t oh0, int64_t q0, int64_t q1,
 #ifdef SPARSIFY_X86
 // The column planes of image x (see ConvOffsets::columns), in address order: plane (c, a, j) row
 // r holds input row sh * r + a - pt at columns sw * ow + j * dw - pl, zeros outside the input.
-// With col_run, a plane is its zero rows and one masked copy of x (a few vectors per plane on
-// the digits CNN's 4x4 maps); otherwise each row is a masked vector load (a load and a permute
+// With col_run, a plane is one masked copy of x (4 vectors per plane on the digits CNN's 4x4
+// maps); otherwise each row is a masked vector load (a load and a permute
 // for a stride whose row spans 8 floats, gathers past that). Vectors are stored whole: lanes
 // past a row or run land in what is written next (or the buffer's slack). AVX2 only: the path
 // needs the grouped layout, built with AVX2. Per-run copies (im2col's kh * kw runs per channel
@@ -782,23 +786,16 @@ SPARSIFY_AVX2 void ConvPlan::fill_col_planes(const float* x, float* planes) cons
   const __m256 zero = _mm256_setzero_ps();
   float* dst = planes;
   if (off_->col_run) {
-    // Plane rows [r0, r1) read input rows [r0 - pt, r1 - pt).
-    const int64_t r0 = std::clamp<int64_t>(g.pt, 0, rows), r1 = std::clamp<int64_t>(g.pt + h_, r0, rows);
-    const int64_t n = (r1 - r0) * ow_n;
-    const __m256i count = _mm256_set1_epi32(static_cast<int>(n));
+    // Each plane one masked copy of x from its first position (pt rows above x), stored in
+    // aligned vectors (planes are whole 64-byte lines).
     for (int64_t c = 0; c < channels_; ++c) {
       for (int64_t j = 0; j < g.kw; ++j, dst += plane) {
-        const float* src = x + (c * h_ + r0 - g.pt) * wd_ + j * g.dw - g.pl;
-        const int32_t* valid = off_->col_valid.data() + j * plane + r0 * ow_n;
-        zero_vectors(dst, r0 * ow_n);
-        float* run = dst + r0 * ow_n;
-        for (int64_t t = 0; t < n; t += 8) {
-          const __m256i in = _mm256_and_si256(
-              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(valid + t)),
-              _mm256_cmpgt_epi32(count, _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int>(t)))));
-          _mm256_storeu_ps(run + t, _mm256_maskload_ps(src + t, in));
+        const float* src = x + (c * h_ - g.pt) * wd_ + j * g.dw - g.pl;
+        const int32_t* valid = off_->col_valid.data() + j * plane;
+        for (int64_t t = 0; t < plane; t += 8) {
+          const __m256i in = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(valid + t));
+          _mm256_store_ps(dst + t, _mm256_maskload_ps(src + t, in));
         }
-        zero_vectors(dst + r1 * ow_n, (rows - r1) * ow_n);
       }
     }
   } else {

@@ -50,8 +50,8 @@ struct ConvOffsets {
   int64_t col_plane = 0;   // floats of a column plane (col_rows * out_w)
   int64_t col_buffer = 0;  // floats of one image's planes, and the slack the last vector reads
   std::vector<int32_t> col_off;  // [groups, blocks, 4 rows x 8 entries] run start in the planes
-  // Stride 1 and out_w == w: a plane's rows that read x are one run of it, masked by col_valid
-  // [kw, col_plane] (-1 where the position's input column lies inside x, else 0).
+  // Stride 1 and out_w == w: a plane is one run of x masked by col_valid [kw, col_plane] (-1
+  // where the position's input row and column lie inside x, else 0); col_plane whole 64 bytes.
   bool col_run = false;
   int64_t col_images = 1;  // images per chunk (small maps: several, sharing each weight's loads)
   std::vector<int32_t> col_valid;
