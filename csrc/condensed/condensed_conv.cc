@@ -552,9 +552,8 @@ std::shared_ptr<const ConvOffsets> ConvPacked::offsets_for(int64_t h, int64_t w,
   // rows are one run of x at the column shift, so a whole plane is one masked copy of x (see
   // col_valid); its planes are padded to 64 bytes so that copy stores whole aligned vectors.
   o->col_run = g.sh == 1 && g.sw == 1 && o->out_w == w;
-  o->col_plane = o->col_rows * o->out_w;
-  if (o->col_run) o->col_plane = round_up(o->col_plane, kGridAlign);
-  // Slack: rows are stored in whole vectors of 8, and the kernels read whole vectors of a run.
+  o->col_plane = round_up(o->col_rows * o->out_w, kGridAlign);
+  // Slack: the kernels read whole vectors of a run.
   o->col_buffer = channels * g.sh * g.kw * o->col_plane + 16;
   o->columns = has_linear && !o->direct && positions <= kColPositions &&
               o->col_buffer * static_cast<int64_t>(sizeof(float)) <= kColBytes;
@@ -577,17 +576,28 @@ std::shared_ptr<const ConvOffsets> ConvPacked::offsets_for(int64_t h, int64_t w,
             static_cast<int32_t>(((c * g.sh + i % g.sh) * g.kw + j) * o->col_plane + i / g.sh * o->out_w);
       }
     }
-    if (o->col_run) {
-      // Plane position q (row q / out_w) reads x at q - pt * w + column shift: inside x when its
-      // row and column are.
-      o->col_valid.assign(static_cast<size_t>(g.kw * o->col_plane), 0);
+    // Plane (a, j) position q (row r = q / out_w, column ow) reads x row sh * r + a - pt,
+    // column sw * ow + j * dw - pl of its channel: col_valid -1 where both lie inside x. col_run
+    // copies a plane as one masked run of x; otherwise col_index holds each position's offset
+    // into its channel (a gather).
+    const int64_t used = o->col_rows * o->out_w, planes = g.sh * g.kw;
+    o->col_valid.assign(static_cast<size_t>(planes * o->col_plane), 0);
+    if (!o->col_run) o->col_index.assign(o->col_valid.size(), 0);
+    for (int64_t a = 0; a < g.sh; ++a) {
       for (int64_t j = 0; j < g.kw; ++j) {
-        for (int64_t q = 0; q < o->col_rows * o->out_w; ++q) {
-          const int64_t row = q / o->out_w - g.pt, col = q % o->out_w + j * g.dw - g.pl;
-          o->col_valid[j * o->col_plane + q] = row >= 0 && row < h && col >= 0 && col < w ? -1 : 0;
+        const int64_t at = (a * g.kw + j) * o->col_plane;
+        for (int64_t q = 0; q < used; ++q) {
+          const int64_t row = q / o->out_w * g.sh + a - g.pt;
+          const int64_t col = q % o->out_w * g.sw + j * g.dw - g.pl;
+          if (row < 0 || row >= h || col < 0 || col >= w) continue;
+          o->col_valid[at + q] = -1;
+          if (!o->col_run) o->col_index[at + q] = static_cast<int32_t>(row * w + col);
         }
       }
     }
+    // Row phases some kernel row reads (a 1x1 conv of stride 2 never reads phase 1).
+    o->col_phase_read.assign(static_cast<size_t>(g.sh), 0);
+    for (int64_t i = 0; i < g.kh; ++i) o->col_phase_read[i * g.dh % g.sh] = 1;
   }
   // Channel blocks: a tile reads kh * kw runs of tile_vectors vectors per channel.
   const int64_t channel_bytes = g.kh * g.kw * o->tile_vectors * vec * static_cast<int64_t>(sizeof(float));
@@ -763,79 +773,44 @@ void ConvPlan::store_grid(const float* buf, int64_t oh0, int64_t q0, int64_t q1,
 }
 
 #ifdef SPARSIFY_X86
-// The column planes of image x (see ConvOffsets::columns), in address order: plane (c, a, j) row
-// r holds input row sh * r + a - pt at columns sw * ow + j * dw - pl, zeros outside the input.
-// With col_run, a plane is one masked copy of x (4 vectors per plane on the digits CNN's 4x4
-// maps); otherwise each row is a masked vector load (a load and a permute
-// for a stride whose row spans 8 floats, gathers past that). Vectors are stored whole: lanes
-// past a row or run land in what is written next (or the buffer's slack). AVX2 only: the path
-// needs the grouped layout, built with AVX2. Per-run copies (im2col's kh * kw runs per channel
-// and output row, then runs through a padded copy of each row, whose reads stalled on store
-// forwarding) took twice as long as the digits CNN's multiply-adds at 1:8.
-// n floats rounded up to whole vectors of zeros.
-SPARSIFY_AVX2 inline void zero_vectors(float* dst, int64_t n) {
-  for (int64_t t = 0; t < n; t += 8) _mm256_storeu_ps(dst + t, _mm256_setzero_ps());
-}
-
+// The column planes of image x (see ConvOffsets::columns): plane (c, a, j) position (r, ow)
+// holds x[c, sh * r + a - pt, sw * ow + j * dw - pl], zeros outside x. Each plane is a few
+// aligned vector stores: with col_run, of masked loads of one run of x (4 per plane on the
+// digits CNN's 4x4 maps), else of gathers by col_index. AVX2 only: the path needs the grouped
+// layout, built with AVX2. Per-run copies (im2col's kh * kw runs per channel and output row,
+// then rows through a padded copy, whose reads stalled on store forwarding, then masked rows)
+// took up to twice as long as the digits CNN's multiply-adds at 1:8.
 SPARSIFY_AVX2 void ConvPlan::fill_col_planes(const float* x, float* planes) const {
   const ConvGeometry& g = w_.g;
-  const int64_t ow_n = off_->out_w, rows = off_->col_rows, plane = off_->col_plane;
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i step = _mm256_mullo_epi32(lane, _mm256_set1_epi32(static_cast<int>(g.sw)));
-  const bool permute = g.sw > 1 && (ow_n - 1) * g.sw < 8;
+  const int64_t plane = off_->col_plane;
+  const int32_t* valid = off_->col_valid.data();
+  const int32_t* index = off_->col_index.data();
   const __m256 zero = _mm256_setzero_ps();
-  float* dst = planes;
-  if (off_->col_run) {
-    // Each plane one masked copy of x from its first position (pt rows above x), stored in
-    // aligned vectors (planes are whole 64-byte lines).
-    for (int64_t c = 0; c < channels_; ++c) {
-      for (int64_t j = 0; j < g.kw; ++j, dst += plane) {
-        const float* src = x + (c * h_ - g.pt) * wd_ + j * g.dw - g.pl;
-        const int32_t* valid = off_->col_valid.data() + j * plane;
-        for (int64_t t = 0; t < plane; t += 8) {
-          const __m256i in = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(valid + t));
-          _mm256_store_ps(dst + t, _mm256_maskload_ps(src + t, in));
-        }
-      }
-    }
-  } else {
-    for (int64_t c = 0; c < channels_; ++c) {
-      for (int64_t a = 0; a < g.sh; ++a) {
-        for (int64_t j = 0; j < g.kw; ++j) {
-          // Output columns [o0, o1) read input columns sw * ow + shift inside the input.
-          const int64_t shift = j * g.dw - g.pl;
-          const int64_t o0 = std::min(ow_n, std::max<int64_t>(0, (-shift + g.sw - 1) / g.sw));
-          const int64_t o1 =
-              std::clamp<int64_t>(shift >= wd_ ? 0 : (wd_ - 1 - shift) / g.sw + 1, o0, ow_n);
-          // permute: the lanes of input columns shift + [sw * o0, sw * (o1 - 1)].
-          const __m256i lo = _mm256_set1_epi32(static_cast<int>(permute ? g.sw * o0 - 1 : o0 - 1));
-          const __m256i hi = _mm256_set1_epi32(static_cast<int>(permute ? g.sw * (o1 - 1) + 1 : o1));
-          for (int64_t r = 0; r < rows; ++r, dst += ow_n) {
-            const int64_t src_row = r * g.sh + a - g.pt;
-            if (src_row < 0 || src_row >= h_) {
-              zero_vectors(dst, ow_n);
-              continue;
-            }
-            const float* src = x + (c * h_ + src_row) * wd_ + shift;
-            for (int64_t t = 0; t < ow_n; t += 8) {
-              const __m256i ow = _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int>(t)));
-              const __m256i in = _mm256_and_si256(_mm256_cmpgt_epi32(ow, lo), _mm256_cmpgt_epi32(hi, ow));
-              __m256 v;
-              if (permute) {
-                v = _mm256_permutevar8x32_ps(_mm256_maskload_ps(src, in), step);
-              } else if (g.sw == 1) {
-                v = _mm256_maskload_ps(src + t, in);
-              } else {
-                v = _mm256_mask_i32gather_ps(zero, src + t * g.sw, step, _mm256_castsi256_ps(in), 4);
-              }
-              _mm256_storeu_ps(dst + t, v);
-            }
+  for (int64_t c = 0; c < channels_; ++c) {
+    const float* xc = x + c * h_ * wd_;
+    for (int64_t a = 0; a < g.sh; ++a) {
+      if (!off_->col_phase_read[a]) continue;
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const int64_t at = (a * g.kw + j) * plane;
+        float* dst = planes + (c * g.sh * g.kw) * plane + at;
+        if (off_->col_run) {  // from the plane's first position, pt rows above x
+          const float* src = xc - g.pt * wd_ + j * g.dw - g.pl;
+          for (int64_t t = 0; t < plane; t += 8) {
+            const __m256i in = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(valid + at + t));
+            _mm256_store_ps(dst + t, _mm256_maskload_ps(src + t, in));
+          }
+        } else {
+          for (int64_t t = 0; t < plane; t += 8) {
+            const __m256i in = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(valid + at + t));
+            const __m256i ix = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(index + at + t));
+            _mm256_store_ps(dst + t, _mm256_mask_i32gather_ps(zero, xc, ix, _mm256_castsi256_ps(in), 4));
           }
         }
       }
     }
   }
-  std::fill(dst, planes + off_->col_buffer, 0.0f);
+  const int64_t end = channels_ * g.sh * g.kw * plane;
+  std::fill(planes + end, planes + off_->col_buffer, 0.0f);
 }
 #endif  // SPARSIFY_X86
 

@@ -47,14 +47,17 @@ struct ConvOffsets {
   // in the order of the grouped layout of ConvPacked::linear.
   bool columns = false;
   int64_t col_rows = 0;    // rows of a column plane
-  int64_t col_plane = 0;   // floats of a column plane (col_rows * out_w)
+  int64_t col_plane = 0;   // floats of a column plane (col_rows * out_w, rounded up to 16)
   int64_t col_buffer = 0;  // floats of one image's planes, and the slack the last vector reads
   std::vector<int32_t> col_off;  // [groups, blocks, 4 rows x 8 entries] run start in the planes
-  // Stride 1 and out_w == w: a plane is one run of x masked by col_valid [kw, col_plane] (-1
-  // where the position's input row and column lie inside x, else 0); col_plane whole 64 bytes.
+  // Plane (a, j) position q reads x inside it where col_valid [sh * kw, col_plane] is -1 (0:
+  // a pad); col_run (stride 1, out_w == w): a plane is one masked run of x, else col_index
+  // holds each position's offset into its channel. col_plane is whole 64 bytes.
   bool col_run = false;
-  int64_t col_images = 1;  // images per chunk (small maps: several, sharing each weight's loads)
   std::vector<int32_t> col_valid;
+  std::vector<int32_t> col_index;
+  std::vector<uint8_t> col_phase_read;  // [sh] row phases some kernel row reads
+  int64_t col_images = 1;  // images per chunk (small maps: several, sharing each weight's loads)
   bool aligned = false;    // rows padded to the vector width, one plane copy per column shift
   int64_t wq = 0;          // plane row width (the output grid's row width)
   int64_t copies = 1;      // shifted copies of each plane (aligned: kernel column shifts)
