@@ -332,6 +332,16 @@ SPARSIFY_AVX2 inline void store_4x8_avx2(__m256 a0, __m256 a1, __m256 a2, __m256
   }
 }
 
+// The direct paths' weight stream, prefetched kPrefetchBlocks (group, block) steps ahead: the
+// hardware prefetcher did not keep up where the weights outgrow L2 (90% sparse 4096x4096, 10 MB,
+// AVX2 at batch 64 on Zen 4: 7.9 -> 6.0 ms); NTA, so the stream does not push xt out of L2.
+constexpr int64_t kPrefetchBlocks = 16;
+inline void prefetch_weights(const float* p, int64_t stride) {
+  for (int64_t l = 0; l < stride; l += 16) {
+    _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBlocks * stride + l), _MM_HINT_NTA);
+  }
+}
+
 // Small batches (2..16 lanes, NV vectors of 8) with xt [in, ldx] small enough for L1/L2: rows
 // straight from the grouped layout, each kept entry one broadcast FMA per lane vector into 4
 // rows x NV accumulators. No chunk walk, no accumulator block in memory: for the few lanes of a
@@ -350,6 +360,7 @@ SPARSIFY_AVX2 void direct_rows_avx2(const Packed& w, const float* xt, int64_t ld
     }
     for (int64_t b = 0; b + 1 < nb; ++b, p += stride) {
       const Idx* id = reinterpret_cast<const Idx*>(p + kGroupRows * kLanes);
+      prefetch_weights(p, stride);
       // Fully unrolled, or GCC keeps the accumulators in memory (indexed by q).
 #pragma GCC unroll 8
       for (int e = 0; e < kLanes; ++e) {
@@ -417,6 +428,7 @@ SPARSIFY_AVX512 void direct_rows_avx512(const Packed& w, const float* xt, int64_
       // stack.)
       for (int64_t b = 0; b + 1 < nb; ++b, p += stride) {
         const int16_t* id = reinterpret_cast<const int16_t*>(p + kGroupRows * kLanes);
+        prefetch_weights(p, stride);
 #pragma GCC unroll 8
         for (int e = 0; e < kLanes; ++e) {
 #pragma GCC unroll 4
