@@ -306,34 +306,91 @@ SPARSIFY_AVX512 void block_rows_avx512(const BlockRows& br, int64_t r0, int64_t 
   block_rows_simd<Avx512Tiles>(br, r0, r1, nv);
 }
 
-// Column-plane path: rows [r0, r1) (r0 a multiple of 4) of the grouped layout against positions
-// [p0, p0 + 16 * NV) of each kept entry's run in NI images' planes (image i's at planes + i *
-// ld, its output at y + i * y_image): 4 rows x NI x NV vectors in registers, each kept entry one
-// broadcast, one offset and NI * NV FMAs; each row's sums (+ bias, ReLU) go straight to its
-// output plane (masked past n positions). Small maps take several images per call (4 x 4 maps:
-// 4 images of one vector each), so the weight and offset loads are shared; NI * NV == 1: two
-// accumulator sets (even / odd entries), so 8 FMA chains.
-template <int NV, int NI>
-SPARSIFY_AVX512 void col_rows_avx512(const Packed& lw, const float* planes, int64_t ld,
-                                     const int32_t* col_off, const float* bias, const int32_t* cols,
-                                     bool relu, int64_t r0, int64_t r1, int64_t p0, int64_t n,
-                                     int64_t plane, float* y, int64_t y_image) {
-  constexpr int V = NV * NI;
-  constexpr int U = V == 1 ? 2 : 1;
+// Column-plane path, one call: the weights, each kept entry's run start, the epilogue, and the
+// layout of planes (one image's at planes + i * ld) and of y (image i at y + i * y_image).
+struct ColCall {
+  const Packed* lw;
+  int64_t ld;
+  const int32_t* col_off;
+  const float* bias;
+  const int32_t* cols;
+  bool relu;
+  int64_t rows;
+  int64_t plane;  // output positions per channel (out_h * out_w)
+  int64_t y_image;
+};
+
+// (col_rows_simd holds vectors without a target of its own; it only ever runs inlined into
+// an ISA's entry point, so the ABI note GCC gives for that does not apply.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+// The vector operations col_rows_simd needs, per ISA. Not forced inline (they could not be
+// inlined into col_rows_simd, which has no target): its entry points are flattened, which
+// inlines them once col_rows_simd sits inside a function of their ISA.
+struct Avx512Ops {
+  using V = __m512;
+  static constexpr int64_t kWidth = 16;
+  static SPARSIFY_AVX512 inline V zero() { return _mm512_setzero_ps(); }
+  static SPARSIFY_AVX512 inline V set1(float v) { return _mm512_set1_ps(v); }
+  static SPARSIFY_AVX512 inline V loadu(const float* p) { return _mm512_loadu_ps(p); }
+  static SPARSIFY_AVX512 inline V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static SPARSIFY_AVX512 inline V add(V a, V b) { return _mm512_add_ps(a, b); }
+  // ReLU as the kernels apply it: negative -> 0, NaN kept.
+  static SPARSIFY_AVX512 inline V relu(V s) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s, zero(), _CMP_NLT_UQ), s);
+  }
+  // The first n (>= 1) lanes of s to dst.
+  static SPARSIFY_AVX512 inline void store(float* dst, V s, int64_t n) {
+    _mm512_mask_storeu_ps(dst, n >= 16 ? 0xffff : static_cast<__mmask16>((1u << n) - 1), s);
+  }
+};
+struct Avx2Ops {
+  using V = __m256;
+  static constexpr int64_t kWidth = 8;
+  static SPARSIFY_AVX2 inline V zero() { return _mm256_setzero_ps(); }
+  static SPARSIFY_AVX2 inline V set1(float v) { return _mm256_set1_ps(v); }
+  static SPARSIFY_AVX2 inline V loadu(const float* p) { return _mm256_loadu_ps(p); }
+  static SPARSIFY_AVX2 inline V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static SPARSIFY_AVX2 inline V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static SPARSIFY_AVX2 inline V relu(V s) {
+    return _mm256_blendv_ps(s, zero(), _mm256_cmp_ps(s, zero(), _CMP_LT_OQ));
+  }
+  static SPARSIFY_AVX2 inline void store(float* dst, V s, int64_t n) {
+    if (n >= 8) return _mm256_storeu_ps(dst, s);
+    alignas(32) float tmp[8];
+    _mm256_store_ps(tmp, s);
+    std::copy(tmp, tmp + n, dst);
+  }
+};
+
+// Column-plane path: every row (in groups of 4, the grouped layout) against positions
+// [p0, p0 + W * NV) of each kept entry's run in NI images' planes: 4 rows x NI x NV vectors in
+// registers, each kept entry one broadcast, one offset and NI * NV FMAs; each row's sums (+ bias,
+// ReLU) go straight to its output plane (the first n positions). Small maps take several images
+// per call (4 x 4 maps with AVX-512: 4 images of one vector each), so the weight and offset loads
+// are shared; NI * NV == 1: two accumulator sets (even / odd entries), so 8 FMA chains. AVX2
+// keeps NI * NV <= 2 (4 rows x 2 x 2 sets = 16 accumulators would not fit).
+template <class Ops, int NV, int NI>
+SPARSIFY_INLINE void col_rows_simd(const ColCall& cc, const float* planes, int64_t p0, int64_t n,
+                                   float* y) {
+  using V = typename Ops::V;
+  constexpr int64_t W = Ops::kWidth;
+  constexpr int NT = NV * NI;
+  constexpr int U = NT == 1 ? 2 : 1;
+  const Packed& lw = *cc.lw;
   const int64_t nb = lw.kp / 8;
   const int tail = static_cast<int>(lw.k - (nb - 1) * 8);
-  const int64_t stride = lw.group_stride;
+  const int64_t stride = lw.group_stride, ld = cc.ld;
   const float* xc = planes + p0;
-  const __m512 zero = _mm512_setzero_ps();
-  for (int64_t r = r0; r < r1; r += 4) {
+  for (int64_t r = 0; r < cc.rows; r += 4) {
     const float* p = lw.grouped.data() + (r / 4) * nb * stride;
-    __m512 a[U][4][V];
+    V a[U][4][NT];
     for (auto& set : a) {
       for (auto& row : set) {
-        for (auto& v : row) v = zero;
+        for (auto& v : row) v = Ops::zero();
       }
     }
-    const int32_t* of = col_off + (r / 4) * nb * 32;
+    const int32_t* of = cc.col_off + (r / 4) * nb * 32;
     for (int64_t b = 0; b < nb; ++b, p += stride, of += 32) {
       const int entries = b + 1 < nb ? 8 : tail;
       if (entries == 8) {
@@ -341,11 +398,11 @@ SPARSIFY_AVX512 void col_rows_avx512(const Packed& lw, const float* planes, int6
         for (int e = 0; e < 8; ++e) {
 #pragma GCC unroll 4
           for (int q = 0; q < 4; ++q) {
-            const __m512 v = _mm512_set1_ps(p[q * 8 + e]);
+            const V v = Ops::set1(p[q * 8 + e]);
             const float* xr = xc + of[q * 8 + e];
 #pragma GCC unroll 4
-            for (int t = 0; t < V; ++t) {
-              a[e % U][q][t] = _mm512_fmadd_ps(v, _mm512_loadu_ps(xr + t / NV * ld + 16 * (t % NV)), a[e % U][q][t]);
+            for (int t = 0; t < NT; ++t) {
+              a[e % U][q][t] = Ops::fmadd(v, Ops::loadu(xr + t / NV * ld + W * (t % NV)), a[e % U][q][t]);
             }
           }
         }
@@ -354,101 +411,41 @@ SPARSIFY_AVX512 void col_rows_avx512(const Packed& lw, const float* planes, int6
       for (int e = 0; e < entries; ++e) {
 #pragma GCC unroll 4
         for (int q = 0; q < 4; ++q) {
-          const __m512 v = _mm512_set1_ps(p[q * 8 + e]);
+          const V v = Ops::set1(p[q * 8 + e]);
           const float* xr = xc + of[q * 8 + e];
 #pragma GCC unroll 4
-          for (int t = 0; t < V; ++t) {
-            a[0][q][t] = _mm512_fmadd_ps(v, _mm512_loadu_ps(xr + t / NV * ld + 16 * (t % NV)), a[0][q][t]);
+          for (int t = 0; t < NT; ++t) {
+            a[0][q][t] = Ops::fmadd(v, Ops::loadu(xr + t / NV * ld + W * (t % NV)), a[0][q][t]);
           }
         }
       }
     }
-    for (int64_t q = 0; q < 4 && r + q < r1; ++q) {
-      const int64_t col = cols == nullptr ? r + q : cols[r + q];
-      const __m512 bv = _mm512_set1_ps(bias == nullptr ? 0.0f : bias[col]);
-      for (int t = 0; t < V; ++t) {
-        __m512 s = _mm512_add_ps(a[0][q][t], bv);
-        if (U == 2) s = _mm512_add_ps(s, a[U - 1][q][t]);
-        if (relu) s = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s, zero, _CMP_NLT_UQ), s);
-        const int64_t left = n - 16 * (t % NV);
-        if (left <= 0) continue;
-        const __mmask16 m = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
-        _mm512_mask_storeu_ps(y + t / NV * y_image + col * plane + p0 + 16 * (t % NV), m, s);
+    for (int64_t q = 0; q < 4 && r + q < cc.rows; ++q) {
+      const int64_t col = cc.cols == nullptr ? r + q : cc.cols[r + q];
+      const V bv = Ops::set1(cc.bias == nullptr ? 0.0f : cc.bias[col]);
+      for (int t = 0; t < NT; ++t) {
+        V s = Ops::add(a[0][q][t], bv);
+        if (U == 2) s = Ops::add(s, a[U - 1][q][t]);
+        if (cc.relu) s = Ops::relu(s);
+        const int64_t left = n - W * (t % NV);
+        if (left > 0) Ops::store(y + t / NV * cc.y_image + col * cc.plane + p0 + W * (t % NV), s, left);
       }
     }
   }
 }
 
-// The AVX2 form: NV vectors of 8 positions in NI images, NI * NV <= 2 (4 rows x 2 x 2 sets = 16
-// accumulators would not fit, so NI * NV == 2 has one set, NI * NV == 1 two).
+#pragma GCC diagnostic pop
+
 template <int NV, int NI>
-SPARSIFY_AVX2 void col_rows_avx2(const Packed& lw, const float* planes, int64_t ld,
-                                 const int32_t* col_off, const float* bias, const int32_t* cols,
-                                 bool relu, int64_t r0, int64_t r1, int64_t p0, int64_t n,
-                                 int64_t plane, float* y, int64_t y_image) {
-  constexpr int V = NV * NI;
-  constexpr int U = V == 1 ? 2 : 1;
-  const int64_t nb = lw.kp / 8;
-  const int tail = static_cast<int>(lw.k - (nb - 1) * 8);
-  const int64_t stride = lw.group_stride;
-  const float* xc = planes + p0;
-  const __m256 zero = _mm256_setzero_ps();
-  for (int64_t r = r0; r < r1; r += 4) {
-    const float* p = lw.grouped.data() + (r / 4) * nb * stride;
-    __m256 a[U][4][V];
-    for (auto& set : a) {
-      for (auto& row : set) {
-        for (auto& v : row) v = zero;
-      }
-    }
-    const int32_t* of = col_off + (r / 4) * nb * 32;
-    for (int64_t b = 0; b < nb; ++b, p += stride, of += 32) {
-      const int entries = b + 1 < nb ? 8 : tail;
-      if (entries == 8) {
-#pragma GCC unroll 8
-        for (int e = 0; e < 8; ++e) {
-#pragma GCC unroll 4
-          for (int q = 0; q < 4; ++q) {
-            const __m256 v = _mm256_broadcast_ss(p + q * 8 + e);
-            const float* xr = xc + of[q * 8 + e];
-            for (int t = 0; t < V; ++t) {
-              a[e % U][q][t] = _mm256_fmadd_ps(v, _mm256_loadu_ps(xr + t / NV * ld + 8 * (t % NV)), a[e % U][q][t]);
-            }
-          }
-        }
-        continue;
-      }
-      for (int e = 0; e < entries; ++e) {
-#pragma GCC unroll 4
-        for (int q = 0; q < 4; ++q) {
-          const __m256 v = _mm256_broadcast_ss(p + q * 8 + e);
-          const float* xr = xc + of[q * 8 + e];
-          for (int t = 0; t < V; ++t) {
-            a[0][q][t] = _mm256_fmadd_ps(v, _mm256_loadu_ps(xr + t / NV * ld + 8 * (t % NV)), a[0][q][t]);
-          }
-        }
-      }
-    }
-    for (int64_t q = 0; q < 4 && r + q < r1; ++q) {
-      const int64_t col = cols == nullptr ? r + q : cols[r + q];
-      const __m256 bv = _mm256_set1_ps(bias == nullptr ? 0.0f : bias[col]);
-      for (int t = 0; t < V; ++t) {
-        __m256 s = _mm256_add_ps(a[0][q][t], bv);
-        if (U == 2) s = _mm256_add_ps(s, a[U - 1][q][t]);
-        if (relu) s = _mm256_blendv_ps(s, zero, _mm256_cmp_ps(s, zero, _CMP_LT_OQ));
-        const int64_t left = n - 8 * (t % NV);
-        if (left <= 0) continue;
-        float* yr = y + t / NV * y_image + col * plane + p0 + 8 * (t % NV);
-        if (left >= 8) {
-          _mm256_storeu_ps(yr, s);
-        } else {
-          alignas(32) float tmp[8];
-          _mm256_store_ps(tmp, s);
-          std::copy(tmp, tmp + left, yr);
-        }
-      }
-    }
-  }
+SPARSIFY_AVX512 __attribute__((flatten)) void col_rows_avx512(const ColCall& cc, const float* planes, int64_t p0,
+                                     int64_t n, float* y) {
+  col_rows_simd<Avx512Ops, NV, NI>(cc, planes, p0, n, y);
+}
+
+template <int NV, int NI>
+SPARSIFY_AVX2 __attribute__((flatten)) void col_rows_avx2(const ColCall& cc, const float* planes, int64_t p0, int64_t n,
+                                 float* y) {
+  col_rows_simd<Avx2Ops, NV, NI>(cc, planes, p0, n, y);
 }
 #endif  // SPARSIFY_X86
 
@@ -831,49 +828,48 @@ void ConvPlan::run_columns(int64_t chunk) const {
   float* planes = scratch(0, ni * ld);
   for (int64_t i = 0; i < ni; ++i) fill_col_planes(x_ + (i0 + i) * channels_ * h_ * wd_, planes + i * ld);
   float* y = y_ + i0 * y_image;
-  const int32_t* col_off = off_->col_off.data();
-  const float* bias = w_.bias.empty() ? nullptr : w_.bias.data();
-  const int32_t* cols = w_.cols.empty() ? nullptr : w_.cols.data();
-  const bool relu = relu_;
-  const Packed& lw = w_.linear;
-  const int64_t r1 = w_.rows;
+  const ColCall cc{&w_.linear, ld, off_->col_off.data(),
+                   w_.bias.empty() ? nullptr : w_.bias.data(),
+                   w_.cols.empty() ? nullptr : w_.cols.data(), relu_, w_.rows, hw, y_image};
+  // Images of one or two vectors in groups (see col_rows_simd), larger maps in tiles of 4 (2)
+  // vectors of positions.
+  const auto image = [&](int64_t i) { return planes + i * ld; };
+  const auto out = [&](int64_t i) { return y + i * y_image; };
+  int64_t i = 0;
   if (level() == 2) {
-    if (hw <= 16) {  // images by 4, 2 and 1, one vector each
-      int64_t i = 0;
-      for (; i + 4 <= ni; i += 4) col_rows_avx512<1, 4>(lw, planes + i * ld, ld, col_off, bias, cols, relu, 0, r1, 0, hw, hw, y + i * y_image, y_image);
-      for (; i + 2 <= ni; i += 2) col_rows_avx512<1, 2>(lw, planes + i * ld, ld, col_off, bias, cols, relu, 0, r1, 0, hw, hw, y + i * y_image, y_image);
-      for (; i < ni; ++i) col_rows_avx512<1, 1>(lw, planes + i * ld, ld, col_off, bias, cols, relu, 0, r1, 0, hw, hw, y + i * y_image, y_image);
+    if (hw <= 16) {
+      for (; i + 4 <= ni; i += 4) col_rows_avx512<1, 4>(cc, image(i), 0, hw, out(i));
+      for (; i + 2 <= ni; i += 2) col_rows_avx512<1, 2>(cc, image(i), 0, hw, out(i));
+      for (; i < ni; ++i) col_rows_avx512<1, 1>(cc, image(i), 0, hw, out(i));
       return;
     }
-    if (hw <= 32) {  // images by 2, two vectors each
-      int64_t i = 0;
-      for (; i + 2 <= ni; i += 2) col_rows_avx512<2, 2>(lw, planes + i * ld, ld, col_off, bias, cols, relu, 0, r1, 0, hw, hw, y + i * y_image, y_image);
-      if (i < ni) col_rows_avx512<2, 1>(lw, planes + i * ld, ld, col_off, bias, cols, relu, 0, r1, 0, hw, hw, y + i * y_image, y_image);
+    if (hw <= 32) {
+      for (; i + 2 <= ni; i += 2) col_rows_avx512<2, 2>(cc, image(i), 0, hw, out(i));
+      if (i < ni) col_rows_avx512<2, 1>(cc, image(i), 0, hw, out(i));
       return;
     }
     for (int64_t p0 = 0; p0 < hw; p0 += 64) {
       const int64_t n = std::min<int64_t>(64, hw - p0);
       switch ((n + 15) / 16) {
-        case 1: col_rows_avx512<1, 1>(lw, planes, ld, col_off, bias, cols, relu, 0, r1, p0, n, hw, y, y_image); break;
-        case 2: col_rows_avx512<2, 1>(lw, planes, ld, col_off, bias, cols, relu, 0, r1, p0, n, hw, y, y_image); break;
-        case 3: col_rows_avx512<3, 1>(lw, planes, ld, col_off, bias, cols, relu, 0, r1, p0, n, hw, y, y_image); break;
-        default: col_rows_avx512<4, 1>(lw, planes, ld, col_off, bias, cols, relu, 0, r1, p0, n, hw, y, y_image); break;
+        case 1: col_rows_avx512<1, 1>(cc, planes, p0, n, y); break;
+        case 2: col_rows_avx512<2, 1>(cc, planes, p0, n, y); break;
+        case 3: col_rows_avx512<3, 1>(cc, planes, p0, n, y); break;
+        default: col_rows_avx512<4, 1>(cc, planes, p0, n, y); break;
       }
     }
-  } else {
-    if (hw <= 8) {  // images by 2, one vector each
-      int64_t i = 0;
-      for (; i + 2 <= ni; i += 2) col_rows_avx2<1, 2>(lw, planes + i * ld, ld, col_off, bias, cols, relu, 0, r1, 0, hw, hw, y + i * y_image, y_image);
-      if (i < ni) col_rows_avx2<1, 1>(lw, planes + i * ld, ld, col_off, bias, cols, relu, 0, r1, 0, hw, hw, y + i * y_image, y_image);
-      return;
-    }
-    for (int64_t p0 = 0; p0 < hw; p0 += 16) {
-      const int64_t n = std::min<int64_t>(16, hw - p0);
-      if (n > 8) {
-        col_rows_avx2<2, 1>(lw, planes, ld, col_off, bias, cols, relu, 0, r1, p0, n, hw, y, y_image);
-      } else {
-        col_rows_avx2<1, 1>(lw, planes, ld, col_off, bias, cols, relu, 0, r1, p0, n, hw, y, y_image);
-      }
+    return;
+  }
+  if (hw <= 8) {
+    for (; i + 2 <= ni; i += 2) col_rows_avx2<1, 2>(cc, image(i), 0, hw, out(i));
+    if (i < ni) col_rows_avx2<1, 1>(cc, image(i), 0, hw, out(i));
+    return;
+  }
+  for (int64_t p0 = 0; p0 < hw; p0 += 16) {
+    const int64_t n = std::min<int64_t>(16, hw - p0);
+    if (n > 8) {
+      col_rows_avx2<2, 1>(cc, planes, p0, n, y);
+    } else {
+      col_rows_avx2<1, 1>(cc, planes, p0, n, y);
     }
   }
 #endif
