@@ -476,6 +476,13 @@ def conv_kernel_model(
         # them) and, with 150 output channels, several row blocks
         (96, 150, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (17, 19), 1, 432, 1),
         (8, 10, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), (30, 41), 2, 4, 1),  # 1x1: long tiles, tail
+        # flat planes (stride 1, > 256 positions, rows exactly out_w wide): one copy per plane
+        # (out_w 16), dilated non-square kernel with asymmetric pads (out_w 12: two copies with
+        # AVX-512), and 100 channels at 60x40: bands of 8 rows, several channel blocks, two copies
+        # with AVX-512, tiles whose last vector runs past the band
+        (10, 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (24, 16), 2, 40, 1),
+        (7, 9, (3, 5), (1, 1), (2, 0, 1, 3), (2, 1), (30, 13), 1, 50, 1),
+        (100, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (60, 40), 1, 450, 1),
         # im2col path (<= 256 output positions): 16 positions (one vector), 35 (masked tails,
         # batch on 2 threads), 256 (four 64-position tiles; the second size, 19x17, is planes)
         (6, 10, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (4, 4), 1, 20, 1),

@@ -61,7 +61,8 @@ namespace {
 // AVX-512 read 256 KiB of x per tile at 128 channels and ran 1x1 128->512 at 28x28 2x slower).
 constexpr int64_t kTileVectors = 4;
 constexpr int64_t kDirectTilePositions = 128;
-constexpr int64_t kSubtileVectors = 8;
+constexpr int64_t kFlatTilePositions = 112;
+constexpr int64_t kSubtileVectors = 14;
 // Bytes of planes a tile reads per block of input channels (the L1 size here, 48 KiB: the
 // prefetchers keep up with a little more than fits), and the fewest kept weights per row a block
 // holds on average.
@@ -72,6 +73,8 @@ constexpr int64_t kPartBytes = 16 * 1024;
 // Bytes of one chunk's band buffer (the planes of every input channel for a band of output
 // rows): small enough to stay in L2 while every output channel walks it.
 constexpr int64_t kBandBytes = 256 * 1024;
+constexpr int64_t kFlatBandBytes = 512 * 1024;
+constexpr int64_t kFlatClasses = 2;
 // The q grid and planes are padded to this many floats (the widest vector), so the offsets do
 // not depend on the ISA.
 constexpr int64_t kGridAlign = 16;
@@ -282,6 +285,12 @@ SPARSIFY_INLINE void block_rows_simd(const BlockRows& br, int64_t r0, int64_t r1
     RowTile rt = br.row(r, r0);
     for (int64_t t0 = 0; t0 < nv; t0 += kSubtileVectors) {
       switch (std::min(kSubtileVectors, nv - t0)) {
+        case 14: Tiles::template run<14, 1>(rt); break;
+        case 13: Tiles::template run<13, 1>(rt); break;
+        case 12: Tiles::template run<12, 1>(rt); break;
+        case 11: Tiles::template run<11, 1>(rt); break;
+        case 10: Tiles::template run<10, 1>(rt); break;
+        case 9: Tiles::template run<9, 1>(rt); break;
         case 8: Tiles::template run<8, 1>(rt); break;
         case 7: Tiles::template run<7, 1>(rt); break;
         case 6: Tiles::template run<6, 2>(rt); break;
@@ -510,22 +519,41 @@ std::shared_ptr<const ConvOffsets> ConvPacked::offsets_for(int64_t h, int64_t w,
   // 1x1, stride 1, no pads: the planes would be x itself, so the kernel reads x (no copy).
   o->direct = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0 &&
               g.pb == 0 && g.pr == 0;
-  o->tile_vectors = o->direct ? kDirectTilePositions / vec : kTileVectors;
+  const bool stride1 = !o->direct && g.sh == 1 && g.sw == 1;
+  if (stride1) {
+    o->row_class.assign(static_cast<size_t>(g.kh), 0);
+    std::vector<int32_t>& shifts = o->class_shift;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int32_t a = static_cast<int32_t>(i * g.dh * o->out_w % vec);
+      const auto at = std::find(shifts.begin(), shifts.end(), a);
+      o->row_class[i] = static_cast<int32_t>(at - shifts.begin());
+      if (at == shifts.end()) shifts.push_back(a);
+    }
+    o->classes = static_cast<int64_t>(shifts.size());
+  }
+  o->flat = stride1 && o->classes <= kFlatClasses;
+  o->tile_vectors = o->direct ? kDirectTilePositions / vec
+                    : stride1 ? kFlatTilePositions / vec
+                              : kTileVectors;
   o->aligned = true;
   o->wq = wq;
-  if (max_qh > 0) {
+  if (o->flat) {
+    o->wq = o->out_w;
+  } else if (max_qh > 0) {
     const int64_t padded = round_up(wq, vec);
     o->aligned = padded * 4 <= wq * 5;
     if (o->aligned) o->wq = padded;
   }
-  o->copies = o->aligned ? max_qw + 1 : 1;
+  o->copies = o->flat ? g.kw * o->classes : o->aligned ? max_qw + 1 : 1;
   const int64_t row_bytes =
       channels * g.sh * g.sw * o->copies * o->wq * static_cast<int64_t>(sizeof(float));
-  o->band_rows = std::clamp<int64_t>(kBandBytes / std::max<int64_t>(1, row_bytes) - max_qh, 1,
+  const int64_t band_bytes = o->flat ? kFlatBandBytes : kBandBytes;
+  o->band_rows = std::clamp<int64_t>(band_bytes / std::max<int64_t>(1, row_bytes) - max_qh, 1,
                                      std::max<int64_t>(1, o->out_h));
   // Bands of whole tiles where a smaller band allows it (a 14x14 map: rows of 16, tiles of 32
-  // positions: 2 rows per band instead of 3 and a half-empty second tile).
-  for (int64_t rows = o->band_rows; rows > 1; --rows) {
+  // positions: 2 rows per band instead of 3 and a half-empty second tile). Flat bands have no
+  // grid columns to waste: their tiles split the band's vectors evenly (see flat_tiles).
+  for (int64_t rows = o->band_rows; rows > 1 && !o->flat; --rows) {
     if (rows * o->wq % (o->tile_vectors * vec) == 0) {
       o->band_rows = rows;
       break;
@@ -618,8 +646,13 @@ std::shared_ptr<const ConvOffsets> ConvPacked::offsets_for(int64_t h, int64_t w,
   for (int64_t e = 0; e < rows * k; ++e) {
     const int64_t a = ky[e] % g.sh, b = kx[e] % g.sw, qh = ky[e] / g.sh, qw = kx[e] / g.sw;
     const int64_t phase = (channel[e] * g.sh + a) * g.sw + b;
-    const int64_t off = o->aligned ? (phase * o->copies + qw) * o->plane + qh * o->wq
-                                   : phase * o->plane + qh * o->wq + qw;
+    int64_t off = o->aligned ? (phase * o->copies + qw) * o->plane + qh * o->wq
+                             : phase * o->plane + qh * o->wq + qw;
+    if (o->flat) {
+      const int64_t i = ky[e] / g.dh, start = ky[e] * o->out_w;
+      off = ((channel[e] * g.kw + kx[e] / g.dw) * o->classes + o->row_class[i]) * o->plane +
+            start - start % vec;
+    }
     o->offsets[e] = static_cast<int32_t>(off);
   }
   std::lock_guard<std::mutex> lock(mutex);
@@ -749,6 +782,43 @@ void ConvPlan::fill_band(const float* x, int64_t i0, float* buf) const {
           std::memcpy(cp, dst + s, static_cast<size_t>(plane - s) * sizeof(float));
           std::fill(cp + plane - s, cp + plane, 0.0f);
         }
+      }
+    }
+  }
+}
+
+// Flat planes (see ConvOffsets::flat) of rows [i0, i0 + plane_rows) for every (channel, kernel
+// column) of image x, and their copies, into buf.
+void ConvPlan::fill_flat(const float* x, int64_t i0, float* buf) const {
+  const ConvGeometry& g = w_.g;
+  const int64_t out_w = off_->out_w, plane = off_->plane, classes = off_->classes;
+  const int64_t rows = off_->plane_rows;
+  for (int64_t c = 0; c < channels_; ++c) {
+    const float* xc = x + c * h_ * wd_;
+    for (int64_t t = 0; t < g.kw; ++t) {
+      float* dst = buf + (c * g.kw + t) * classes * plane;
+      // Plane column ow reads x column ow + t * dw - pl: the valid ow range.
+      const int64_t shift = t * g.dw - g.pl;
+      const int64_t j0 = std::clamp<int64_t>(-shift, 0, out_w);
+      const int64_t j1 = std::clamp<int64_t>(wd_ - shift, j0, out_w);
+      for (int64_t i = 0; i < rows; ++i) {
+        float* row = dst + i * out_w;
+        const int64_t r = i0 + i - g.pt;
+        if (r < 0 || r >= h_) {
+          std::fill(row, row + out_w, 0.0f);
+          continue;
+        }
+        std::fill(row, row + j0, 0.0f);
+        std::memcpy(row + j0, xc + r * wd_ + j0 + shift, static_cast<size_t>(j1 - j0) * sizeof(float));
+        std::fill(row + j1, row + out_w, 0.0f);
+      }
+      std::fill(dst + rows * out_w, dst + plane, 0.0f);
+      // Copy k: the plane shifted left by class_shift[k] floats.
+      for (int64_t k = 1; k < classes; ++k) {
+        const int64_t a = off_->class_shift[k];
+        float* cp = dst + k * plane;
+        std::memcpy(cp, dst + a, static_cast<size_t>(plane - a) * sizeof(float));
+        std::fill(cp + plane - a, cp + plane, 0.0f);
       }
     }
   }
@@ -904,7 +974,11 @@ void ConvPlan::run_chunk(int64_t chunk) const {
   float* planes = nullptr;
   if (!off_->direct) {
     planes = scratch(0, off_->buffer);
-    fill_band(x, oh0, planes);
+    if (off_->flat) {
+      fill_flat(x, oh0, planes);
+    } else {
+      fill_band(x, oh0, planes);
+    }
   }
   // Direct (1x1): the band's positions in x itself; vectors may not run past the band, since
   // past the last band of the last channel lies the end of x. The remainder goes scalar.
@@ -924,13 +998,21 @@ void ConvPlan::run_chunk(int64_t chunk) const {
   br.relu = relu_;
   br.y_stride = hw;
   // Tiles of whole vectors; direct, the positions past the last whole vector go scalar.
-  for (int64_t q0 = 0, q1 = 0; q0 < grid; q0 = q1) {
+  // Flat: the band's vectors split evenly over the fewest tiles of at most tile_vectors (a 98
+  // position band: one tile of 13 vectors, not 12 and a 13th alone with its weights' loads).
+  const int64_t band_vectors = (grid + vec_ - 1) / vec_;
+  const int64_t flat_tiles = (band_vectors + off_->tile_vectors - 1) / off_->tile_vectors;
+  for (int64_t q0 = 0, q1 = 0, t = 0; q0 < grid; q0 = q1, ++t) {
     const bool vector = q0 < vector_end;
-    const int64_t nv = vector ? (std::min(tile, vector_end - q0) + vec_ - 1) / vec_ : 0;
+    const int64_t nv = !vector      ? 0
+                       : off_->flat ? band_vectors / flat_tiles + (t < band_vectors % flat_tiles)
+                                    : (std::min(tile, vector_end - q0) + vec_ - 1) / vec_;
     q1 = vector ? std::min(grid, q0 + nv * vec_) : grid;
     br.x = src + q0;
-    // Direct: the tile's positions are y's, so the last block stores straight into y.
-    br.y_rows = off_->direct ? y + oh0 * off_->out_w + q0 : nullptr;
+    // Direct and flat: the tile's positions are y's, so the last block stores straight into y,
+    // unless (flat) its last vector runs past the band.
+    const bool into_y = off_->direct || (off_->flat && q0 + nv * vec_ <= grid);
+    br.y_rows = into_y ? y + oh0 * off_->out_w + q0 : nullptr;
     for (int64_t rb = r0; rb < r1; rb += row_block) {
       const int64_t re = std::min(r1, rb + row_block);
       for (br.b = 0; br.b < br.blocks; ++br.b) {
@@ -940,7 +1022,7 @@ void ConvPlan::run_chunk(int64_t chunk) const {
           block_rows_portable(br, rb, re, q1 - q0);
         }
       }
-      if (off_->direct) continue;
+      if (into_y) continue;
       for (int64_t r = rb; r < re; ++r) store_grid(part + (r - rb) * tile, oh0, q0, q1, r, y);
     }
   }

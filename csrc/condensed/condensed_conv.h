@@ -58,6 +58,16 @@ struct ConvOffsets {
   std::vector<int32_t> col_index;
   std::vector<uint8_t> col_phase_read;  // [sh] row phases some kernel row reads
   int64_t col_images = 1;  // images per chunk (small maps: several, sharing each weight's loads)
+  // Stride 1, not direct, not columns ("flat" planes): rows exactly out_w wide, so a band's
+  // positions are one contiguous run (the output's own layout) with no grid columns computed and
+  // dropped. Each (channel, kernel column t) gets a plane xpad[c, oh0 + r, ow + t * dw] (zeros
+  // outside x), in `classes` copies: a kernel row i starts its runs i * dh * out_w floats in,
+  // and copy a holds the plane shifted left by that start's remainder modulo the vector width,
+  // so every run starts on a vector boundary (56-wide maps: 1 copy; 28: 2; 14: 3 with AVX2).
+  bool flat = false;
+  int64_t classes = 1;
+  std::vector<int32_t> row_class;    // [kh] copy each kernel row reads (flat)
+  std::vector<int32_t> class_shift;  // [classes] floats copy k is shifted left by (0 first)
   bool aligned = false;    // rows padded to the vector width, one plane copy per column shift
   int64_t wq = 0;          // plane row width (the output grid's row width)
   int64_t copies = 1;      // shifted copies of each plane (aligned: kernel column shifts)
@@ -67,6 +77,7 @@ struct ConvOffsets {
   int64_t plane = 0;       // floats per plane copy in the band buffer
   int64_t buffer = 0;      // floats of one band buffer
   std::vector<int32_t> offsets;  // [rows, k] (phase * copies + shift) * plane + row shift
+                                 // (flat: ((c * kw + t) * classes + class) * plane + aligned start)
   // Input channels in blocks of block_channels: a tile of positions runs every row's kept
   // weights of one block before the next, so the planes it reads stay in L1. A row's weights
   // are sorted by input channel; those of block b are [seg[r * (blocks + 1) + b], ... + b + 1).
@@ -131,6 +142,7 @@ class ConvPlan {
 
  private:
   void fill_band(const float* x, int64_t i0, float* buf) const;
+  void fill_flat(const float* x, int64_t i0, float* buf) const;
   void fill_col_planes(const float* x, float* planes) const;
   void run_columns(int64_t chunk) const;
   void store_grid(const float* buf, int64_t oh0, int64_t q0, int64_t q1, int64_t r,
