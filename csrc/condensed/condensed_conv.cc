@@ -65,9 +65,11 @@ constexpr int64_t kFlatTilePositions = 112;
 constexpr int64_t kSubtileVectors = 14;
 // Bytes of planes a tile reads per block of input channels (the L1 size here, 48 KiB: the
 // prefetchers keep up with a little more than fits), and the fewest kept weights per row a block
-// holds on average.
+// holds on average (48, not 64: at 2:4 on 128 channels, 64 took 15 channels per block, whose
+// planes and the row block's weights overflowed L1; 48, A/B as on AVX2: 128->128 @28 1.60 ->
+// 1.50 ms, 64->64 @56 1.49 -> 1.47, 90% level).
 constexpr int64_t kBlockBytes = 48 * 1024;
-constexpr int64_t kBlockWeights = 64;
+constexpr int64_t kBlockWeights = 48;
 // Bytes of partial sums (rows x tile positions) a row block holds while it walks the blocks.
 constexpr int64_t kPartBytes = 16 * 1024;
 // Bytes of one chunk's band buffer (the planes of every input channel for a band of output
