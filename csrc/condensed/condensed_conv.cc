@@ -1,6 +1,7 @@
 // See condensed_conv.h. A call is split into chunks of (image, band of output rows): each
 // chunk copies the input rows its band reads into a band buffer of stride-phase planes (sized to
-// stay in L2), then walks the band in tiles of 4 SIMD vectors of output positions. Per tile, the
+// stay in L2), then walks the band in tiles of SIMD vectors of output positions (4 for strided
+// convs, up to 14 AVX2 / 7 AVX-512 vectors at stride 1: see "Flat planes"). Per tile, the
 // input channels go in blocks; every stored row (output channel) accumulates, in registers, one
 // broadcast-FMA run per kept weight of the block, carrying its partial sums to the next block;
 // after the last block, bias + activation go into the valid columns of y.
@@ -9,7 +10,7 @@
 // 8 vectors x 4 tiles at once): 8 accumulators in 2 sets of 4 keep the FMA
 // chains independent with fewer vectors per kept weight, and a block keeps the planes a tile
 // reads (kh * kw runs per channel) within L1 while every row walks them. A block holds at least
-// 64 kept weights per row on average, so the partial sums' load and store stay small next to its
+// kBlockWeights kept weights per row on average, so the partial sums' load and store stay small next to its
 // multiply-adds (at 90% on 64 channels that means one block). Measured as on an AVX2 machine
 // (AVX-512 hidden, ONNX Runtime's dense conv on its AVX2 kernels too), 1 thread, batch 1, 3x3
 // 64->64 at 56x56: 2:4 2.64 -> 2.32 ms, 90% 0.66 -> 0.70 ms; 256->256 at 14x14: 2:4 3.12 ->
@@ -23,6 +24,20 @@
 // own copy of the plane shifted by that many floats: every kept weight then reads vectors on
 // vector boundaries. Otherwise (small maps, e.g. 8x8 with pads: 10 -> 16 would waste 60%) the
 // rows stay compact and the shift goes into the offset.
+//
+// Flat planes (stride 1, not 1x1 direct, larger maps; see ConvOffsets::flat): the padded-grid
+// rows above computed Wq - out_w dropped columns per row (56 -> 64, 28 -> 32, 14 -> 16: 12.5% of
+// the FMAs wasted at each ResNet size). Flat rows are exactly out_w wide, one plane per (channel,
+// kernel column) with its edge columns zeroed, so a band's positions are one run in y's own
+// layout; a kernel row's runs start i * dh * out_w floats in, and the plane gets one copy per
+// distinct remainder of those starts modulo the vector width, shifted so every run starts on a
+// vector boundary (kept to <= 2 copies: with 3, at 14x14 on 256 channels, the copies' fill and
+// the band's smaller share of L2 cost more than the waste they save, so such maps keep the
+// padded grid). Tiles take up to 112 positions (14 AVX2 vectors: an offset and a broadcast per
+// 14 FMAs instead of per 4), split evenly over the band (a 98-position band is one tile of 13
+// vectors, not 12 and a 13th alone with its weights' loads), and store straight into y. As on
+// an AVX2 machine (A/B, 1 thread, batch 1, 2:4): 3x3 64->64 @56 2.06 -> 1.48 ms, 128->128 @28
+// 2.00 -> 1.57 ms; 90% 0.60 -> 0.50 and 0.54 -> 0.49 ms.
 //
 // Small maps (at most kColPositions outputs, e.g. the digits CNN's 8x8 and 4x4) take the
 // column-plane path instead: each image is copied once into planes of exactly out_w columns, one

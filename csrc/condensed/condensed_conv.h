@@ -13,7 +13,9 @@
 // kept weight reads one contiguous run of a plane at a constant shift from the output position:
 // out[q] += w * plane[q + shift] for q = oh * Wq + ow. So each kept weight is a broadcast and a
 // run of vector FMAs along the output rows, with no gathers and no bounds tests (the pads are in
-// the planes); the Wq - Wout columns past each output row are computed and dropped.
+// the planes); the Wq - Wout columns past each output row are computed and dropped. Stride-1
+// convs on larger maps use "flat" planes instead (ConvOffsets::flat): rows exactly Wout wide,
+// one plane per (channel, kernel column), so nothing is computed and dropped.
 #pragma once
 
 #include <cstdint>
