@@ -137,6 +137,7 @@ class Plan {
   int64_t batch_pad_ = 0;
   bool direct_ = false;  // rows straight from the grouped layout against 8- or 16-lane xt tiles
   bool wide_ = false;    // ... against 32- to 64-lane tiles (AVX-512, batch > 16)
+  bool wide2_ = false;   // ... against 24- to 64-lane tiles, one row at a time (AVX2, batch > 16)
   int64_t tiles_ = 1;     // batch tiles of batch_pad lanes (several only on the direct path)
   int64_t rows_per_chunk_ = 0;
   int64_t row_chunks_ = 0;
