@@ -181,12 +181,6 @@ void block_rows_portable(const BlockRows& br, int64_t r0, int64_t r1, int64_t np
 #ifdef SPARSIFY_X86
 // ---------------------------------------------------------------- AVX2 + FMA path
 
-// Makes the compiler hold p in a register of its own, so the FMAs' loads address [p + 32 * t]
-// rather than [x + 4 * offset + 32 * t]: Intel cores split an FMA with an indexed memory operand
-// into two micro-ops. As on AVX2 (A/B in one process), 2:4 3x3 128->128 @28 1.47 -> 1.43 ms,
-// 64->64 @56 1.45 -> 1.41; 90% and AVX-512 level, so only the AVX2 tiles take it.
-inline __attribute__((always_inline)) void base_register(const float*& p) { asm("" : "+r"(p)); }
-
 // T vectors of 8 positions of one row in registers, the kept weights split round-robin over
 // U accumulator sets (T * U >= 8 independent FMA chains).
 template <int T, int U>
@@ -545,13 +539,13 @@ std::shared_ptr<const ConvOffsets> ConvPacked::offsets_for(int64_t h, int64_t w,
   o->direct = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0 &&
               g.pb == 0 && g.pr == 0;
   const bool stride1 = !o->direct && g.sh == 1 && g.sw == 1;
+  std::vector<int32_t> row_class(static_cast<size_t>(g.kh), 0);  // the copy kernel row i reads
   if (stride1) {
-    o->row_class.assign(static_cast<size_t>(g.kh), 0);
     std::vector<int32_t>& shifts = o->class_shift;
     for (int64_t i = 0; i < g.kh; ++i) {
       const int32_t a = static_cast<int32_t>(i * g.dh * o->out_w % vec);
       const auto at = std::find(shifts.begin(), shifts.end(), a);
-      o->row_class[i] = static_cast<int32_t>(at - shifts.begin());
+      row_class[i] = static_cast<int32_t>(at - shifts.begin());
       if (at == shifts.end()) shifts.push_back(a);
     }
     o->classes = static_cast<int64_t>(shifts.size());
@@ -671,13 +665,12 @@ std::shared_ptr<const ConvOffsets> ConvPacked::offsets_for(int64_t h, int64_t w,
   for (int64_t e = 0; e < rows * k; ++e) {
     const int64_t a = ky[e] % g.sh, b = kx[e] % g.sw, qh = ky[e] / g.sh, qw = kx[e] / g.sw;
     const int64_t phase = (channel[e] * g.sh + a) * g.sw + b;
-    int64_t off = o->aligned ? (phase * o->copies + qw) * o->plane + qh * o->wq
-                             : phase * o->plane + qh * o->wq + qw;
-    if (o->flat) {
-      const int64_t i = ky[e] / g.dh, start = ky[e] * o->out_w;
-      off = ((channel[e] * g.kw + kx[e] / g.dw) * o->classes + o->row_class[i]) * o->plane +
-            start - start % vec;
-    }
+    // Flat: copy (c, t, class of kernel row i) at the run's start rounded down to a vector.
+    const int64_t flat_plane = (channel[e] * g.kw + kx[e] / g.dw) * o->classes + row_class[ky[e] / g.dh];
+    const int64_t start = ky[e] * o->out_w;
+    const int64_t off = o->flat      ? flat_plane * o->plane + start - start % vec
+                        : o->aligned ? (phase * o->copies + qw) * o->plane + qh * o->wq
+                                     : phase * o->plane + qh * o->wq + qw;
     o->offsets[e] = static_cast<int32_t>(off);
   }
   std::lock_guard<std::mutex> lock(mutex);

@@ -68,7 +68,6 @@ struct ConvOffsets {
   // so every run starts on a vector boundary (56-wide maps: 1 copy; 28: 2; 14: 3 with AVX2).
   bool flat = false;
   int64_t classes = 1;
-  std::vector<int32_t> row_class;    // [kh] copy each kernel row reads (flat)
   std::vector<int32_t> class_shift;  // [classes] floats copy k is shifted left by (0 first)
   bool aligned = false;    // rows padded to the vector width, one plane copy per column shift
   int64_t wq = 0;          // plane row width (the output grid's row width)

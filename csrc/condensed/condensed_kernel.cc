@@ -452,7 +452,7 @@ SPARSIFY_AVX2 void wide_rows_avx2(const Packed& w, const float* xt, int64_t ldx,
           for (int e = 0; e < kLanes; ++e) {
             const __m256 v = _mm256_broadcast_ss(p + q * kLanes + e);
             const float* xr = xt + static_cast<int64_t>(id[e]) * ldx;
-            asm("" : "+r"(xr));
+            base_register(xr);
 #pragma GCC unroll 8
             for (int n = 0; n < NV; ++n) a[n] = _mm256_fmadd_ps(v, _mm256_load_ps(xr + 8 * n), a[n]);
           }
